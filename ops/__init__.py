@@ -1,0 +1,1 @@
+"""Tessera's OPs and the models they serve."""

@@ -1,0 +1,1 @@
+"""Training and evaluation of the bundled DALL·E on the shapes world."""

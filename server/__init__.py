@@ -1,0 +1,1 @@
+"""Tessera's server: the graph engine (server.engine) and the gRPC front end (server.rpc)."""

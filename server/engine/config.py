@@ -1,0 +1,194 @@
+"""The graph configuration: typed, validated once at start-up.
+
+    config = GraphConfig.from_dict(yaml.safe_load(open("deploy/default.yaml")))
+
+Every mistake is a ConfigError whose message starts with the key at fault, e.g.
+``ops.sample.batch_size: must be at least 1, got 0``.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from server.engine.errors import ConfigError
+from server.engine.op import Op, SteppingOp
+
+REQUEST = "request"  # the pseudo-input that names the caller's payload
+_MODES = ("thread", "process")
+
+
+def resolve_op_type(key: str, spec: str) -> type[Op]:
+    """'package.module:ClassName' -> the class, which must subclass Op."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(key, f"expected 'module:Class', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(key, f"unknown OP {spec!r}: cannot import {module_name!r} ({exc})") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Op)):
+        raise ConfigError(key, f"unknown OP {spec!r}: {module_name} has no Op subclass {attr!r}")
+    return cls
+
+
+@dataclass
+class OpConfig:
+    name: str
+    type: str
+    inputs: list[str]
+    batch_size: int = 1
+    batch_timeout_ms: float = 0.0
+    concurrency: int = 1
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    mode: str = "thread"
+    timeout_ms: float = 0.0          # 0: no limit on one call
+    retry: int = 0                   # extra attempts for a row whose call failed
+    channel_capacity: int = 256      # requests waiting at this OP's input
+    settings: dict[str, Any] = field(default_factory=dict)
+    op_class: type[Op] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = f"ops.{self.name}"
+        _at_least(f"{key}.batch_size", self.batch_size, 1, 65536)
+        _at_least(f"{key}.batch_timeout_ms", self.batch_timeout_ms, 0, 60_000)
+        _at_least(f"{key}.concurrency", self.concurrency, 1, 256)
+        _at_least(f"{key}.timeout_ms", self.timeout_ms, 0, 86_400_000)
+        _at_least(f"{key}.retry", self.retry, 0, 10)
+        _at_least(f"{key}.channel_capacity", self.channel_capacity, 1, 1_000_000)
+        if self.mode not in _MODES:
+            raise ConfigError(f"{key}.mode", f"must be one of {_MODES}, got {self.mode!r}")
+        if not isinstance(self.inputs, list) or not self.inputs or not all(isinstance(i, str) for i in self.inputs):
+            raise ConfigError(f"{key}.inputs", "must be a non-empty list of OP names (or 'request')")
+        if len(set(self.inputs)) != len(self.inputs):
+            raise ConfigError(f"{key}.inputs", "names an input twice")
+        if not isinstance(self.devices, list) or not self.devices:
+            raise ConfigError(f"{key}.devices", "must be a non-empty list such as [cpu] or [cuda:0, cuda:1]")
+        for device in self.devices:
+            if not (device == "cpu" or (isinstance(device, str) and device.startswith("cuda")
+                                        and device[4:] in ("", ) + tuple(f":{i}" for i in range(64)))):
+                raise ConfigError(f"{key}.devices", f"unknown device {device!r}; use cpu or cuda:N")
+        if not isinstance(self.settings, dict):
+            raise ConfigError(f"{key}.settings", "must be a mapping")
+        self.op_class = resolve_op_type(f"{key}.type", self.type)
+        if issubclass(self.op_class, SteppingOp) and self.mode != "thread":
+            raise ConfigError(f"{key}.mode", "a stepping OP runs in thread mode only")
+
+    @property
+    def stepping(self) -> bool:
+        return issubclass(self.op_class, SteppingOp)
+
+
+@dataclass
+class GraphConfig:
+    ops: dict[str, OpConfig]
+    output: str
+    default_deadline_ms: float = 60_000.0
+    max_inflight: int = 1024
+    shutdown_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _at_least("default_deadline_ms", self.default_deadline_ms, 1, 86_400_000)
+        _at_least("max_inflight", self.max_inflight, 1, 10_000_000)
+        _at_least("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)
+        if not self.ops:
+            raise ConfigError("ops", "the graph has no OPs")
+        if self.output not in self.ops:
+            raise ConfigError("output", f"no OP named {self.output!r}")
+        for op in self.ops.values():
+            for name in op.inputs:
+                if name != REQUEST and name not in self.ops:
+                    raise ConfigError(f"ops.{op.name}.inputs", f"no OP named {name!r}")
+        if not any(REQUEST in op.inputs for op in self.ops.values()):
+            raise ConfigError("ops", f"no OP takes the {REQUEST!r} as input")
+        self._check_acyclic()
+        reaches = self._reaching_output()
+        for name in self.ops:
+            if name not in reaches:
+                raise ConfigError(f"ops.{name}", f"cannot reach the output {self.output!r}")
+
+    def consumers(self, name: str) -> list[str]:
+        return [op.name for op in self.ops.values() if name in op.inputs]
+
+    def _check_acyclic(self) -> None:
+        state: dict[str, int] = {}  # 1: on the path, 2: done
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = path[path.index(name):] + [name]
+                raise ConfigError("ops", "cycle " + " -> ".join(cycle))
+            state[name] = 1
+            for nxt in self.consumers(name):
+                visit(nxt, path + [name])
+            state[name] = 2
+
+        for name in self.ops:
+            visit(name, [])
+
+    def _reaching_output(self) -> set[str]:
+        seen, todo = set(), [self.output]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            todo.extend(i for i in self.ops[name].inputs if i != REQUEST)
+        return seen
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> GraphConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError("(top level)", "the configuration must be a mapping")
+        top = {f.name for f in fields(cls)}
+        _no_unknown("(top level)", raw, top)
+        ops_raw = raw.get("ops")
+        if not isinstance(ops_raw, dict) or not ops_raw:
+            raise ConfigError("ops", "must be a mapping of OP name to its settings")
+        op_keys = {f.name for f in fields(OpConfig)} - {"name", "op_class"}
+        ops = {}
+        for name, body in ops_raw.items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"ops.{name}", "must be a mapping")
+            if name == REQUEST:
+                raise ConfigError(f"ops.{name}", f"{REQUEST!r} is reserved for the caller's input")
+            _no_unknown(f"ops.{name}", body, op_keys)
+            for required in ("type", "inputs"):
+                if required not in body:
+                    raise ConfigError(f"ops.{name}.{required}", "is required")
+            ops[name] = OpConfig(name=name, **_typed(f"ops.{name}", body, OpConfig))
+        if "output" not in raw:
+            raise ConfigError("output", "is required: the OP whose result answers the request")
+        rest = _typed("(top level)", {k: v for k, v in raw.items() if k != "ops"}, cls)
+        return cls(ops=ops, **rest)
+
+
+def _no_unknown(key: str, body: dict, known: set[str]) -> None:
+    unknown = sorted(set(body) - known)
+    if unknown:
+        where = "" if key == "(top level)" else f"{key}."
+        raise ConfigError(f"{where}{unknown[0]}", f"unknown key; expected one of {sorted(known)}")
+
+
+def _typed(key: str, body: dict, cls: type) -> dict:
+    """Check scalar types against the dataclass annotations before construction."""
+    kinds = {"int": int, "float": (int, float), "str": str}
+    out = {}
+    for f in fields(cls):
+        if f.name not in body:
+            continue
+        value = body[f.name]
+        want = kinds.get(str(f.type))
+        bad_bool = isinstance(value, bool) and want is not str
+        if want is not None and (bad_bool or not isinstance(value, want)):
+            prefix = "" if key == "(top level)" else f"{key}."
+            raise ConfigError(f"{prefix}{f.name}", f"must be {f.type}, got {value!r}")
+        out[f.name] = value
+    return out
+
+
+def _at_least(key: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(key, f"must be between {low} and {high}, got {value!r}")

@@ -1,0 +1,137 @@
+"""The engine: admits requests, routes them through the OP graph, answers each one.
+
+    engine = Engine(GraphConfig.from_dict(raw))
+    await engine.start()
+    request = engine.submit({"prompt": "a red circle"}, timeout_s=30)
+    result = await request.result()          # Result(value, timings, total_ms)
+    await engine.stop()
+
+Every admitted request ends exactly once: with a Result, or with an EngineError.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+from server.engine.config import REQUEST, GraphConfig
+from server.engine.errors import (Cancelled, DeadlineExceeded, EngineError, InvalidInput,
+                                  OpFailed, Overloaded, ShuttingDown)
+from server.engine.metrics import EngineMetrics
+from server.engine.request import Request, Result, StageTiming
+from server.engine.stage import OpStage
+
+log = logging.getLogger("tessera.engine")
+
+_OUTCOMES = {InvalidInput: "invalid_input", Overloaded: "overloaded", DeadlineExceeded: "deadline_exceeded",
+             Cancelled: "cancelled", ShuttingDown: "shutting_down", OpFailed: "failed"}
+
+
+class Engine:
+    def __init__(self, config: GraphConfig, metrics: EngineMetrics | None = None):
+        self.config = config
+        self.metrics = metrics or EngineMetrics()
+        self.stages: dict[str, OpStage] = {}
+        self.consumers = {name: config.consumers(name) for name in config.ops}
+        self.entries = [name for name, op in config.ops.items() if REQUEST in op.inputs]
+        self.requests: dict[str, Request] = {}
+        self.accepting = False
+        self._idle = asyncio.Event()
+
+    async def start(self) -> None:
+        self.stages = {name: OpStage(self, cfg) for name, cfg in self.config.ops.items()}
+        await asyncio.gather(*(stage.start() for stage in self.stages.values()))
+        self.accepting = True
+        self._idle.set()
+        log.info("engine started: %s", ", ".join(
+            f"{n}(x{c.concurrency}, batch {c.batch_size})" for n, c in self.config.ops.items()))
+
+    def submit(self, payload: Any, *, request_id: str | None = None, timeout_s: float | None = None,
+               events: bool = False) -> Request:
+        """Admit a request or refuse it at once (Overloaded, ShuttingDown)."""
+        if not self.accepting:
+            self.metrics.requests.labels("shutting_down").inc()
+            raise ShuttingDown("the server is shutting down and admits no new requests")
+        if len(self.requests) >= self.config.max_inflight or any(
+                self.stages[e].channel.full for e in self.entries):
+            self.metrics.requests.labels("overloaded").inc()
+            raise Overloaded(f"the server is at capacity ({len(self.requests)} requests in flight); "
+                             "retry later")
+        rid = request_id or uuid.uuid4().hex
+        if rid in self.requests:
+            raise InvalidInput(f"request id {rid!r} is already in flight")
+        loop = asyncio.get_running_loop()
+        timeout = timeout_s if timeout_s is not None else self.config.default_deadline_ms / 1000
+        request = Request(rid, payload, loop.time() + timeout, events)
+        request._engine_cancel = self._cancel
+        request.future.add_done_callback(_retrieve)
+        self.requests[rid] = request
+        self._idle.clear()
+        self.metrics.inflight.inc()
+        request.timer = loop.call_at(request.deadline, self._expire, request, timeout)
+        for entry in self.entries:
+            self.stages[entry].channel.offer(request, REQUEST, payload)
+        return request
+
+    async def route(self, source: str, request: Request, value: Any) -> None:
+        """Hand an OP's output for a request on: to its consumers, or back to the caller."""
+        if request.done:
+            return
+        if source == self.config.output:
+            self._finish(request, value)
+            return
+        for consumer in self.consumers[source]:
+            await self.stages[consumer].channel.put(request, source, value)
+
+    def fail(self, request: Request, error: EngineError) -> None:
+        if request.done:
+            return
+        request.future.set_exception(error)
+        self._cleanup(request, _OUTCOMES.get(type(error), "failed"))
+        if isinstance(error, OpFailed):
+            log.warning("request failed: %s", error, extra={"request_id": request.id})
+
+    def _finish(self, request: Request, value: Any) -> None:
+        timings = [StageTiming(name, 1000 * (s.first_start - s.arrived), 1000 * (s.finished - s.first_start))
+                   for name, s in request.stages.items() if s.finished is not None]
+        total = 1000 * (time.monotonic() - request.created)
+        request.future.set_result(Result(request.id, value, timings, total))
+        self.metrics.latency.observe(total / 1000)
+        self._cleanup(request, "ok")
+
+    def _cancel(self, request: Request, error: EngineError | None) -> None:
+        self.fail(request, error or Cancelled("the request was cancelled"))
+
+    def _expire(self, request: Request, timeout: float) -> None:
+        self.fail(request, DeadlineExceeded(f"the request's deadline of {timeout * 1000:.0f} ms passed"))
+
+    def _cleanup(self, request: Request, outcome: str) -> None:
+        if request.timer is not None:
+            request.timer.cancel()
+        if outcome != "ok":  # a finished request has already left every channel
+            for stage in self.stages.values():
+                stage.forget(request)
+        self.requests.pop(request.id, None)
+        self.metrics.inflight.dec()
+        self.metrics.requests.labels(outcome).inc()
+        if not self.requests:
+            self._idle.set()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop admitting, let in-flight requests finish within the grace, then stop workers."""
+        self.accepting = False
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except asyncio.TimeoutError:
+            log.warning("shutdown grace of %.1fs over; failing %d requests", grace, len(self.requests))
+        for request in list(self.requests.values()):
+            self.fail(request, ShuttingDown("the server shut down before the request finished"))
+        await asyncio.gather(*(stage.stop() for stage in self.stages.values()))
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # marks it retrieved: nobody awaiting is not an error

@@ -1,0 +1,24 @@
+"""Prometheus metrics of one engine, in a registry of its own (several engines per test)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class EngineMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("tessera_requests", "Requests by outcome.", ["outcome"], registry=r)
+        self.latency = Histogram("tessera_request_latency_seconds",
+                                 "End-to-end latency of finished requests.", buckets=_LATENCY, registry=r)
+        self.queue = Histogram("tessera_op_queue_seconds", "Time a row waited before its batch ran.",
+                               ["op"], buckets=_LATENCY, registry=r)
+        self.compute = Histogram("tessera_op_compute_seconds", "Time of one batch call (or step).",
+                                 ["op"], buckets=_LATENCY, registry=r)
+        self.batch_rows = Histogram("tessera_op_batch_rows", "Rows in one batch call (or step).",
+                                    ["op"], buckets=_ROWS, registry=r)
+        self.depth = Gauge("tessera_channel_depth", "Requests waiting in an OP's channel.", ["op"], registry=r)
+        self.inflight = Gauge("tessera_inflight_requests", "Admitted requests not yet finished.", registry=r)

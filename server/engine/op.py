@@ -1,0 +1,92 @@
+"""The OP interface: what an OP author writes.
+
+A batch OP overrides `setup` and `process`; `process` always takes a list of rows and
+returns one result per row, whether the engine batches (batch_size > 1) or not:
+
+    class Upper(Op):
+        def process(self, rows):
+            return [row.upper() for row in rows]
+
+A request's value at an OP becomes rows through `split` (default: one row) and the
+rows' results become the request's output through `merge` (default: the one result).
+A result that is an exception instance fails that row alone.
+
+A stepping OP serves iterative work (autoregressive sampling): it owns a running batch,
+the engine admits rows between steps, and `step` returns the rows that finished.
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Op:
+    """Subclass and override `setup` and `process`. Settings come from the YAML file."""
+
+    name: str = ""
+
+    def __init__(self, **settings: Any):
+        self.settings = settings
+
+    def setup(self, device: str) -> None:
+        """Called once per worker, on the worker, before any row: load what you need."""
+
+    def split(self, value: Any) -> list[Any]:
+        """The rows one request contributes (a prompt with 16 candidates is 16 rows)."""
+        return [value]
+
+    def merge(self, value: Any, outputs: list[Any]) -> Any:
+        """The request's output from its rows' results, in row order."""
+        return outputs[0]
+
+    def process(self, rows: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class StepRow:
+    key: Hashable       # the engine's id for this row; finished rows are reported by it
+    value: Any
+
+
+@dataclass
+class StepProgress:
+    completed: int
+    total: int
+    preview: Any = None
+
+
+@dataclass
+class StepResult:
+    finished: dict[Hashable, Any] = field(default_factory=dict)  # key -> result or exception
+    progress: dict[Hashable, StepProgress] = field(default_factory=dict)
+
+
+class SteppingOp(Op):
+    """An OP with a running batch: `admit` rows, `step` them, `evict` the cancelled.
+
+    `capacity` (the configured batch_size) bounds the running batch; the engine never
+    admits beyond it. All three methods run on the worker, never concurrently.
+    """
+
+    capacity: int = 1
+
+    def admit(self, rows: list[StepRow]) -> dict[Hashable, BaseException] | None:
+        """Add rows to the running batch; return the rows that could not be admitted."""
+        raise NotImplementedError
+
+    def step(self) -> StepResult:
+        """Advance every running row by one step; report finished rows and progress."""
+        raise NotImplementedError
+
+    def evict(self, keys: list[Hashable]) -> None:
+        """Drop rows (cancelled or expired) from the running batch, without a result."""
+        raise NotImplementedError
+
+    @property
+    def active(self) -> int:
+        raise NotImplementedError
+
+    def process(self, rows: list[Any]) -> list[Any]:
+        raise TypeError(f"{type(self).__name__} is a stepping OP; the engine steps it")

@@ -1,0 +1,88 @@
+"""A request's life inside the engine, and the typed values it hands back."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.errors import EngineError
+
+
+@dataclass
+class StageTiming:
+    stage: str
+    queue_ms: float
+    compute_ms: float
+
+
+@dataclass
+class Result:
+    request_id: str
+    value: Any
+    timings: list[StageTiming]
+    total_ms: float
+
+
+@dataclass
+class Progress:
+    request_id: str
+    stage: str
+    completed: int
+    total: int
+    preview: Any = None
+
+
+@dataclass
+class StageState:
+    """One request's passage through one OP."""
+    arrived: float
+    value: Any = None
+    outputs: list[Any] = field(default_factory=list)
+    remaining: int = 0
+    first_start: float | None = None
+    finished: float | None = None
+    progress: dict[int, Any] | None = None  # stepping OPs: row index -> StepProgress
+
+
+class Request:
+    """Created by Engine.submit; await `result()` or iterate `events()`; `cancel()` to stop."""
+
+    def __init__(self, request_id: str, payload: Any, deadline: float, want_events: bool):
+        self.id = request_id
+        self.payload = payload
+        self.deadline = deadline  # loop.time()
+        self.created = time.monotonic()
+        self.stages: dict[str, StageState] = {}
+        self.future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self.events: asyncio.Queue[Progress] | None = asyncio.Queue() if want_events else None
+        self.timer: asyncio.TimerHandle | None = None
+        self._engine_cancel = None  # set by the engine
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def cancel(self, error: EngineError | None = None) -> None:
+        """Stop the request: it leaves every channel and running batch; no more compute."""
+        if not self.done and self._engine_cancel is not None:
+            self._engine_cancel(self, error)
+
+    async def result(self) -> Result:
+        return await asyncio.shield(self.future)
+
+    async def stream(self):
+        """Yield Progress events as they come, then the Result (or raise its error)."""
+        if self.events is None:
+            raise RuntimeError("submit(..., events=True) to stream progress")
+        while True:
+            get = asyncio.ensure_future(self.events.get())
+            await asyncio.wait({get, self.future}, return_when=asyncio.FIRST_COMPLETED)
+            if get.done():
+                yield get.result()
+                continue
+            get.cancel()
+            while not self.events.empty():
+                yield self.events.get_nowait()
+            yield self.future.result()
+            return

@@ -1,0 +1,68 @@
+"""Auto-batching: batches fill up to batch_size, partial ones leave at the timeout."""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from tests.server.engine.helpers import chain, running
+from tests.server.engine.toy_ops import calls
+
+
+async def test_batch_fills_to_batch_size_within_timeout():
+    cfg = chain(("echo", "Echo", {"batch_size": 4, "batch_timeout_ms": 2000}))
+    async with running(cfg) as engine:
+        started = time.monotonic()
+        requests = [engine.submit(i) for i in range(8)]
+        results = await asyncio.gather(*(r.result() for r in requests))
+        elapsed = time.monotonic() - started
+    assert [r.value for r in results] == list(range(8))
+    assert sorted(len(b) for b in calls("echo").batches) == [4, 4]
+    assert elapsed < 2.0  # full batches do not wait for the timeout
+
+
+async def test_partial_batch_leaves_at_timeout():
+    cfg = chain(("echo", "Echo", {"batch_size": 8, "batch_timeout_ms": 150}))
+    async with running(cfg) as engine:
+        started = time.monotonic()
+        results = await asyncio.gather(*(engine.submit(i).result() for i in range(3)))
+        elapsed = time.monotonic() - started
+    assert [r.value for r in results] == [0, 1, 2]
+    assert [len(b) for b in calls("echo").batches] == [3]
+    assert elapsed >= 0.14  # it waited for a fuller batch, then went
+
+
+async def test_rows_of_one_request_split_across_calls():
+    cfg = chain(("fan", "Fanned", {"batch_size": 4, "batch_timeout_ms": 50}))
+    async with running(cfg) as engine:
+        result = await engine.submit({"n": 10, "x": 100}).result()
+    assert result.value == [10 * (100 + i) for i in range(10)]
+    assert sum(len(b) for b in calls("fan").batches) == 10
+    assert max(len(b) for b in calls("fan").batches) <= 4
+
+
+async def test_thousand_concurrent_requests_each_get_their_own_result():
+    cfg = chain(("a", "AddOne", {"batch_size": 32, "batch_timeout_ms": 2, "concurrency": 2}),
+                ("d", "Double", {"batch_size": 16, "batch_timeout_ms": 1, "concurrency": 3}),
+                max_inflight=2000)
+    for name in ("a", "d"):
+        cfg.ops[name].channel_capacity = 2000
+    rng = random.Random(7)
+
+    async def one(engine, i):
+        await asyncio.sleep(rng.random() * 0.2)
+        return (await engine.submit(i, request_id=f"r{i}").result())
+
+    async with running(cfg) as engine:
+        results = await asyncio.gather(*(one(engine, i) for i in range(1000)))
+    assert [r.value for r in results] == [(i + 1) * 2 for i in range(1000)]
+    assert [r.request_id for r in results] == [f"r{i}" for i in range(1000)]
+    assert max(len(b) for b in calls("a").batches) > 1  # rows of many requests shared calls
+
+
+async def test_batching_off_calls_the_same_op_one_row_at_a_time():
+    cfg = chain(("echo", "Echo", {"batch_size": 1}))
+    async with running(cfg) as engine:
+        results = await asyncio.gather(*(engine.submit(i).result() for i in range(5)))
+    assert sorted(r.value for r in results) == list(range(5))
+    assert all(len(b) == 1 for b in calls("echo").batches)

@@ -1,0 +1,128 @@
+"""Cancellation, deadlines, errors without collateral, overload, shutdown."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.engine import Cancelled, DeadlineExceeded, InvalidInput, OpFailed, Overloaded, ShuttingDown
+from tests.server.engine.helpers import chain, running
+from tests.server.engine.toy_ops import calls
+
+
+async def test_cancelled_request_leaves_channels_and_costs_no_more_compute():
+    # One worker, busy for 0.3 s on a first request; the second waits in line and is cancelled.
+    cfg = chain(("slow", "Echo", {}), ("after", "Echo", {}))
+    async with running(cfg) as engine:
+        first = engine.submit({"sleep": 0.3, "id": 1})
+        second = engine.submit({"sleep": 0.3, "id": 2})
+        await asyncio.sleep(0.05)
+        second.cancel()
+        with pytest.raises(Cancelled):
+            await second.result()
+        assert (await first.result()).value["id"] == 1
+    assert [r["id"] for r in calls("slow").rows] == [1]
+    assert [r["id"] for r in calls("after").rows] == [1]
+
+
+async def test_expired_request_fails_with_deadline_and_is_dropped():
+    cfg = chain(("slow", "Echo", {}), ("after", "Echo", {}))
+    async with running(cfg) as engine:
+        request = engine.submit({"sleep": 0.3}, timeout_s=0.1)
+        with pytest.raises(DeadlineExceeded):
+            await request.result()
+        await asyncio.sleep(0.35)
+    assert calls("after").rows == []  # no compute downstream after the deadline
+
+
+async def test_default_deadline_applies():
+    cfg = chain(("slow", "Echo", {}), default_deadline_ms=100)
+    async with running(cfg) as engine:
+        with pytest.raises(DeadlineExceeded, match="100 ms"):
+            await engine.submit({"sleep": 0.4}).result()
+
+
+async def test_failing_item_leaves_batch_mates_intact():
+    cfg = chain(("e", "Echo", {"batch_size": 8, "batch_timeout_ms": 50, "settings": {"fail_on": 3}}))
+    async with running(cfg) as engine:
+        requests = [engine.submit(i) for i in range(6)]
+        outcomes = await asyncio.gather(*(r.result() for r in requests), return_exceptions=True)
+    assert isinstance(outcomes[3], OpFailed) and "'e'" in str(outcomes[3])
+    assert [o.value for i, o in enumerate(outcomes) if i != 3] == [0, 1, 2, 4, 5]
+
+
+async def test_raising_batch_is_split_to_find_the_bad_row():
+    cfg = chain(("r", "Raise", {"batch_size": 8, "batch_timeout_ms": 50}))
+    async with running(cfg) as engine:
+        values = ["a", "bad", "b", "invalid", "c"]
+        outcomes = await asyncio.gather(*(engine.submit(v).result() for v in values), return_exceptions=True)
+    assert [o.value for o in (outcomes[0], outcomes[2], outcomes[4])] == ["ok:a", "ok:b", "ok:c"]
+    assert isinstance(outcomes[1], OpFailed) and "ValueError" in str(outcomes[1])
+    assert isinstance(outcomes[3], InvalidInput)  # typed: reaches the caller as such
+
+
+async def test_retry_reruns_a_failed_row():
+    cfg = chain(("f", "Flaky", {"retry": 1}))
+    async with running(cfg) as engine:
+        assert (await engine.submit(5).result()).value == 5
+    assert calls("f").rows == [5, 5]
+
+
+async def test_without_retry_a_failed_row_fails():
+    cfg = chain(("f", "Flaky", {"retry": 0}))
+    async with running(cfg) as engine:
+        with pytest.raises(OpFailed, match="transient"):
+            await engine.submit(5).result()
+
+
+async def test_op_timeout_fails_the_call():
+    cfg = chain(("slow", "Echo", {"timeout_ms": 50}))
+    async with running(cfg) as engine:
+        with pytest.raises(OpFailed, match="timeout_ms=50"):
+            await engine.submit({"sleep": 0.3}).result()
+
+
+async def test_overload_is_refused_at_once():
+    cfg = chain(("slow", "Echo", {"channel_capacity": 2}))
+    async with running(cfg) as engine:
+        busy = engine.submit({"sleep": 0.2})
+        await asyncio.sleep(0.02)  # the worker holds it; the channel is empty again
+        queued = [engine.submit({"i": i}) for i in range(2)]
+        with pytest.raises(Overloaded, match="capacity"):
+            engine.submit({"i": 99})
+        for r in [busy, *queued]:
+            await r.result()  # nothing admitted is lost
+        assert engine.metrics.registry.get_sample_value(
+            "tessera_requests_total", {"outcome": "overloaded"}) == 1
+
+
+async def test_max_inflight_bounds_admission():
+    cfg = chain(("slow", "Echo", {}), max_inflight=1)
+    async with running(cfg) as engine:
+        first = engine.submit({"sleep": 0.1})
+        with pytest.raises(Overloaded):
+            engine.submit({})
+        await first.result()
+
+
+async def test_shutdown_drains_in_flight_then_refuses():
+    cfg = chain(("slow", "Echo", {"batch_size": 4, "batch_timeout_ms": 1}))
+    async with running(cfg) as engine:
+        requests = [engine.submit({"sleep": 0.2, "i": i}) for i in range(3)]
+        await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(engine.stop(grace_s=5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(ShuttingDown):
+            engine.submit({})
+        await stopping
+        assert [(await r.result()).value["i"] for r in requests] == [0, 1, 2]
+
+
+async def test_shutdown_past_grace_fails_what_is_left():
+    cfg = chain(("slow", "Echo", {}))
+    engine_ctx = running(cfg)
+    engine = await engine_ctx.__aenter__()
+    request = engine.submit({"sleep": 0.5})
+    await engine.stop(grace_s=0.05)
+    with pytest.raises(ShuttingDown):
+        await request.result()

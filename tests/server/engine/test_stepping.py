@@ -1,0 +1,69 @@
+"""Stepping OPs: iteration-level batching, progress, eviction."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.engine import Cancelled, InvalidInput
+from tests.server.engine.helpers import chain, running
+from tests.server.engine.toy_ops import calls
+
+
+def counter(**extra):
+    return chain(("count", "Counter", {"batch_size": 4, **extra}))
+
+
+async def test_new_rows_join_mid_run_and_finished_rows_leave_at_once():
+    async with running(counter(settings={"sleep": 0.01})) as engine:
+        long = engine.submit(30)
+        await asyncio.sleep(0.08)  # the long row is a few steps in
+        short = engine.submit(3)
+        short_result = await short.result()
+        assert not long.done  # the short row finished while the long one still runs
+        long_result = await long.result()
+    assert short_result.value["admitted_at"] > 0  # joined the running batch mid-run
+    assert short_result.value["finished_at"] == short_result.value["admitted_at"] + 3
+    assert long_result.value == {"admitted_at": 0, "finished_at": 30}
+    running_sizes = [len(b) for b in calls("count").batches]
+    assert max(running_sizes) == 2 and running_sizes[-1] == 1
+
+
+async def test_running_batch_never_exceeds_capacity():
+    async with running(counter()) as engine:
+        results = await asyncio.gather(*(engine.submit(5).result() for _ in range(10)))
+    assert len(results) == 10
+    assert max(len(b) for b in calls("count").batches) == 4
+
+
+async def test_cancelled_row_leaves_the_running_batch():
+    async with running(counter(settings={"sleep": 0.01})) as engine:
+        doomed = engine.submit(1000)
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        with pytest.raises(Cancelled):
+            await doomed.result()
+        steps_at_cancel = len(calls("count").batches)
+        await asyncio.sleep(0.1)
+        key = (doomed.id, 0)
+        after = [b for b in calls("count").batches[steps_at_cancel + 1:] if key in b]
+        assert after == []  # evicted by the next step at the latest
+        assert len(calls("count").batches) <= steps_at_cancel + 1  # idle: no rows, no steps
+
+
+async def test_progress_events_count_steps():
+    async with running(counter()) as engine:
+        request = engine.submit(4, events=True)
+        events = [e async for e in request.stream()]
+    progress, result = events[:-1], events[-1]
+    assert [p.completed for p in progress] == [1, 2, 3, 4]
+    assert all(p.total == 4 and p.stage == "count" for p in progress)
+    assert result.value["finished_at"] == 4
+
+
+async def test_row_refused_at_admission_fails_alone():
+    async with running(counter()) as engine:
+        good, bad = engine.submit(3), engine.submit("invalid")
+        with pytest.raises(InvalidInput):
+            await bad.result()
+        assert (await good.result()).value["finished_at"] >= 3
