@@ -117,7 +117,7 @@ class Stage:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
             self.opt.step()
             self.step += 1
-            value = float(loss)
+            value = float(loss.detach())
             running = value if running is None else 0.95 * running + 0.05 * value
             if self.step % 25 == 0 or self.step == self.cfg.steps:
                 elapsed = time.monotonic() - t_start

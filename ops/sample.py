@@ -1,0 +1,198 @@
+"""sample: the stepping OP that turns text tokens into image token grids.
+
+Iteration-level batching: rows join the running batch between steps and leave the
+moment their last token is sampled. Each live row holds one KV-cache slot (two with
+classifier-free guidance: the caption's and the empty caption's); slots stay packed
+in 0..m-1 so a decode step reads the cache through views. A request's candidates share
+one prefill of their prompt, copied slot to slot; the empty caption's prefix is
+computed once at setup.
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ops.models.sampling import guide, row_uniforms, sample_tokens
+from ops.models.transformer import KVCache
+from ops.shared import bundle_for, candidate_seed, to_png, to_uint8
+from server.engine import SteppingOp, StepProgress, StepResult, StepRow
+
+
+@dataclass(eq=False)
+class _Row:
+    key: Hashable
+    seed: int
+    candidate_index: int
+    params: tuple[float, int, float, float]  # temperature, top_k, top_p, guidance_scale
+    preview_every: int
+    uniforms: torch.Tensor                   # (image_len,) float64, this row's randomness
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def guided(self) -> bool:
+        return self.params[3] != 1.0
+
+
+class SampleOp(SteppingOp):
+    def setup(self, device: str) -> None:
+        self.device = device
+        self.bundle = bundle_for(self.settings.get("model_dir"), device, self.settings.get("half", False))
+        self.model = self.bundle.transformer
+        self.cfg = self.model.cfg
+        self.dtype = next(self.model.parameters()).dtype
+        self.cache: KVCache | None = None
+        self.rows: list[_Row] = []
+        self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)
+        # The empty caption's prefix, once: every guided row starts from a copy of it.
+        scratch = KVCache(self.cfg, 1, device, self.dtype)
+        empty = torch.tensor([self.bundle.tokenizer.empty()], device=device)
+        self.uncond_logits = self.model.prefill(empty, scratch, torch.tensor([0], device=device))[0]
+        L = self.cfg.text_len
+        self.uncond_k, self.uncond_v = scratch.k[:, :, :, :L].clone(), scratch.v[:, :, :, :L].clone()
+
+    # -- the engine's view -------------------------------------------------------------------
+    def split(self, value: dict[str, Any]) -> list[dict[str, Any]]:
+        seed = value["seed"]
+        return [{"text": value["text"], "seed": candidate_seed(seed, i), "candidate_index": i,
+                 "temperature": value["temperature"], "top_k": value["top_k"], "top_p": value["top_p"],
+                 "guidance_scale": value["guidance_scale"],
+                 "preview_every": value.get("preview_every", 0) if i == 0 else 0}
+                for i in range(value["num_candidates"])]
+
+    def merge(self, value: dict[str, Any], outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return outputs
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def admit(self, rows: list[StepRow]) -> dict[Hashable, BaseException]:
+        if self.cache is None or self.cache.slots < 2 * self.capacity:
+            if self.rows:
+                raise RuntimeError("capacity grew while rows were running")
+            self.cache = KVCache(self.cfg, 2 * self.capacity, self.device, self.dtype)
+        if len(self.rows) + len(rows) > self.capacity:
+            raise RuntimeError(f"admitting {len(rows)} rows would exceed capacity {self.capacity}")
+        new = [_Row(r.key, r.value["seed"], r.value["candidate_index"],
+                    (float(r.value["temperature"]), int(r.value["top_k"]), float(r.value["top_p"]),
+                     float(r.value["guidance_scale"])),
+                    r.value["preview_every"], row_uniforms(r.value["seed"], self.cfg.image_len))
+               for r in rows]
+        # One prefill per distinct prompt (a request's candidates share theirs).
+        groups: dict[tuple, list[_Row]] = {}
+        for row, r in zip(new, rows):
+            groups.setdefault(tuple(r.value["text"]), []).append(row)
+        first_slot = len(self.slots)
+        for group in groups.values():
+            for row in group:
+                self.slots.append((row, False))
+        leaders = [first_slot + sum(len(g) for g in list(groups.values())[:i]) for i in range(len(groups))]
+        dev = self.device
+        text = torch.tensor(list(groups), device=dev)  # (G, text_len)
+        logits = self.model.prefill(text, self.cache, torch.tensor(leaders, device=dev))  # (G, V)
+        cond_first = []
+        for g, (leader, group) in enumerate(zip(leaders, groups.values())):
+            if len(group) > 1:
+                src = torch.full((len(group) - 1,), leader, device=dev)
+                self.cache.copy_rows(src, torch.arange(leader + 1, leader + len(group), device=dev))
+            cond_first += [logits[g]] * len(group)
+        ordered = [row for group in groups.values() for row in group]
+        guided_rows = [row for row in ordered if row.guided]
+        if guided_rows:
+            at = len(self.slots)
+            self.slots += [(row, True) for row in guided_rows]
+            dst = torch.arange(at, at + len(guided_rows), device=dev)
+            L = self.cfg.text_len
+            self.cache.k[:, dst, :, :L] = self.uncond_k
+            self.cache.v[:, dst, :, :L] = self.uncond_v
+        self.rows += ordered
+        self._index_rows()
+        # Token 0 comes from the prefill logits.
+        cond = torch.stack(cond_first)
+        uncond = self.uncond_logits.expand_as(cond)
+        first = self._sample(ordered, cond, uncond, [0] * len(ordered))
+        for row, tok in zip(ordered, first):
+            row.tokens.append(tok)
+        return {}
+
+    @torch.inference_mode()
+    def step(self) -> StepResult:
+        result = StepResult()
+        live = [row for row in self.rows if len(row.tokens) < self.cfg.image_len]
+        if live:
+            tokens = torch.tensor([row.tokens[-1] for row, _ in self.slots], device=self.device)
+            index = torch.tensor([len(row.tokens) - 1 for row, _ in self.slots], device=self.device)
+            logits = self.model.decode_step(tokens, index, self.cache).float()  # (m, V)
+            cond, uncond = logits[self._cond_idx], logits[self._uncond_idx]
+            picks = self._sample(self.rows, cond, uncond, [len(r.tokens) for r in self.rows])
+            for row, tok in zip(self.rows, picks):
+                row.tokens.append(tok)
+        done = []
+        for row in self.rows:
+            n = len(row.tokens)
+            preview = None
+            if row.preview_every and n % row.preview_every == 0 and n < self.cfg.image_len:
+                preview = self._preview(row)
+            result.progress[row.key] = StepProgress(n, self.cfg.image_len, preview)
+            if n >= self.cfg.image_len:
+                result.finished[row.key] = {"tokens": torch.tensor(row.tokens), "seed": row.seed,
+                                            "candidate_index": row.candidate_index}
+                done.append(row.key)
+        if done:
+            self.evict(done)
+        return result
+
+    @torch.inference_mode()
+    def evict(self, keys: list[Hashable]) -> None:
+        gone = set(keys)
+        keep = [j for j, (row, _) in enumerate(self.slots) if row.key not in gone]
+        if len(keep) == len(self.slots):
+            return
+        moves = [(src, dst) for dst, src in enumerate(keep) if src != dst]
+        if moves:
+            src, dst = (torch.tensor(x, device=self.device) for x in zip(*moves))
+            self.cache.copy_rows(src, dst)  # packs the live slots into 0..m-1
+        self.slots = [self.slots[j] for j in keep]
+        self.rows = [row for row in self.rows if row.key not in gone]
+        self._index_rows()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _index_rows(self) -> None:
+        """Per-row tensors, rebuilt only when the running batch changes."""
+        where = {(id(row), unc): j for j, (row, unc) in enumerate(self.slots)}
+        cond = [where[(id(r), False)] for r in self.rows]
+        self._cond_idx = torch.tensor(cond, dtype=torch.long, device=self.device)
+        self._uncond_idx = torch.tensor([where.get((id(r), True), c) for r, c in zip(self.rows, cond)],
+                                        dtype=torch.long, device=self.device)
+        p = list(zip(*(r.params for r in self.rows))) or [(), (), (), ()]
+        self._temp, self._top_k, self._top_p, self._scale = (
+            torch.tensor(p[0], dtype=torch.float32), torch.tensor(p[1], dtype=torch.long),
+            torch.tensor(p[2], dtype=torch.float32), torch.tensor(p[3], dtype=torch.float32))
+        self._uniforms = (torch.stack([r.uniforms for r in self.rows]) if self.rows
+                          else torch.zeros(0, self.cfg.image_len, dtype=torch.float64))
+
+    def _sample(self, rows: list[_Row], cond: torch.Tensor, uncond: torch.Tensor, at: list[int]) -> list[int]:
+        n = len(rows)
+        if rows is self.rows:
+            temp, top_k, top_p, scale, uni = self._temp, self._top_k, self._top_p, self._scale, self._uniforms
+        else:
+            p = list(zip(*(r.params for r in rows)))
+            temp, top_k, top_p, scale = (torch.tensor(p[0]), torch.tensor(p[1], dtype=torch.long),
+                                         torch.tensor(p[2]), torch.tensor(p[3]))
+            uni = torch.stack([r.uniforms for r in rows])
+        cond, uncond = cond.float().cpu(), uncond.float().cpu()
+        # Unguided rows take the caption's logits as they are, bit for bit.
+        logits = torch.where((scale == 1.0)[:, None], cond, guide(cond, uncond, scale))
+        u = uni[torch.arange(n), torch.tensor(at)]
+        return sample_tokens(logits, temp, top_k, top_p, u).tolist()
+
+    def _preview(self, row: _Row) -> bytes:
+        """The partial grid decoded: unsampled cells repeat the first token (background)."""
+        grid = row.tokens + [row.tokens[0]] * (self.cfg.image_len - len(row.tokens))
+        image = self.bundle.dvae.decode(torch.tensor([grid], device=self.device))
+        return to_png(np.ascontiguousarray(to_uint8(image)[0]))

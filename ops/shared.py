@@ -1,0 +1,47 @@
+"""What the DALL·E OPs share: one loaded model bundle per (directory, device, precision)."""
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ops.models.loading import ModelBundle, load_model_dir
+
+_BUNDLES: dict[tuple, ModelBundle] = {}
+_LOCK = threading.Lock()
+
+
+def bundle_for(model_dir: str | None, device: str, half: bool = False) -> ModelBundle:
+    """Load once per process; workers on the same device share read-only weights."""
+    dtype = torch.float16 if half and device.startswith("cuda") else torch.float32
+    key = (model_dir or "", device, dtype)
+    with _LOCK:
+        if key not in _BUNDLES:
+            _BUNDLES[key] = load_model_dir(model_dir, device=device, dtype=dtype)
+        return _BUNDLES[key]
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes (deterministic: same pixels, same bytes)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def candidate_seed(seed: int, index: int) -> int:
+    """Candidate i's seed; candidate 0 keeps the request's seed, so a returned seed sent
+    back with num_candidates=1 regenerates that very image (splitmix64 for the rest)."""
+    if index == 0:
+        return seed
+    z = (seed + index * 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFF_FFFF_FFFF_FFFF
+    return (z ^ (z >> 31)) or 1

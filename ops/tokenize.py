@@ -1,0 +1,32 @@
+"""tokenize: prompt -> text token ids, with the request's sampling parameters resolved."""
+from __future__ import annotations
+
+from typing import Any
+
+from ops.models.tokenizer import PromptError
+from ops.shared import bundle_for
+from server.engine import InvalidInput, Op
+
+
+class TokenizeOp(Op):
+    def setup(self, device: str) -> None:
+        # Tokenizing is CPU work whatever device the models use.
+        self.bundle = bundle_for(self.settings.get("model_dir"), "cpu")
+
+    def process(self, rows: list[dict[str, Any]]) -> list[Any]:
+        return [self._one(row) for row in rows]
+
+    def _one(self, row: dict[str, Any]) -> Any:
+        try:
+            text = self.bundle.tokenizer.encode(row["prompt"])
+        except PromptError as exc:
+            return InvalidInput(str(exc))
+        d = self.bundle.sampling
+        return {
+            **row,
+            "text": text,
+            "temperature": row.get("temperature") or d.temperature,
+            "top_k": row.get("top_k") or d.top_k,
+            "top_p": row.get("top_p") or d.top_p,
+            "guidance_scale": row.get("guidance_scale") or d.guidance_scale,
+        }

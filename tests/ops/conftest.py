@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny model trained for a few steps by the real trainer: the smoke test of training."""
+    from ops.training.train import train
+
+    logging.getLogger("tessera.train").setLevel(logging.WARNING)
+    root = tmp_path_factory.mktemp("tiny")
+    train("tiny", root / "work", root / "model", seed=0)
+    return root / "model"

@@ -1,0 +1,154 @@
+"""The KV-cached path agrees token for token with a full uncached forward."""
+from __future__ import annotations
+
+import torch
+
+from ops.models.sampling import row_uniforms, sample_tokens
+from ops.models.transformer import ImageGPT, KVCache, TransformerConfig
+from ops.sample import SampleOp
+from server.engine import StepRow
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(text_vocab=50, text_len=6, image_vocab=40, image_len=9,
+                            d_model=32, n_layer=2, n_head=4)
+    return ImageGPT(cfg).eval()
+
+
+def reference(model, text, uniforms, temperature=1.0, top_k=0, top_p=1.0):
+    """Uncached: the whole sequence re-run for every token."""
+    tokens = torch.zeros(1, 0, dtype=torch.long)
+    for i in range(model.cfg.image_len):
+        logits = model(text[None], torch.cat([tokens, torch.zeros(1, 1, dtype=torch.long)], 1))[:, i]
+        tok = sample_tokens(logits, torch.tensor([temperature]), torch.tensor([top_k]),
+                            torch.tensor([top_p]), uniforms[i:i + 1])
+        tokens = torch.cat([tokens, tok[None]], 1)
+    return tokens[0].tolist()
+
+
+def test_prefill_and_steps_match_full_forward_logits():
+    model = tiny()
+    text = torch.randint(0, 50, (3, 6))
+    image = torch.randint(0, 40, (3, 9))
+    with torch.no_grad():
+        full = model(text, image)  # (3, 9, V)
+    cache = KVCache(model.cfg, 3)
+    first = model.prefill(text, cache, torch.arange(3))
+    torch.testing.assert_close(first, full[:, 0], atol=1e-5, rtol=1e-4)
+    for i in range(1, 9):
+        step = model.decode_step(image[:, i - 1], torch.full((3,), i - 1), cache)
+        torch.testing.assert_close(step, full[:, i], atol=1e-5, rtol=1e-4)
+
+
+def test_rows_at_different_positions_share_a_step():
+    model = tiny()
+    text = torch.randint(0, 50, (2, 6))
+    image = torch.randint(0, 40, (2, 9))
+    with torch.no_grad():
+        full = model(text, image)
+    cache = KVCache(model.cfg, 2)
+    model.prefill(text[:1], cache, torch.tensor([0]))
+    for i in range(1, 4):  # row 0 runs ahead alone
+        model.decode_step(image[:1, i - 1], torch.tensor([i - 1]), cache)
+    model.prefill(text[1:], cache, torch.tensor([1]))  # row 1 joins at position 0
+    out = model.decode_step(torch.stack([image[0, 3], image[1, 0]]), torch.tensor([3, 0]), cache)
+    torch.testing.assert_close(out[0], full[0, 4], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out[1], full[1, 1], atol=1e-5, rtol=1e-4)
+
+
+class _Bundle:
+    def __init__(self, model):
+        self.transformer = model
+
+        class Tok:
+            @staticmethod
+            def empty():
+                return [0] * model.cfg.text_len
+        self.tokenizer = Tok()
+
+
+def sampler(model, capacity=8):
+    op = SampleOp()
+    op.capacity = capacity
+    import ops.sample as sample_mod
+    original = sample_mod.bundle_for
+    sample_mod.bundle_for = lambda *a, **k: _Bundle(model)
+    try:
+        op.setup("cpu")
+    finally:
+        sample_mod.bundle_for = original
+    return op
+
+
+def row(key, text, seed, guidance=1.0, temperature=1.0, top_k=0, top_p=1.0, index=0):
+    return StepRow(key, {"text": text, "seed": seed, "candidate_index": index, "temperature": temperature,
+                         "top_k": top_k, "top_p": top_p, "guidance_scale": guidance, "preview_every": 0})
+
+
+def run_to_end(op, rows_by_step):
+    """Admit rows_by_step[i] before step i; run until every row finished."""
+    out, i = {}, 0
+    while i < len(rows_by_step) or op.active:
+        if i < len(rows_by_step) and rows_by_step[i]:
+            op.admit(rows_by_step[i])
+        out.update({k: v["tokens"].tolist() for k, v in op.step().finished.items()})
+        i += 1
+    return out
+
+
+def test_sampler_matches_uncached_reference_token_for_token():
+    model = tiny()
+    text = [3, 7, 9, 0, 0, 0]
+    for seed, kw in ((11, {}), (12, {"top_k": 5}), (13, {"top_p": 0.7, "temperature": 0.8})):
+        op = sampler(model)
+        got = run_to_end(op, [[row("a", text, seed, **kw)]])["a"]
+        assert got == reference(model, torch.tensor(text), row_uniforms(seed, 9), **kw)
+
+
+def test_rows_joining_mid_run_and_sharing_a_prefix_match_running_alone():
+    model = tiny()
+    t1, t2 = [3, 7, 9, 0, 0, 0], [5, 5, 1, 2, 0, 0]
+    alone = {k: run_to_end(sampler(model), [[row(k, t, s)]])[k]
+             for k, t, s in (("a", t1, 1), ("b", t1, 2), ("c", t2, 3), ("d", t2, 4))}
+    op = sampler(model, capacity=4)
+    # a and b share a prompt (one prefill, copied); c joins at step 2, d at step 5.
+    mixed = run_to_end(op, [[row("a", t1, 1), row("b", t1, 2)], [], [row("c", t2, 3)], [], [],
+                            [row("d", t2, 4)]])
+    assert mixed == alone
+
+
+def test_guided_and_unguided_rows_share_a_batch_without_changing_each_other():
+    model = tiny()
+    t = [3, 7, 9, 0, 0, 0]
+    alone_g = run_to_end(sampler(model), [[row("g", t, 5, guidance=3.0)]])["g"]
+    alone_u = run_to_end(sampler(model), [[row("u", t, 6)]])["u"]
+    mixed = run_to_end(sampler(model), [[row("g", t, 5, guidance=3.0), row("u", t, 6)]])
+    assert mixed == {"g": alone_g, "u": alone_u}
+    assert alone_g != run_to_end(sampler(model), [[row("g", t, 5)]])["g"]  # guidance does act
+
+
+def test_eviction_repacks_slots_and_survivors_are_unchanged():
+    model = tiny()
+    t = [3, 7, 9, 0, 0, 0]
+    alone = run_to_end(sampler(model), [[row("keep", t, 9, guidance=2.0)]])["keep"]
+    op = sampler(model, capacity=3)
+    op.admit([row("x", t, 1, guidance=2.0), row("y", t, 2), row("keep", t, 9, guidance=2.0)])
+    op.step()
+    op.evict(["x", "y"])  # keep moves from slots (2, 5) down to (0, 1)
+    out = run_to_end(op, [])
+    assert out == {"keep": alone}
+    assert op.active == 0
+
+
+def test_decode_step_cost_does_not_depend_on_position():
+    model = tiny()
+    cache = KVCache(model.cfg, 2)
+    model.prefill(torch.zeros(2, 6, dtype=torch.long), cache, torch.arange(2))
+    # The attention reads the whole preallocated row every step: same shapes at any position.
+    shapes = set()
+    for pos in (0, 4, 7):
+        k = cache.k[0, :2]
+        shapes.add(tuple(k.shape))
+        model.decode_step(torch.zeros(2, dtype=torch.long), torch.tensor([pos, pos]), cache)
+    assert shapes == {(2, 4, model.cfg.seq_len, 8)}
