@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tests.server.engine import toy_ops
@@ -9,3 +11,14 @@ from tests.server.engine import toy_ops
 def _fresh_toy_calls():
     toy_ops.CALLS.clear()
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny model trained for a few steps by the real trainer: the smoke test of training."""
+    from ops.training.train import train
+
+    logging.getLogger("tessera.train").setLevel(logging.WARNING)
+    root = tmp_path_factory.mktemp("tiny")
+    train("tiny", root / "work", root / "model", seed=0)
+    return root / "model"

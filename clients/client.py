@@ -1,0 +1,228 @@
+"""Python clients for Tessera, sync and asyncio, with typed results.
+
+    with TesseraClient("127.0.0.1:50051") as client:
+        gen = client.generate("a small red circle in the top left on a blue background", num_images=2)
+        gen.images[0].image.save("best.png")
+
+    async with AsyncTesseraClient("127.0.0.1:50051") as client:
+        async for event in client.generate_stream("a red circle", preview_every=16):
+            ...   # ProgressEvent(s), then one Generation
+
+Calls that fail with UNAVAILABLE are retried by gRPC's own retry policy; every other
+failure raises TesseraError with the status code and the server's message.
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from PIL import Image
+
+from tessera.v1 import image_generation_pb2 as pb
+from tessera.v1 import image_generation_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+class TesseraError(Exception):
+    """A failed call: `code` is the gRPC status, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+@dataclass
+class GeneratedImage:
+    png: bytes
+    clip_score: float
+    seed: int
+    candidate_index: int
+    width: int
+    height: int
+
+    @property
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.png)).convert("RGB")
+
+
+@dataclass
+class StageTiming:
+    stage: str
+    queue_ms: float
+    compute_ms: float
+
+
+@dataclass
+class Generation:
+    request_id: str
+    images: list[GeneratedImage]
+    timings: list[StageTiming]
+    total_ms: float
+
+
+@dataclass
+class ProgressEvent:
+    stage: str
+    completed: int
+    total: int
+    preview_png: bytes = b""
+
+    @property
+    def preview(self) -> Image.Image | None:
+        return Image.open(io.BytesIO(self.preview_png)).convert("RGB") if self.preview_png else None
+
+
+@dataclass
+class ServerInfo:
+    model_name: str
+    image_width: int
+    image_height: int
+    text_context: int
+    limits: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+    version: str = ""
+
+
+def _options(retries: int, max_message_bytes: int) -> list[tuple[str, object]]:
+    policy = {"methodConfig": [{
+        "name": [{"service": "tessera.v1.ImageGeneration"}],
+        "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "0.2s", "maxBackoff": "2s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
+    return [("grpc.enable_retries", 1 if retries else 0), ("grpc.service_config", json.dumps(policy)),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)]
+
+
+def _credentials(tls: bool, root_certificates: str | None) -> grpc.ChannelCredentials | None:
+    if not tls and not root_certificates:
+        return None
+    roots = Path(root_certificates).read_bytes() if root_certificates else None
+    return grpc.ssl_channel_credentials(root_certificates=roots)
+
+
+def _request(prompt: str, **kw) -> pb.GenerateRequest:
+    return pb.GenerateRequest(prompt=prompt, **{k: v for k, v in kw.items() if v})
+
+
+def _generation(resp: pb.GenerateResponse) -> Generation:
+    return Generation(
+        request_id=resp.request_id,
+        images=[GeneratedImage(i.png, i.clip_score, i.seed, i.candidate_index, i.width, i.height)
+                for i in resp.images],
+        timings=[StageTiming(t.stage, t.queue_ms, t.compute_ms) for t in resp.timings],
+        total_ms=resp.total_ms)
+
+
+def _event(ev: pb.GenerateEvent) -> ProgressEvent | Generation:
+    if ev.HasField("result"):
+        return _generation(ev.result)
+    p = ev.progress
+    return ProgressEvent(p.stage, p.completed, p.total, p.preview_png)
+
+
+def _info(i: pb.ServerInfo) -> ServerInfo:
+    limits = {f.name: getattr(i.limits, f.name) for f in i.limits.DESCRIPTOR.fields}
+    defaults = {f.name: getattr(i.defaults, f.name) for f in i.defaults.DESCRIPTOR.fields}
+    return ServerInfo(i.model_name, i.image_width, i.image_height, i.text_context, limits, defaults, i.version)
+
+
+class _Base:
+    def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None, tls: bool = False,
+                 root_certificates: str | None = None, timeout: float | None = 300.0, retries: int = 3,
+                 max_message_bytes: int = 64 * 1024 * 1024):
+        self.target, self.timeout = target, timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._creds = _credentials(tls, root_certificates)
+        self._options = _options(retries, max_message_bytes)
+
+    def _kw(self, timeout: float | None) -> dict:
+        return {"timeout": timeout if timeout is not None else self.timeout, "metadata": self._metadata}
+
+
+class TesseraClient(_Base):
+    """Blocking client."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, **kw):
+        super().__init__(target, **kw)
+        self._channel = (grpc.secure_channel(target, self._creds, self._options) if self._creds
+                         else grpc.insecure_channel(target, self._options))
+        self._stub = pb_grpc.ImageGenerationStub(self._channel)
+
+    def __enter__(self) -> TesseraClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def generate(self, prompt: str, *, timeout: float | None = None, **params) -> Generation:
+        try:
+            return _generation(self._stub.Generate(_request(prompt, **params), **self._kw(timeout)))
+        except grpc.RpcError as exc:
+            raise TesseraError(exc.code(), exc.details()) from None
+
+    def generate_stream(self, prompt: str, *, timeout: float | None = None,
+                        **params) -> Iterator[ProgressEvent | Generation]:
+        call = self._stub.GenerateStream(_request(prompt, **params), **self._kw(timeout))
+        try:
+            for ev in call:
+                yield _event(ev)
+        except grpc.RpcError as exc:
+            raise TesseraError(exc.code(), exc.details()) from None
+        finally:
+            call.cancel()
+
+    def info(self, *, timeout: float | None = 10.0) -> ServerInfo:
+        try:
+            return _info(self._stub.GetInfo(pb.GetInfoRequest(), **self._kw(timeout)))
+        except grpc.RpcError as exc:
+            raise TesseraError(exc.code(), exc.details()) from None
+
+
+class AsyncTesseraClient(_Base):
+    """asyncio client; one channel, any number of concurrent calls."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, **kw):
+        super().__init__(target, **kw)
+        self._channel = (grpc.aio.secure_channel(target, self._creds, self._options) if self._creds
+                         else grpc.aio.insecure_channel(target, self._options))
+        self._stub = pb_grpc.ImageGenerationStub(self._channel)
+
+    async def __aenter__(self) -> AsyncTesseraClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def generate(self, prompt: str, *, timeout: float | None = None, **params) -> Generation:
+        try:
+            return _generation(await self._stub.Generate(_request(prompt, **params), **self._kw(timeout)))
+        except grpc.aio.AioRpcError as exc:
+            raise TesseraError(exc.code(), exc.details()) from None
+
+    async def generate_stream(self, prompt: str, *, timeout: float | None = None,
+                              **params) -> AsyncIterator[ProgressEvent | Generation]:
+        call = self._stub.GenerateStream(_request(prompt, **params), **self._kw(timeout))
+        try:
+            async for ev in call:
+                yield _event(ev)
+        except grpc.aio.AioRpcError as exc:
+            raise TesseraError(exc.code(), exc.details()) from None
+        finally:
+            call.cancel()
+
+    async def info(self, *, timeout: float | None = 10.0) -> ServerInfo:
+        try:
+            return _info(await self._stub.GetInfo(pb.GetInfoRequest(), **self._kw(timeout)))
+        except grpc.aio.AioRpcError as exc:
+            raise TesseraError(exc.code(), exc.details()) from None

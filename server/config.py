@@ -1,0 +1,91 @@
+"""The server's configuration: a `server` section, the model, and the engine's `graph`.
+
+    config = AppConfig.from_dict(yaml.safe_load(path.read_text()))
+
+Validated once at start-up; every mistake is a ConfigError naming the key.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from server.engine import ConfigError, GraphConfig
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Limits:
+    max_num_images: int = 16
+    max_num_candidates: int = 64
+    max_prompt_chars: int = 1000
+    max_message_bytes: int = 16 * MiB
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9090        # 0 picks a free port; -1 turns metrics off
+    shutdown_grace_s: float = 30.0
+    token_file: str | None = None   # bearer-token auth, off unless one of these is set
+    token_env: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class AppConfig:
+    server: ServerConfig
+    graph: GraphConfig
+    model_dir: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> AppConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError("(top level)", "the configuration must be a mapping")
+        _known("", raw, {"server", "graph", "model_dir"})
+        if "graph" not in raw:
+            raise ConfigError("graph", "is required: the OPs and how they connect")
+        s = raw.get("server") or {}
+        if not isinstance(s, dict):
+            raise ConfigError("server", "must be a mapping")
+        _known("server.", s, {f.name for f in fields(ServerConfig)})
+        limits_raw = s.get("limits") or {}
+        _known("server.limits.", limits_raw, {f.name for f in fields(Limits)})
+        limits = Limits(**limits_raw)
+        for f in fields(Limits):
+            _int_range(f"server.limits.{f.name}", getattr(limits, f.name), 1, 2**31 - 1)
+        server = ServerConfig(**{**s, "limits": limits})
+        _int_range("server.port", server.port, 0, 65535)
+        _int_range("server.metrics_port", server.metrics_port, -1, 65535)
+        if (server.tls_cert_file is None) != (server.tls_key_file is None):
+            raise ConfigError("server.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file")
+        model_dir = raw.get("model_dir")
+        if model_dir is not None and not isinstance(model_dir, str):
+            raise ConfigError("model_dir", "must be a path")
+        graph_raw = copy.deepcopy(raw["graph"])
+        if isinstance(graph_raw, dict) and isinstance(graph_raw.get("ops"), dict):
+            for op in graph_raw["ops"].values():  # one model directory for every OP by default
+                if isinstance(op, dict) and model_dir is not None:
+                    op.setdefault("settings", {}).setdefault("model_dir", model_dir)
+        try:
+            graph = GraphConfig.from_dict(graph_raw)
+        except ConfigError as exc:
+            raise ConfigError(f"graph.{exc.key}", str(exc).split(": ", 1)[1]) from None
+        return cls(server=server, graph=graph, model_dir=model_dir)
+
+
+def _known(prefix: str, body: Any, known: set[str]) -> None:
+    if not isinstance(body, dict):
+        raise ConfigError(prefix.rstrip(".") or "(top level)", "must be a mapping")
+    for key in body:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}", f"unknown key; expected one of {sorted(known)}")
+
+
+def _int_range(key: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(key, f"must be an integer between {low} and {high}, got {value!r}")

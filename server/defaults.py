@@ -1,0 +1,35 @@
+"""The shipped configuration, used when `tessera serve` gets no --config.
+
+deploy/default.yaml is the same configuration as a file to copy and edit (a test keeps
+the two equal).
+"""
+from __future__ import annotations
+
+DEFAULT_CONFIG: dict = {
+    "model_dir": None,  # None: the bundled shapes-dalle model
+    "server": {
+        "host": "127.0.0.1",
+        "port": 50051,
+        "metrics_port": 9090,
+        "shutdown_grace_s": 30.0,
+        "limits": {"max_num_images": 16, "max_num_candidates": 64, "max_prompt_chars": 1000,
+                   "max_message_bytes": 16777216},
+    },
+    "graph": {
+        "output": "rerank",
+        "default_deadline_ms": 120000,
+        "max_inflight": 512,
+        "ops": {
+            "tokenize": {"type": "ops.tokenize:TokenizeOp", "inputs": ["request"],
+                         "batch_size": 32, "batch_timeout_ms": 1, "channel_capacity": 512},
+            "sample": {"type": "ops.sample:SampleOp", "inputs": ["tokenize"],
+                       "batch_size": 64, "channel_capacity": 512},
+            "decode": {"type": "ops.decode:DecodeOp", "inputs": ["sample"],
+                       "batch_size": 64, "batch_timeout_ms": 2, "channel_capacity": 512},
+            "clip_text": {"type": "ops.clip_text:ClipTextOp", "inputs": ["tokenize"],
+                          "batch_size": 32, "batch_timeout_ms": 1, "channel_capacity": 512},
+            "rerank": {"type": "ops.rerank:RerankOp", "inputs": ["decode", "clip_text"],
+                       "batch_size": 16, "batch_timeout_ms": 2, "channel_capacity": 512},
+        },
+    },
+}

@@ -1,0 +1,78 @@
+"""`tessera serve`: load the configuration, start the server, drain on SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+
+from server.config import AppConfig
+from server.defaults import DEFAULT_CONFIG
+from server.engine import ConfigError, run
+from server.engine.logs import configure_logging
+
+log = logging.getLogger("tessera.server")
+
+
+def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None) -> AppConfig:
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(path, f"cannot read the configuration: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    else:
+        raw = copy.deepcopy(DEFAULT_CONFIG)
+    if isinstance(raw, dict):
+        server = raw.setdefault("server", {}) or {}
+        raw["server"] = server
+        for key, value in (("host", host), ("port", port), ("metrics_port", metrics_port)):
+            if value is not None:
+                server[key] = value
+    return AppConfig.from_dict(raw)
+
+
+async def _serve(config: AppConfig) -> int:
+    from server.app import TesseraServer
+
+    server = TesseraServer(config)
+    try:
+        port = await server.start()
+    except Exception as exc:  # noqa: BLE001 - a start-up failure is one clear line, not a traceback
+        print(f"tessera serve: could not start: {exc}", file=sys.stderr)
+        await server.stop(0)
+        return 1
+    metrics = f"; metrics on http://{config.server.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
+    print(f"tessera: serving '{server.model_info()['name']}' on {config.server.host}:{port}{metrics}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("tessera: draining in-flight requests...", flush=True)
+    await server.stop()
+    print("tessera: stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC.")
+    ap.add_argument("--config", help="YAML configuration (default: the bundled model on the CPU)")
+    ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
+    ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
+    try:
+        config = load_config(args.config, args.host, args.port, args.metrics_port)
+    except ConfigError as exc:
+        print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return run(_serve(config))

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import pytest
+
+from clients import AsyncTesseraClient
+from server.app import TesseraServer
+from server.config import AppConfig
+from server.defaults import DEFAULT_CONFIG
+
+
+def app_config(model_dir, **server) -> AppConfig:
+    raw = copy.deepcopy(DEFAULT_CONFIG)
+    raw["model_dir"] = str(model_dir)
+    raw["server"].update({"port": 0, "metrics_port": 0, "shutdown_grace_s": 5.0, **server})
+    return AppConfig.from_dict(raw)
+
+
+@contextlib.asynccontextmanager
+async def serving(config: AppConfig, **client_kw):
+    server = TesseraServer(config)
+    port = await server.start()
+    client = AsyncTesseraClient(f"127.0.0.1:{port}", timeout=60, **client_kw)
+    try:
+        yield server, client
+    finally:
+        await client.close()
+        await server.stop(2.0)
+
+
+@pytest.fixture
+async def served(tiny_model_dir):
+    async with serving(app_config(tiny_model_dir)) as pair:
+        yield pair

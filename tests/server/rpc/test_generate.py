@@ -1,0 +1,79 @@
+"""The real server on port 0, the real client: images, seeds, streaming, concurrency."""
+from __future__ import annotations
+
+import asyncio
+
+from clients import Generation, ProgressEvent
+
+PROMPT = "a small red circle in the top left on a blue background"
+
+
+async def test_prompt_returns_requested_pngs_best_first(served):
+    _, client = served
+    gen = await client.generate(PROMPT, num_images=3, num_candidates=6, seed=5, request_id="req-1")
+    assert gen.request_id == "req-1"
+    assert len(gen.images) == 3
+    for im in gen.images:
+        assert im.png.startswith(b"\x89PNG") and im.image.size == (64, 64)
+        assert (im.width, im.height) == (64, 64)
+    scores = [im.clip_score for im in gen.images]
+    assert scores == sorted(scores, reverse=True)
+    assert len({im.candidate_index for im in gen.images}) == 3
+    assert {t.stage for t in gen.timings} == {"tokenize", "sample", "decode", "clip_text", "rerank"}
+    assert gen.total_ms > 0
+
+
+async def test_same_seed_same_bytes_and_an_image_seed_regenerates_it(served):
+    _, client = served
+    a = await client.generate(PROMPT, num_images=2, num_candidates=4, seed=77)
+    b = await client.generate(PROMPT, num_images=2, num_candidates=4, seed=77)
+    assert [im.png for im in a.images] == [im.png for im in b.images]
+    for im in a.images:
+        again = await client.generate(PROMPT, num_candidates=1, seed=im.seed)
+        assert again.images[0].png == im.png
+
+
+async def test_server_picks_a_seed_when_none_is_given(served):
+    _, client = served
+    gen = await client.generate(PROMPT)
+    assert gen.images[0].seed != 0
+    assert (await client.generate(PROMPT, seed=gen.images[0].seed)).images[0].png == gen.images[0].png
+
+
+async def test_stream_reports_stages_and_sampler_progress_then_one_result(served):
+    _, client = served
+    events = [e async for e in client.generate_stream(PROMPT, num_candidates=2, seed=3, preview_every=16)]
+    progress, results = events[:-1], [e for e in events if isinstance(e, Generation)]
+    assert len(results) == 1 and isinstance(events[-1], Generation)
+    assert all(isinstance(e, ProgressEvent) for e in progress)
+    sampler = [e for e in progress if e.stage == "sample"]
+    assert [e.completed for e in sampler] == sorted(e.completed for e in sampler)
+    assert sampler[-1].completed == sampler[-1].total == 2 * 64
+    previews = [e.preview for e in sampler if e.preview_png]
+    assert previews and all(p.size == (64, 64) for p in previews)
+    assert {"tokenize", "decode", "clip_text", "rerank"} <= {e.stage for e in progress}
+
+
+async def test_64_concurrent_requests_each_get_their_own_images(served):
+    _, client = served
+    colors = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+    shapes = ["circle", "square", "diamond", "triangle"]
+    prompts = [f"a {colors[i % 8]} {shapes[i // 8 % 4]} on the {'left' if i < 32 else 'right'}" for i in range(64)]
+    gens = await asyncio.gather(*(client.generate(p, num_candidates=2, seed=100 + i, request_id=f"c{i}")
+                                  for i, p in enumerate(prompts)))
+    assert [g.request_id for g in gens] == [f"c{i}" for i in range(64)]
+    assert [g.images[0].seed for g in gens] == [100 + i if g.images[0].candidate_index == 0
+                                                else g.images[0].seed for i, g in enumerate(gens)]
+    # Each image is the one its own request makes alone.
+    for i in (0, 17, 63):
+        alone = await client.generate(prompts[i], num_candidates=2, seed=100 + i)
+        assert alone.images[0].png == gens[i].images[0].png
+
+
+async def test_get_info_describes_model_limits_and_defaults(served):
+    _, client = served
+    info = await client.info()
+    assert (info.image_width, info.image_height) == (64, 64)
+    assert info.text_context == 32
+    assert info.limits["max_num_candidates"] == 64 and info.limits["max_num_images"] == 16
+    assert info.defaults["temperature"] > 0
