@@ -1,0 +1,74 @@
+"""`tessera serve` as a user runs it: a subprocess, a config file, SIGTERM."""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clients import TesseraClient
+from server.defaults import DEFAULT_CONFIG
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tessera(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "clients.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, **kw)
+
+
+def test_deploy_default_yaml_is_the_shipped_default():
+    assert yaml.safe_load((ROOT / "deploy" / "default.yaml").read_text()) == DEFAULT_CONFIG
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["graph"]["ops"]["sample"].update(batch_size=0), "graph.ops.sample.batch_size"),
+    (lambda c: c["graph"]["ops"]["decode"].update(inputs=["nope"]), "graph.ops.decode.inputs"),
+    (lambda c: c["graph"]["ops"]["tokenize"].update(inputs=["request", "rerank"]), "graph.ops"),
+    (lambda c: c["server"].update(port=70000), "server.port"),
+    (lambda c: c["graph"]["ops"]["rerank"].update(type="ops.rerank:Nope"), "graph.ops.rerank.type"),
+])
+def test_bad_configuration_is_one_line_and_a_nonzero_exit(tmp_path, mutate, key):
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    mutate(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = tessera("serve", "--config", str(path))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_unreadable_yaml_is_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("graph: [unclosed")
+    proc = tessera("serve", "--config", str(path))
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_on_port_zero_prints_the_port_and_drains_on_sigterm(tiny_model_dir, tmp_path):
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg["model_dir"] = str(tiny_model_dir)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", "--config", str(path),
+                             "--port", "0", "--metrics-port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        with TesseraClient(f"127.0.0.1:{port}", timeout=30) as client:
+            assert len(client.generate("a blue square", num_images=2).images) == 2
+        os.kill(proc.pid, signal.SIGTERM)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=30) == 0
+        assert "draining" in rest and "stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
