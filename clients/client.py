@@ -89,13 +89,15 @@ class ServerInfo:
 
 
 def _options(retries: int, max_message_bytes: int) -> list[tuple[str, object]]:
+    options: list[tuple[str, object]] = [("grpc.max_receive_message_length", max_message_bytes),
+                                         ("grpc.max_send_message_length", max_message_bytes)]
+    if retries <= 0:
+        return options + [("grpc.enable_retries", 0)]
     policy = {"methodConfig": [{
         "name": [{"service": "tessera.v1.ImageGeneration"}],
         "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "0.2s", "maxBackoff": "2s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
-    return [("grpc.enable_retries", 1 if retries else 0), ("grpc.service_config", json.dumps(policy)),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)]
+    return options + [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(policy))]
 
 
 def _credentials(tls: bool, root_certificates: str | None) -> grpc.ChannelCredentials | None:

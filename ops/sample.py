@@ -44,6 +44,7 @@ class SampleOp(SteppingOp):
         self.model = self.bundle.transformer
         self.cfg = self.model.cfg
         self.dtype = next(self.model.parameters()).dtype
+        self.joins_mid_run = not self.settings.get("static_batching", False)
         self.cache: KVCache | None = None
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)

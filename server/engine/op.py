@@ -71,6 +71,9 @@ class SteppingOp(Op):
     """
 
     capacity: int = 1
+    # False: "static" batching, where a running batch finishes before new rows join
+    # (only for comparison; iteration-level batching is the point of a stepping OP).
+    joins_mid_run: bool = True
 
     def admit(self, rows: list[StepRow]) -> dict[Hashable, BaseException] | None:
         """Add rows to the running batch; return the rows that could not be admitted."""

@@ -138,19 +138,25 @@ class OpStage:
 
     # -- batch OPs -------------------------------------------------------------------------
     async def _run_batches(self, worker: Worker) -> None:
-        size, wait = self.cfg.batch_size, self.cfg.batch_timeout_ms / 1000
+        size = self.cfg.batch_size
         while True:
             while not self.pending:
                 await self._wait_rows()
-            if size > 1 and wait > 0:
-                deadline = self.pending[0].enqueued + wait
-                while self.pending and len(self.pending) < size:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not await self._wait_rows(left):
-                        break
+            await self._fill_or_timeout(size)
             batch = self._take(size)
             if batch:
                 await self._execute(worker, batch)
+
+    async def _fill_or_timeout(self, size: int) -> None:
+        """Wait for `size` rows, at most batch_timeout_ms after the oldest arrived."""
+        wait = self.cfg.batch_timeout_ms / 1000
+        if size <= 1 or wait <= 0:
+            return
+        deadline = self.pending[0].enqueued + wait
+        while self.pending and len(self.pending) < size:
+            left = deadline - time.monotonic()
+            if left <= 0 or not await self._wait_rows(left):
+                break
 
     async def _execute(self, worker: Worker, batch: list[RowTask]) -> None:
         start = time.monotonic()
@@ -206,11 +212,13 @@ class OpStage:
             if not live:
                 while not self.pending:
                     await self._wait_rows()
+                await self._fill_or_timeout(self.cfg.batch_size)
             evict = broken + [k for k, t in live.items() if t.request.done]
             broken = []
             for key in evict:
                 live.pop(key, None)
-            admit = self._take(self.cfg.batch_size - len(live))
+            room = self.cfg.batch_size - len(live) if (op.joins_mid_run or not live) else 0
+            admit = self._take(room)
             rows = [StepRow((t.request.id, t.index), t.value) for t in admit]
 
             def run(evict=evict, rows=rows):

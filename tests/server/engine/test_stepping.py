@@ -67,3 +67,15 @@ async def test_row_refused_at_admission_fails_alone():
         with pytest.raises(InvalidInput):
             await bad.result()
         assert (await good.result()).value["finished_at"] >= 3
+
+
+async def test_static_batching_runs_a_batch_to_completion_before_new_rows_join(monkeypatch):
+    from tests.server.engine.toy_ops import Counter
+    monkeypatch.setattr(Counter, "joins_mid_run", False)
+    async with running(counter(settings={"sleep": 0.005})) as engine:
+        first = engine.submit(10)
+        await asyncio.sleep(0.02)
+        late = engine.submit(2)
+        a, b = await first.result(), await late.result()
+    assert a.value["finished_at"] == 10
+    assert b.value["admitted_at"] >= 10  # waited for the running batch to drain

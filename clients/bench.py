@@ -1,0 +1,302 @@
+"""`tessera bench`: throughput and latency, measured side by side.
+
+    tessera bench --compare serial,static,default,offline --concurrency 1,8,32 --num-candidates 4
+    tessera bench --server 127.0.0.1:50051 --metrics http://127.0.0.1:9090/metrics
+    tessera bench --engine-only
+    tessera bench --kv
+
+Closed loop: `c` clients, each sending its next request when the last one returns.
+Open loop: Poisson arrivals at --rate (optionally bursty). Benchmarks measure; tests
+never assert a timing.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from clients.bench_report import percentile, plot, scrape, server_split, summarize, table
+from clients.cli import ProgressBar
+
+
+def shapes_prompts(n: int, seed: int = 0) -> list[str]:
+    """Full English/Chinese prompts drawn from the shapes world's vocabulary."""
+    from ops.shapes.world import caption, random_scene  # the world's words; no model involved
+    rng = random.Random(seed)
+    return [caption(random_scene(rng), rng.choice(("en", "zh"))) for _ in range(n)]
+
+
+async def _one(client, prompt: str, params: dict, seed: int) -> dict:
+    from clients.client import Generation, TesseraError
+    start = time.monotonic()
+    first = None
+    try:
+        async for event in client.generate_stream(prompt, seed=seed, **params):
+            if first is None:
+                first = time.monotonic() - start
+            if isinstance(event, Generation):
+                return {"code": "OK", "latency_s": time.monotonic() - start, "first_event_s": first,
+                        "images": len(event.images), "candidates": params.get("num_candidates") or 1}
+    except TesseraError as exc:
+        return {"code": exc.code.name, "latency_s": time.monotonic() - start, "first_event_s": first,
+                "images": 0, "candidates": 0, "details": exc.details}
+    return {"code": "NO_RESULT", "latency_s": time.monotonic() - start, "first_event_s": first,
+            "images": 0, "candidates": 0}
+
+
+async def closed_loop(target: str, prompts: list[str], concurrency: int, requests: int, params: dict,
+                      bar: ProgressBar | None = None, label: str = "") -> tuple[list[dict], float]:
+    from clients.client import AsyncTesseraClient
+    samples: list[dict] = []
+    counter = iter(range(requests))
+    async with AsyncTesseraClient(target, timeout=600, retries=0) as client:
+        async def worker():
+            for i in counter:
+                samples.append(await _one(client, prompts[i % len(prompts)], params, 1 + i))
+                if bar:
+                    bar.update(label, len(samples), requests)
+        start = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return samples, time.monotonic() - start
+
+
+async def open_loop(target: str, prompts: list[str], rate: float, requests: int, params: dict,
+                    bursty: bool, seed: int = 0, bar: ProgressBar | None = None,
+                    label: str = "") -> tuple[list[dict], float]:
+    """Poisson arrivals; `bursty` sends them in clumps of 1-8 with the same mean rate."""
+    from clients.client import AsyncTesseraClient
+    rng = random.Random(seed)
+    samples: list[dict] = []
+    async with AsyncTesseraClient(target, timeout=600, retries=0) as client:
+        tasks, start, sent = [], time.monotonic(), 0
+
+        async def tracked(i):
+            samples.append(await _one(client, prompts[i % len(prompts)], params, 1 + i))
+            if bar:
+                bar.update(label, len(samples), requests)
+        while sent < requests:
+            clump = rng.randint(1, 8) if bursty else 1
+            await asyncio.sleep(rng.expovariate(rate / clump))
+            for _ in range(min(clump, requests - sent)):
+                tasks.append(asyncio.create_task(tracked(sent)))
+                sent += 1
+        await asyncio.gather(*tasks)
+        return samples, time.monotonic() - start
+
+
+def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
+                model_dir: str | None, capacity: int) -> list[dict]:
+    """The same OPs called in process at the sampler's full batch: the ceiling."""
+    from ops.pipeline import LocalPipeline
+    pipe = LocalPipeline(model_dir, capacity=capacity)
+    reqs = [{"prompt": prompts[i % len(prompts)], "seed": 1 + i, **{k: v for k, v in params.items() if v}}
+            for i in range(requests)]
+    pipe.generate(reqs[:2])  # warm-up
+    start = time.monotonic()
+    per_call = max(1, capacity // max(1, params.get("num_candidates") or 1))
+    done = 0
+    for at in range(0, len(reqs), per_call):
+        done += sum(len(r) for r in pipe.generate(reqs[at:at + per_call]))
+    wall = time.monotonic() - start
+    single = []
+    for i in range(7):
+        t = time.monotonic()
+        pipe.generate(reqs[i:i + 1])
+        single.append(time.monotonic() - t)
+    rows = []
+    for c in concurrency_levels:  # offline has no concurrency; one figure per plot point
+        summary = summarize([{"code": "OK", "latency_s": statistics.median(single), "first_event_s": None,
+                              "images": 1, "candidates": 1}] * 0, 1.0)
+        summary.update(images_per_s=done / wall, requests_per_s=len(reqs) / wall,
+                       latency_ms={"p50": 1000 * statistics.median(single), "p90": 1000 * percentile(single, .9),
+                                   "p99": 1000 * percentile(single, .99), "max": 1000 * max(single)},
+                       note="throughput at the sampler's full batch; latency of one request alone")
+        rows.append({"config": "offline", "mode": f"closed c={c}", "concurrency": c, "summary": summary})
+    return rows
+
+
+def engine_only(concurrency_levels: list[int], requests: int) -> list[dict]:
+    """Four no-op OPs through the real engine, in process: the engine's own overhead."""
+    from server.engine import Engine, GraphConfig, run
+
+    ops, prev = {}, "request"
+    for i in range(4):
+        ops[f"noop{i}"] = {"type": "clients.noop:NoopOp", "inputs": [prev], "batch_size": 64,
+                           "channel_capacity": 4096}
+        prev = f"noop{i}"
+    cfg = GraphConfig.from_dict({"ops": ops, "output": prev, "max_inflight": 8192})
+
+    async def main():
+        engine = Engine(cfg)
+        await engine.start()
+        rows = []
+        try:
+            for c in concurrency_levels:
+                lat: list[float] = []
+                counter = iter(range(requests))
+
+                async def worker():
+                    for i in counter:
+                        t = time.monotonic()
+                        await engine.submit(i).result()
+                        lat.append(time.monotonic() - t)
+                for _ in range(2):  # the first pass warms up
+                    lat.clear()
+                    counter = iter(range(requests))
+                    start = time.monotonic()
+                    await asyncio.gather(*(worker() for _ in range(c)))
+                    wall = time.monotonic() - start
+                samples = [{"code": "OK", "latency_s": x, "first_event_s": None, "images": 1, "candidates": 1}
+                           for x in lat]
+                rows.append({"config": "engine", "mode": f"closed c={c}", "concurrency": c,
+                             "summary": summarize(samples, wall)})
+        finally:
+            await engine.stop(1)
+        return rows
+    return run(main())
+
+
+def kv_profile(model_dir: str | None, rows: int) -> dict:
+    """Decode-step time over the first vs the last quarter of image tokens, at a full batch."""
+    import torch
+
+    from ops.pipeline import LocalPipeline, request_defaults
+    from server.engine import StepRow
+    pipe = LocalPipeline(model_dir, capacity=rows)
+    tok = pipe.tokenize.process([request_defaults({"prompt": "a red circle", "num_candidates": rows})])[0]
+    times = []
+    with torch.inference_mode():
+        for attempt in range(2):  # the first pass warms up
+            pipe.sample.admit([StepRow(i, r) for i, r in enumerate(pipe.sample.split(tok))])
+            times = []
+            while pipe.sample.active:
+                t = time.perf_counter()
+                pipe.sample.step()
+                times.append(time.perf_counter() - t)
+    n = len(times)
+    q = max(1, n // 4)
+    first, last = statistics.mean(times[:q]), statistics.mean(times[-q - 1:-1])
+    return {"rows": rows, "steps": n, "first_quarter_ms": 1000 * first, "last_quarter_ms": 1000 * last,
+            "ratio": last / first}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tessera bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", help="benchmark a running server (else --compare starts its own)")
+    ap.add_argument("--metrics", help="that server's metrics URL, for the server-side split")
+    ap.add_argument("--compare", default="serial,static,default,offline",
+                    help="configurations to start and compare side by side")
+    ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    ap.add_argument("--requests", type=int, default=0, help="per level (default: max(8, 3 x concurrency))")
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=0, help="open loop: requests/s (Poisson)")
+    ap.add_argument("--rate-of", help="open loop at --rate-fraction of this config's measured capacity")
+    ap.add_argument("--rate-fraction", type=float, default=0.7)
+    ap.add_argument("--open-requests", type=int, default=60)
+    ap.add_argument("--bursty", action="store_true")
+    ap.add_argument("--num-candidates", type=int, default=4)
+    ap.add_argument("--num-images", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=0)
+    ap.add_argument("--guidance-scale", type=float, default=0)
+    ap.add_argument("--prompts", help="a file with one prompt per line (default: the shapes world)")
+    ap.add_argument("--engine-only", action="store_true", help="four no-op OPs, no model, no RPC")
+    ap.add_argument("--kv", action="store_true", help="decode-step time early vs late (KV cache)")
+    ap.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.png")
+    args = ap.parse_args(argv)
+
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"command": "tessera bench " + " ".join(sys.argv[2:] if argv is None else argv),
+                    "date": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
+    if args.engine_only:
+        rows = engine_only(levels, args.requests or 5000)
+        report["rows"] = rows
+        print(table(rows))
+        return _write(report, out, rows)
+    if args.kv:
+        report["kv"] = kv_profile(args.model_dir, 64)
+        print(json.dumps(report["kv"], indent=2))
+        (out / "kv.json").write_text(json.dumps(report, indent=2))
+        return 0
+
+    prompts = (Path(args.prompts).read_text().splitlines() if args.prompts else shapes_prompts(500))
+    prompts = [p for p in prompts if p.strip()]
+    params = {"num_candidates": args.num_candidates, "num_images": args.num_images,
+              "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+              "guidance_scale": args.guidance_scale}
+    bar = ProgressBar()
+    rows: list[dict] = []
+
+    def sweep(name: str, target: str, metrics: str | None) -> None:
+        asyncio.run(closed_loop(target, prompts, min(4, args.warmup), args.warmup, params))
+        for c in levels:
+            n = args.requests or max(8, 3 * c)
+            before = scrape(metrics) if metrics else {}
+            samples, wall = asyncio.run(closed_loop(target, prompts, c, n, params, bar, f"{name} c={c}"))
+            split = server_split(before, scrape(metrics)) if metrics else {}
+            rows.append({"config": name, "mode": f"closed c={c}", "concurrency": c,
+                         "summary": summarize(samples, wall), "server": split})
+        bar.close()
+
+    def open_sweep(name: str, target: str, rate: float) -> None:
+        samples, wall = asyncio.run(open_loop(target, prompts, rate, args.open_requests, params, args.bursty,
+                                              bar=bar, label=f"{name} open"))
+        bar.close()
+        rows.append({"config": name, "mode": f"open {rate:.2f}/s", "rate": rate, "summary": summarize(samples, wall)})
+
+    if args.server:
+        sweep("server", args.server, args.metrics)
+        if args.rate:
+            open_sweep("server", args.server, args.rate)
+    else:
+        from clients.bench_servers import ServerProcess, bench_configs
+        configs = bench_configs(args.model_dir)
+        names = [n for n in args.compare.split(",") if n]
+        for name in names:
+            if name == "offline":
+                rows += offline_run(prompts, levels, args.requests or 64, params, args.model_dir,
+                                    configs["default"]["graph"]["ops"]["sample"]["batch_size"])
+                continue
+            with ServerProcess(name, configs[name]) as server:
+                sweep(name, server.target, server.metrics_url)
+        if args.rate or args.rate_of:
+            rate = args.rate
+            if args.rate_of:
+                top = max((r for r in rows if r["config"] == args.rate_of), key=lambda r: r["summary"]["requests_per_s"])
+                rate = args.rate_fraction * top["summary"]["requests_per_s"]
+                report["open_loop_rate"] = {"of": args.rate_of, "fraction": args.rate_fraction, "rate": rate}
+            for name in [n for n in names if n != "offline"]:
+                with ServerProcess(name, configs[name]) as server:
+                    open_sweep(name, server.target, rate)
+    report["rows"] = rows
+    print(table(rows))
+    for r in rows:
+        if r.get("server"):
+            split = ", ".join(f"{op}: {s['mean_rows_per_batch']:.1f} rows, q {s['mean_queue_ms']:.1f} ms, "
+                              f"c {s['mean_compute_ms']:.1f} ms" for op, s in r["server"].items())
+            print(f"  {r['config']} {r['mode']}: {split}")
+    return _write(report, out, rows)
+
+
+def _write(report: dict, out: Path, rows: list[dict]) -> int:
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    series: dict[str, list] = {}
+    for r in rows:
+        if "concurrency" in r:
+            s = r["summary"]
+            series.setdefault(r["config"], []).append(
+                (r["concurrency"], s["images_per_s"] if r["config"] != "engine" else s["requests_per_s"],
+                 s["latency_ms"]["p99"]))
+    plot(series, str(out / "bench.png"))
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0

@@ -1,0 +1,78 @@
+"""The configurations `tessera bench` compares, and servers it starts for them.
+
+Each configuration derives from the shipped default, so a comparison changes only
+what its name says.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+
+def bench_configs(model_dir: str | None = None) -> dict[str, dict]:
+    from server.defaults import DEFAULT_CONFIG
+
+    default = copy.deepcopy(DEFAULT_CONFIG)
+    default["model_dir"] = model_dir
+    default["graph"]["max_inflight"] = 4096
+    for op in default["graph"]["ops"].values():
+        op["channel_capacity"] = 4096
+    serial = copy.deepcopy(default)
+    for op in serial["graph"]["ops"].values():  # one row per call, one worker: no batching anywhere
+        op.update(batch_size=1, batch_timeout_ms=0, concurrency=1)
+    static = copy.deepcopy(default)
+    static["graph"]["ops"]["sample"].setdefault("settings", {})["static_batching"] = True
+    static["graph"]["ops"]["sample"]["batch_timeout_ms"] = 5
+    return {"serial": serial, "static": static, "default": default}
+
+
+class ServerProcess:
+    """`tessera serve` in a child process on free ports; stopped with SIGTERM."""
+
+    def __init__(self, name: str, config: dict):
+        self.name, self.config = name, config
+        self.proc: subprocess.Popen | None = None
+        self.port = self.metrics_port = None
+
+    def __enter__(self) -> ServerProcess:
+        fd, path = tempfile.mkstemp(suffix=".yaml", prefix=f"tessera-{self.name}-")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(self.config, f)
+        self._path = Path(path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clients.cli", "serve", "--config", path, "--port", "0",
+             "--metrics-port", "0", "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        match = re.search(r":(\d+); metrics on http://[^:]+:(\d+)", line)
+        if not match:
+            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            self.__exit__()
+            raise RuntimeError(f"server {self.name!r} did not start: {line.strip()} {err.strip()}")
+        self.port, self.metrics_port = int(match.group(1)), int(match.group(2))
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._path.unlink(missing_ok=True)

@@ -1,0 +1,40 @@
+"""The benchmark's arithmetic and its engine-only mode (no timing is asserted)."""
+from __future__ import annotations
+
+import math
+
+from clients.bench import engine_only
+from clients.bench_report import percentile, plot, server_split, summarize
+
+
+def test_percentiles_interpolate():
+    assert percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert percentile([5], 0.99) == 5
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_summary_counts_images_and_errors_by_code():
+    samples = [{"code": "OK", "latency_s": 0.1 * i, "first_event_s": 0.01, "images": 2, "candidates": 4}
+               for i in range(1, 5)] + [{"code": "RESOURCE_EXHAUSTED", "latency_s": 0.0, "first_event_s": None,
+                                         "images": 0, "candidates": 0, "details": "at capacity"}]
+    s = summarize(samples, wall_s=2.0)
+    assert s["images_per_s"] == 4.0 and s["requests_per_s"] == 2.0
+    assert s["errors"] == {"RESOURCE_EXHAUSTED": 1}
+    assert s["error_examples"]["RESOURCE_EXHAUSTED"] == "at capacity"
+    assert abs(s["latency_ms"]["p50"] - 250) < 1e-9
+
+
+def test_server_split_is_the_difference_over_the_run():
+    before = {("tessera_op_batch_rows_sum", "sample"): 10, ("tessera_op_batch_rows_count", "sample"): 5}
+    after = {("tessera_op_batch_rows_sum", "sample"): 110, ("tessera_op_batch_rows_count", "sample"): 10,
+             ("tessera_op_compute_seconds_sum", "sample"): 1.0}
+    split = server_split(before, after)
+    assert split["sample"]["mean_rows_per_batch"] == 20.0
+    assert split["sample"]["mean_compute_ms"] == 200.0
+
+
+def test_engine_only_mode_answers_every_request(tmp_path):
+    rows = engine_only([1, 8], requests=200)
+    assert [r["summary"]["ok"] for r in rows] == [200, 200]
+    plot({"engine": [(1, 1.0, 2.0), (8, 3.0, 4.0)]}, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0
