@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ops.shared import bundle_for
-from server.engine import Op
+from ops.shared import ModelOp
 
 
-class ClipTextOp(Op):
-    def setup(self, device: str) -> None:
-        self.device = device
-        self.bundle = bundle_for(self.settings.get("model_dir"), device, self.settings.get("half", False))
-
+class ClipTextOp(ModelOp):
     @torch.inference_mode()
     def process(self, rows: list[dict]) -> list[dict]:
         text = torch.tensor([r["text"] for r in rows], device=self.device)

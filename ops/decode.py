@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ops.shared import bundle_for, to_uint8
-from server.engine import Op
+from ops.shared import ModelOp, to_uint8
 
 
-class DecodeOp(Op):
-    def setup(self, device: str) -> None:
-        self.device = device
-        self.bundle = bundle_for(self.settings.get("model_dir"), device, self.settings.get("half", False))
-
+class DecodeOp(ModelOp):
     def split(self, value: list[dict]) -> list[dict]:
         return value  # the sampler's candidates
 

@@ -4,15 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.shared import bundle_for, to_png
-from server.engine import Op
+from ops.shared import ModelOp, to_png
 
 
-class RerankOp(Op):
-    def setup(self, device: str) -> None:
-        self.device = device
-        self.bundle = bundle_for(self.settings.get("model_dir"), device, self.settings.get("half", False))
-
+class RerankOp(ModelOp):
     @torch.inference_mode()
     def process(self, rows: list[dict]) -> list[dict]:
         # One image-encoder call for every candidate of every request in the batch.

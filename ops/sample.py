@@ -18,7 +18,7 @@ import torch
 
 from ops.models.sampling import guide, row_uniforms, sample_tokens
 from ops.models.transformer import KVCache
-from ops.shared import bundle_for, candidate_seed, to_png, to_uint8
+from ops.shared import ModelOp, candidate_seed, to_png, to_uint8
 from server.engine import SteppingOp, StepProgress, StepResult, StepRow
 
 
@@ -37,10 +37,9 @@ class _Row:
         return self.params[3] != 1.0
 
 
-class SampleOp(SteppingOp):
+class SampleOp(SteppingOp, ModelOp):
     def setup(self, device: str) -> None:
-        self.device = device
-        self.bundle = bundle_for(self.settings.get("model_dir"), device, self.settings.get("half", False))
+        super().setup(device)
         self.model = self.bundle.transformer
         self.cfg = self.model.cfg
         self.dtype = next(self.model.parameters()).dtype

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ops.models.loading import ModelBundle, load_model_dir
+from server.engine import Op
 
 _BUNDLES: dict[tuple, ModelBundle] = {}
 _LOCK = threading.Lock()
@@ -45,3 +46,11 @@ def candidate_seed(seed: int, index: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFF_FFFF_FFFF_FFFF
     return (z ^ (z >> 31)) or 1
+
+
+class ModelOp(Op):
+    """An OP that uses the model bundle on its worker's device (settings: model_dir, half)."""
+
+    def setup(self, device: str) -> None:
+        self.device = device
+        self.bundle = bundle_for(self.settings.get("model_dir"), device, self.settings.get("half", False))

@@ -71,7 +71,7 @@ class _Bundle:
 def sampler(model, capacity=8):
     op = SampleOp()
     op.capacity = capacity
-    import ops.sample as sample_mod
+    import ops.shared as sample_mod
     original = sample_mod.bundle_for
     sample_mod.bundle_for = lambda *a, **k: _Bundle(model)
     try:
