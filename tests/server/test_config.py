@@ -1,0 +1,56 @@
+"""The server's configuration: defaults, overrides, and one clear error per mistake."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from server.config import AppConfig
+from server.defaults import DEFAULT_CONFIG
+from server.engine import ConfigError
+from server.main import load_config
+
+
+def test_defaults_serve_the_bundled_model_on_loopback():
+    cfg = load_config(None, None, None, None)
+    assert (cfg.server.host, cfg.server.port, cfg.server.metrics_port) == ("127.0.0.1", 50051, 9090)
+    assert cfg.model_dir is None and cfg.graph.output == "rerank"
+    assert cfg.graph.ops["sample"].stepping
+
+
+def test_command_line_overrides_the_file():
+    cfg = load_config(None, "0.0.0.0", 0, -1)
+    assert (cfg.server.host, cfg.server.port, cfg.server.metrics_port) == ("0.0.0.0", 0, -1)
+
+
+def test_model_dir_reaches_every_op_unless_it_sets_its_own():
+    raw = copy.deepcopy(DEFAULT_CONFIG)
+    raw["model_dir"] = "/models/a"
+    raw["graph"]["ops"]["decode"]["settings"] = {"model_dir": "/models/b"}
+    cfg = AppConfig.from_dict(raw)
+    assert cfg.graph.ops["sample"].settings["model_dir"] == "/models/a"
+    assert cfg.graph.ops["decode"].settings["model_dir"] == "/models/b"
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["server"].update(limits={"max_num_images": 0}), "server.limits.max_num_images"),
+    (lambda c: c["server"].update(limits={"max_images": 4}), "server.limits.max_images"),
+    (lambda c: c["server"].update(tls_cert_file="/x.pem"), "server.tls_cert_file"),
+    (lambda c: c["server"].update(colour="red"), "server.colour"),
+    (lambda c: c.pop("graph"), "graph"),
+    (lambda c: c["graph"].update(output="nowhere"), "graph.output"),
+])
+def test_mistakes_name_their_key(mutate, key):
+    raw = copy.deepcopy(DEFAULT_CONFIG)
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        AppConfig.from_dict(raw)
+    assert info.value.key == key
+
+
+def test_missing_token_source_is_a_config_error(monkeypatch):
+    from server.rpc.auth import load_token
+    monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
+    with pytest.raises(ConfigError, match="NO_SUCH_TOKEN_VAR"):
+        load_token(None, "NO_SUCH_TOKEN_VAR")
+    assert load_token(None, None) is None
