@@ -49,6 +49,8 @@ class LocalPipeline:
 
     def generate(self, requests: list[dict[str, Any]]) -> list[list[dict]]:
         """Each request's best `num_images` images (PNG, score, seed), best first."""
+        if not requests:
+            return []
         toks = self.tokenize.process([request_defaults(r) for r in requests])
         for t in toks:
             if isinstance(t, BaseException):

@@ -38,3 +38,11 @@ def test_engine_only_mode_answers_every_request(tmp_path):
     assert [r["summary"]["ok"] for r in rows] == [200, 200]
     plot({"engine": [(1, 1.0, 2.0), (8, 3.0, 4.0)]}, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_offline_mode_measures_the_in_process_pipeline(tiny_model_dir):
+    from clients.bench import offline_run, shapes_prompts
+    rows = offline_run(shapes_prompts(4), [1, 8], 3, {"num_candidates": 2}, str(tiny_model_dir), 8)
+    assert [r["concurrency"] for r in rows] == [1, 8]
+    s = rows[0]["summary"]
+    assert s["images_per_s"] > 0 and s["latency_ms"]["p50"] > 0
