@@ -79,7 +79,7 @@ class TesseraServer:
         """SIGTERM's path: report NOT_SERVING, refuse new work, drain in-flight, close."""
         await self._health.enter_graceful_shutdown()
         if self.engine is not None:
-            await self.engine.stop(self.config.server.shutdown_grace_s if grace_s is None else grace_s)
+            await self.engine.stop(grace_s)  # None: the graph's shutdown_grace_s
         if self._grpc is not None:
             await self._grpc.stop(1.0)
         if self._metrics_http is not None:

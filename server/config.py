@@ -28,7 +28,6 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9090        # 0 picks a free port; -1 turns metrics off
-    shutdown_grace_s: float = 30.0
     token_file: str | None = None   # bearer-token auth, off unless one of these is set
     token_env: str | None = None
     tls_cert_file: str | None = None

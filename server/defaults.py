@@ -11,7 +11,6 @@ DEFAULT_CONFIG: dict = {
         "host": "127.0.0.1",
         "port": 50051,
         "metrics_port": 9090,
-        "shutdown_grace_s": 30.0,
         "limits": {"max_num_images": 16, "max_num_candidates": 64, "max_prompt_chars": 1000,
                    "max_message_bytes": 16777216},
     },
@@ -19,6 +18,7 @@ DEFAULT_CONFIG: dict = {
         "output": "rerank",
         "default_deadline_ms": 120000,
         "max_inflight": 512,
+        "shutdown_grace_s": 30.0,
         "ops": {
             "tokenize": {"type": "ops.tokenize:TokenizeOp", "inputs": ["request"],
                          "batch_size": 32, "batch_timeout_ms": 1, "channel_capacity": 512},

@@ -78,9 +78,6 @@ class Channel:
             await self._readable.wait()
         return self._pop()
 
-    def get_nowait(self) -> Packet | None:
-        return self._pop() if self._ready else None
-
     def _pop(self) -> Packet:
         _, packet = self._ready.popitem(last=False)
         self._after_take()
