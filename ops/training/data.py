@@ -29,10 +29,17 @@ def render_batch(rng: random.Random, n: int) -> tuple[list[Scene], torch.Tensor]
     return scenes, to_tensor([render(s, rng) for s in scenes])
 
 
-def foreground(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) mask of pixels that differ from the border colour."""
+def foreground(images: torch.Tensor, band_px: int = 0) -> torch.Tensor:
+    """(B, 1, H, W) mask of pixels that differ from the border colour, grown by `band_px`.
+
+    Grown, the mask also covers the background just outside the shape, so a loss weighted
+    by it charges a shape that bleeds outwards as much as one that shrinks.
+    """
     bg = images[:, :, :1, :1]
-    return ((images - bg).abs().sum(1, keepdim=True) > 0.05).float()
+    mask = ((images - bg).abs().sum(1, keepdim=True) > 0.05).float()
+    if band_px:
+        mask = torch.nn.functional.max_pool2d(mask, 2 * band_px + 1, stride=1, padding=band_px)
+    return mask
 
 
 def alter(scene: Scene, attribute: str, rng: random.Random) -> Scene:
