@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.get("server"):
             split = ", ".join(f"{op}: {s['mean_rows_per_batch']:.1f} rows, q {s['mean_queue_ms']:.1f} ms, "
-                              f"c {s['mean_compute_ms']:.1f} ms" for op, s in r["server"].items())
+                              f"wait {s['mean_device_wait_ms']:.1f} ms, c {s['mean_compute_ms']:.1f} ms" for op, s in r["server"].items())
             print(f"  {r['config']} {r['mode']}: {split}")
     return _write(report, out, rows)
 

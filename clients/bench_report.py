@@ -47,7 +47,10 @@ def scrape(url: str) -> dict[tuple[str, str], float]:
 
 
 def server_split(before: dict, after: dict) -> dict:
-    """Per OP over the run: mean rows per batch (or step), mean queue and compute ms."""
+    """Per OP over the run: mean rows per batch (or step), mean queue, device-wait and compute ms.
+
+    The server's compute time of a call includes its wait for the device's turn; here the
+    two are apart."""
     def d(name, op):
         return after.get((name, op), 0.0) - before.get((name, op), 0.0)
     ops = sorted({op for _, op in after})
@@ -56,12 +59,15 @@ def server_split(before: dict, after: dict) -> dict:
         calls = d("tessera_op_batch_rows_count", op)
         rows = d("tessera_op_batch_rows_sum", op)
         q_n = d("tessera_op_queue_seconds_count", op)
+        wait = d("tessera_op_device_wait_seconds_sum", op)
+        compute = d("tessera_op_compute_seconds_sum", op) - wait
         out[op] = {
             "mean_rows_per_batch": rows / calls if calls else 0.0,
             "calls": calls,
             "mean_queue_ms": 1000 * d("tessera_op_queue_seconds_sum", op) / q_n if q_n else 0.0,
-            "mean_compute_ms": 1000 * d("tessera_op_compute_seconds_sum", op) / calls if calls else 0.0,
-            "compute_s_total": d("tessera_op_compute_seconds_sum", op),
+            "mean_device_wait_ms": 1000 * wait / calls if calls else 0.0,
+            "mean_compute_ms": 1000 * compute / calls if calls else 0.0,
+            "compute_s_total": compute,
         }
     return out
 

@@ -19,6 +19,7 @@ DEFAULT_CONFIG: dict = {
         "default_deadline_ms": 120000,
         "max_inflight": 512,
         "shutdown_grace_s": 30.0,
+        "device_turns": True,
         "ops": {
             "tokenize": {"type": "ops.tokenize:TokenizeOp", "inputs": ["request"],
                          "batch_size": 32, "batch_timeout_ms": 1, "channel_capacity": 512},

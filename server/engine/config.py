@@ -87,8 +87,14 @@ class GraphConfig:
     default_deadline_ms: float = 60_000.0
     max_inflight: int = 1024
     shutdown_grace_s: float = 30.0
+    # Thread-mode workers that share a device take turns: one compute call at a time per
+    # device, each with all of its cores (or its whole GPU). Off, OPs on a device run at
+    # once; on a few CPU cores their OpenMP teams then oversubscribe and every OP slows.
+    device_turns: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.device_turns, bool):
+            raise ConfigError("device_turns", f"must be true or false, got {self.device_turns!r}")
         _at_least("default_deadline_ms", self.default_deadline_ms, 1, 86_400_000)
         _at_least("max_inflight", self.max_inflight, 1, 10_000_000)
         _at_least("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -39,6 +40,13 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.accepting = False
         self._idle = asyncio.Event()
+        self._turns: dict[str, threading.Lock] = {}
+
+    def device_turn(self, device: str) -> threading.Lock | None:
+        """The lock that thread workers on `device` take turns with (None: they don't)."""
+        if not self.config.device_turns:
+            return None
+        return self._turns.setdefault(device, threading.Lock())
 
     async def start(self) -> None:
         self.stages = {name: OpStage(self, cfg) for name, cfg in self.config.ops.items()}

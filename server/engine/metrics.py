@@ -16,8 +16,11 @@ class EngineMetrics:
                                  "End-to-end latency of finished requests.", buckets=_LATENCY, registry=r)
         self.queue = Histogram("tessera_op_queue_seconds", "Time a row waited before its batch ran.",
                                ["op"], buckets=_LATENCY, registry=r)
-        self.compute = Histogram("tessera_op_compute_seconds", "Time of one batch call (or step).",
+        self.compute = Histogram("tessera_op_compute_seconds", "Time of one batch call (or step), its wait for the device's turn included.",
                                  ["op"], buckets=_LATENCY, registry=r)
+        self.device_wait = Histogram("tessera_op_device_wait_seconds",
+                                     "Time a call waited for its device's turn (graph.device_turns).",
+                                     ["op"], buckets=_LATENCY, registry=r)
         self.batch_rows = Histogram("tessera_op_batch_rows", "Rows in one batch call (or step).",
                                     ["op"], buckets=_ROWS, registry=r)
         self.depth = Gauge("tessera_channel_depth", "Requests waiting in an OP's channel.", ["op"], registry=r)

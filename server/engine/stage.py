@@ -54,8 +54,12 @@ class OpStage:
         depth = engine.metrics.depth.labels(cfg.name)
         self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, depth.set)
         self.pending: deque[RowTask] = deque()
-        self.workers = [Worker(cfg.op_class, cfg.settings, cfg.name, cfg.devices[i % len(cfg.devices)],
-                               cfg.mode, i) for i in range(cfg.concurrency)]
+        wait = engine.metrics.device_wait.labels(cfg.name).observe
+        self.workers = []
+        for i in range(cfg.concurrency):
+            device = cfg.devices[i % len(cfg.devices)]
+            self.workers.append(Worker(cfg.op_class, cfg.settings, cfg.name, device, cfg.mode, i,
+                                       engine.device_turn(device), wait))
         self.high_water = cfg.batch_size * cfg.concurrency  # rows pulled ahead of the workers
         self._rows_event = asyncio.Event()
         self._room_event = asyncio.Event()

@@ -3,11 +3,18 @@
 Thread mode (default) runs the OP off the event loop on a dedicated thread, so torch,
 which releases the GIL, computes while the loop keeps serving. Process mode runs the
 OP in a child process (spawned, so no forked locks) for OPs whose work holds the GIL.
+
+Thread-mode workers on one device can take turns (`graph.device_turns`): each call
+holds the device's lock, so the OPs of a pipeline compute one at a time with every core
+instead of all at once on oversubscribed cores. The wait for a turn is measured apart
+from compute.
 """
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -35,9 +42,12 @@ def _child_ready() -> bool:
 class Worker:
     """Runs calls on one OP instance; `call` is awaited from the event loop."""
 
-    def __init__(self, cls: type[Op], settings: dict, name: str, device: str, mode: str, index: int):
+    def __init__(self, cls: type[Op], settings: dict, name: str, device: str, mode: str, index: int,
+                 turn: threading.Lock | None = None, on_wait: Callable[[float], None] | None = None):
         self.cls, self.settings, self.name = cls, settings, name
         self.device, self.mode, self.index = device, mode, index
+        self.turn = turn if mode == "thread" else None  # a child process cannot share it
+        self.on_wait = on_wait
         self.op: Op | None = None
         self._executor: ThreadPoolExecutor | ProcessPoolExecutor | None = None
 
@@ -61,7 +71,16 @@ class Worker:
         return await self.call(self.op.process, rows)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.turn is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._in_turn, fn, args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _in_turn(self, fn: Callable[..., Any], args: tuple) -> Any:
+        start = time.monotonic()
+        with self.turn:
+            if self.on_wait is not None:
+                self.on_wait(time.monotonic() - start)
+            return fn(*args)
 
     def close(self) -> None:
         if self._executor is not None:

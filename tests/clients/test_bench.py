@@ -27,10 +27,12 @@ def test_summary_counts_images_and_errors_by_code():
 def test_server_split_is_the_difference_over_the_run():
     before = {("tessera_op_batch_rows_sum", "sample"): 10, ("tessera_op_batch_rows_count", "sample"): 5}
     after = {("tessera_op_batch_rows_sum", "sample"): 110, ("tessera_op_batch_rows_count", "sample"): 10,
-             ("tessera_op_compute_seconds_sum", "sample"): 1.0}
+             ("tessera_op_compute_seconds_sum", "sample"): 1.5,
+             ("tessera_op_device_wait_seconds_sum", "sample"): 0.5}
     split = server_split(before, after)
     assert split["sample"]["mean_rows_per_batch"] == 20.0
-    assert split["sample"]["mean_compute_ms"] == 200.0
+    assert split["sample"]["mean_compute_ms"] == 200.0   # the device wait is taken out...
+    assert split["sample"]["mean_device_wait_ms"] == 100.0  # ...and shown apart
 
 
 def test_engine_only_mode_answers_every_request(tmp_path):

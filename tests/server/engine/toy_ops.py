@@ -147,3 +147,21 @@ class Counter(SteppingOp):
     @property
     def active(self):
         return len(self.running)
+
+
+class Busy(Op):
+    """Sleeps `sleep` seconds per call, recording how many Busy calls ran at once."""
+
+    lock = threading.Lock()
+    active = 0
+    most = 0
+
+    def process(self, rows):
+        cls = Busy
+        with cls.lock:
+            cls.active += 1
+            cls.most = max(cls.most, cls.active)
+        time.sleep(self.settings.get("sleep", 0.02))
+        with cls.lock:
+            cls.active -= 1
+        return list(rows)
