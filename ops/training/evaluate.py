@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model directory (default: the bundled one)")
     ap.add_argument("--out", type=Path, default=Path("runs/eval"))
-    ap.add_argument("--prompts", type=int, default=100, help="full prompts per language")
+    ap.add_argument("--prompts", type=int, default=300,
+                    help="full prompts per language (300: a language gap reads to about ±2 points)")
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--card", action="store_true", help="write the figures into the model card")
