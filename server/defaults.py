@@ -20,6 +20,7 @@ DEFAULT_CONFIG: dict = {
         "max_inflight": 512,
         "shutdown_grace_s": 30.0,
         "device_turns": True,
+        "progress_interval_ms": 100,
         "ops": {
             "tokenize": {"type": "ops.tokenize:TokenizeOp", "inputs": ["request"],
                          "batch_size": 32, "batch_timeout_ms": 1, "channel_capacity": 512},

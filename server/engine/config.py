@@ -87,10 +87,14 @@ class GraphConfig:
     default_deadline_ms: float = 60_000.0
     max_inflight: int = 1024
     shutdown_grace_s: float = 30.0
-    # Thread-mode workers that share a device take turns: one compute call at a time per
-    # device, each with all of its cores (or its whole GPU). Off, OPs on a device run at
-    # once; on a few CPU cores their OpenMP teams then oversubscribe and every OP slows.
+    # Thread-mode workers that share a device take turns on its one compute thread: one
+    # call at a time per device, each with all of its cores (or its whole GPU). Off, each
+    # worker has its own thread and OPs on a device run at once; on a few CPU cores their
+    # OpenMP teams then oversubscribe and every OP slows.
     device_turns: bool = True
+    # A stepping OP reports a request's progress at most this often (0: every step); its
+    # first step, its last and any step carrying a preview always go out.
+    progress_interval_ms: float = 100.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.device_turns, bool):
@@ -98,6 +102,7 @@ class GraphConfig:
         _at_least("default_deadline_ms", self.default_deadline_ms, 1, 86_400_000)
         _at_least("max_inflight", self.max_inflight, 1, 10_000_000)
         _at_least("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)
+        _at_least("progress_interval_ms", self.progress_interval_ms, 0, 60_000)
         if not self.ops:
             raise ConfigError("ops", "the graph has no OPs")
         if self.output not in self.ops:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from server.engine.config import REQUEST, GraphConfig
@@ -40,13 +40,15 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.accepting = False
         self._idle = asyncio.Event()
-        self._turns: dict[str, threading.Lock] = {}
+        self._device_threads: dict[str, ThreadPoolExecutor] = {}
 
-    def device_turn(self, device: str) -> threading.Lock | None:
-        """The lock that thread workers on `device` take turns with (None: they don't)."""
+    def device_thread(self, device: str) -> ThreadPoolExecutor | None:
+        """The one compute thread that thread workers on `device` share (None: each has its own)."""
         if not self.config.device_turns:
             return None
-        return self._turns.setdefault(device, threading.Lock())
+        if device not in self._device_threads:
+            self._device_threads[device] = ThreadPoolExecutor(1, thread_name_prefix=f"device-{device}")
+        return self._device_threads[device]
 
     async def start(self) -> None:
         self.stages = {name: OpStage(self, cfg) for name, cfg in self.config.ops.items()}
@@ -138,6 +140,8 @@ class Engine:
         for request in list(self.requests.values()):
             self.fail(request, ShuttingDown("the server shut down before the request finished"))
         await asyncio.gather(*(stage.stop() for stage in self.stages.values()))
+        for executor in self._device_threads.values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _retrieve(future: asyncio.Future) -> None:

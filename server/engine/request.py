@@ -43,6 +43,7 @@ class StageState:
     first_start: float | None = None
     finished: float | None = None
     progress: dict[int, Any] | None = None  # stepping OPs: row index -> StepProgress
+    progress_sent: float | None = None      # when the last Progress event went out
 
 
 class Request:

@@ -59,7 +59,7 @@ class OpStage:
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
             self.workers.append(Worker(cfg.op_class, cfg.settings, cfg.name, device, cfg.mode, i,
-                                       engine.device_turn(device), wait))
+                                       engine.device_thread(device), wait))
         self.high_water = cfg.batch_size * cfg.concurrency  # rows pulled ahead of the workers
         self._rows_event = asyncio.Event()
         self._room_event = asyncio.Event()
@@ -260,6 +260,7 @@ class OpStage:
 
     def _report_progress(self, live: dict[tuple, RowTask], result: StepResult) -> None:
         touched: dict[str, Request] = {}
+        previews: set[str] = set()
         for key, prog in result.progress.items():
             task = live.get(key)
             if task is None or task.request.events is None:
@@ -269,12 +270,20 @@ class OpStage:
                 state.progress = {}
             state.progress[task.index] = prog
             touched[task.request.id] = task.request
+            if prog.preview is not None:
+                previews.add(task.request.id)
+        now, every = time.monotonic(), self.engine.config.progress_interval_ms / 1000
         for request in touched.values():
             state = request.stages[self.name]
             rows = len(state.outputs)
             per_row = max(p.total for p in state.progress.values())
             done = sum(p.completed for p in state.progress.values()) + per_row * sum(
                 1 for i in range(rows) if i not in state.progress and state.outputs[i] is not None)
+            due = (state.progress_sent is None or done >= per_row * rows or request.id in previews
+                   or now - state.progress_sent >= every)
+            if not due:
+                continue
+            state.progress_sent = now
             preview = state.progress.get(0).preview if 0 in state.progress else None
             request.events.put_nowait(Progress(request.id, self.name, done, per_row * rows, preview))
 

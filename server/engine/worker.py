@@ -4,16 +4,17 @@ Thread mode (default) runs the OP off the event loop on a dedicated thread, so t
 which releases the GIL, computes while the loop keeps serving. Process mode runs the
 OP in a child process (spawned, so no forked locks) for OPs whose work holds the GIL.
 
-Thread-mode workers on one device can take turns (`graph.device_turns`): each call
-holds the device's lock, so the OPs of a pipeline compute one at a time with every core
-instead of all at once on oversubscribed cores. The wait for a turn is measured apart
-from compute.
+Thread-mode workers on one device can take turns (`graph.device_turns`): they share
+the device's one compute thread, first come first served, so the OPs of a pipeline
+compute one at a time with every core, and torch keeps a single OpenMP team per device.
+(One team per OP thread oversubscribes a small CPU; libgomp then stops spinning between
+parallel regions and every op pays a wake-up: a 4-row sampler step took 40% longer.)
+The wait for the turn is measured apart from compute.
 """
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable
@@ -43,10 +44,10 @@ class Worker:
     """Runs calls on one OP instance; `call` is awaited from the event loop."""
 
     def __init__(self, cls: type[Op], settings: dict, name: str, device: str, mode: str, index: int,
-                 turn: threading.Lock | None = None, on_wait: Callable[[float], None] | None = None):
+                 shared: ThreadPoolExecutor | None = None, on_wait: Callable[[float], None] | None = None):
         self.cls, self.settings, self.name = cls, settings, name
         self.device, self.mode, self.index = device, mode, index
-        self.turn = turn if mode == "thread" else None  # a child process cannot share it
+        self.shared = shared if mode == "thread" else None  # the device's compute thread
         self.on_wait = on_wait
         self.op: Op | None = None
         self._executor: ThreadPoolExecutor | ProcessPoolExecutor | None = None
@@ -60,7 +61,7 @@ class Worker:
                 initargs=(self.cls, self.settings, self.name, self.device))
             await loop.run_in_executor(self._executor, _child_ready)
         else:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=label)
+            self._executor = self.shared or ThreadPoolExecutor(1, thread_name_prefix=label)
             self.op = self.cls(**self.settings)
             self.op.name = self.name
             await loop.run_in_executor(self._executor, self.op.setup, self.device)
@@ -71,17 +72,17 @@ class Worker:
         return await self.call(self.op.process, rows)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.turn is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._in_turn, fn, args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        loop = asyncio.get_running_loop()
+        if self.shared is None or self.on_wait is None:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        submitted = time.monotonic()
 
-    def _in_turn(self, fn: Callable[..., Any], args: tuple) -> Any:
-        start = time.monotonic()
-        with self.turn:
-            if self.on_wait is not None:
-                self.on_wait(time.monotonic() - start)
+        def in_turn() -> Any:
+            self.on_wait(time.monotonic() - submitted)
             return fn(*args)
 
+        return await loop.run_in_executor(self._executor, in_turn)
+
     def close(self) -> None:
-        if self._executor is not None:
+        if self._executor is not None and self._executor is not self.shared:  # the engine owns shared ones
             self._executor.shutdown(wait=False, cancel_futures=True)

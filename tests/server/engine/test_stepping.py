@@ -52,13 +52,23 @@ async def test_cancelled_row_leaves_the_running_batch():
 
 
 async def test_progress_events_count_steps():
-    async with running(counter()) as engine:
+    config = chain(("count", "Counter", {"batch_size": 4}), progress_interval_ms=0)
+    async with running(config) as engine:
         request = engine.submit(4, events=True)
         events = [e async for e in request.stream()]
     progress, result = events[:-1], events[-1]
     assert [p.completed for p in progress] == [1, 2, 3, 4]
     assert all(p.total == 4 and p.stage == "count" for p in progress)
     assert result.value["finished_at"] == 4
+
+
+async def test_progress_is_throttled_to_the_interval_but_keeps_first_and_last():
+    config = chain(("count", "Counter", {"batch_size": 4}), progress_interval_ms=60_000)
+    async with running(config) as engine:
+        request = engine.submit(20, events=True)
+        events = [e async for e in request.stream()]
+    assert [e.completed for e in events[:-1]] == [1, 20]  # within one interval: first and last only
+    assert events[-1].value["finished_at"] == 20
 
 
 async def test_row_refused_at_admission_fails_alone():
