@@ -3,7 +3,8 @@
 Iteration-level batching: rows join the running batch between steps and leave the
 moment their last token is sampled. Each live row holds one KV-cache slot (two with
 classifier-free guidance: the caption's and the empty caption's); slots stay packed
-in 0..m-1 so a decode step reads the cache through views. A request's candidates share
+in 0..m-1 so a decode step reads the cache through views (an eviction moves
+only the rows past the new end into the holes). A request's candidates share
 one prefill of their prompt, copied slot to slot; the empty caption's prefix is
 computed once at setup.
 """
@@ -150,14 +151,20 @@ class SampleOp(SteppingOp, ModelOp):
     @torch.inference_mode()
     def evict(self, keys: list[Hashable]) -> None:
         gone = set(keys)
-        keep = [j for j, (row, _) in enumerate(self.slots) if row.key not in gone]
-        if len(keep) == len(self.slots):
+        n = sum(1 for row, _ in self.slots if row.key not in gone)
+        if n == len(self.slots):
             return
-        moves = [(src, dst) for dst, src in enumerate(keep) if src != dst]
-        if moves:
-            src, dst = (torch.tensor(x, device=self.device) for x in zip(*moves))
-            self.cache.copy_rows(src, dst)  # packs the live slots into 0..m-1
-        self.slots = [self.slots[j] for j in keep]
+        # Keep slots packed in 0..n-1 by moving only the live rows beyond n into the holes
+        # below it: a handful of cache rows per eviction, not every row after the first hole.
+        holes = [j for j in range(n) if self.slots[j][0].key in gone]
+        movers = [j for j in range(n, len(self.slots)) if self.slots[j][0].key not in gone]
+        slots = self.slots[:n]
+        if movers:
+            src, dst = (torch.tensor(x, device=self.device) for x in (movers, holes))
+            self.cache.copy_rows(src, dst)
+            for a, b in zip(movers, holes):
+                slots[b] = self.slots[a]
+        self.slots = slots
         self.rows = [row for row in self.rows if row.key not in gone]
         self._index_rows()
 

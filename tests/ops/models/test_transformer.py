@@ -152,3 +152,17 @@ def test_decode_step_cost_does_not_depend_on_position():
         shapes.add(tuple(k.shape))
         model.decode_step(torch.zeros(2, dtype=torch.long), torch.tensor([pos, pos]), cache)
     assert shapes == {(2, 4, model.cfg.seq_len, 8)}
+
+
+def test_evicting_from_the_middle_fills_the_hole_and_every_survivor_is_unchanged():
+    model = tiny()
+    t1, t2 = [3, 7, 9, 0, 0, 0], [5, 5, 1, 2, 0, 0]
+    specs = {"a": (t1, 1, 2.0), "b": (t2, 2, 1.0), "c": (t1, 3, 3.0), "d": (t2, 4, 1.0), "e": (t2, 5, 2.0)}
+    alone = {k: run_to_end(sampler(model), [[row(k, t, s, guidance=g)]])[k] for k, (t, s, g) in specs.items()}
+    op = sampler(model, capacity=5)
+    op.admit([row(k, *specs[k][:2], guidance=specs[k][2]) for k in "abcd"])
+    op.step()
+    op.evict(["b"])          # a hole at slot 1, and one among the guided slots
+    assert len(op.slots) == 2 + 3  # three rows, two of them guided
+    out = run_to_end(op, [[row("e", *specs["e"][:2], guidance=2.0)]])
+    assert out == {k: alone[k] for k in "acde"}
