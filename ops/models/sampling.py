@@ -20,11 +20,26 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -> torc
 
 
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                  top_p: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+                  top_p: torch.Tensor, uniforms: torch.Tensor, head: int = 128) -> torch.Tensor:
     """logits (n, V); per-row temperature (n,), top_k (n,) with 0 = off, top_p (n,) in (0, 1],
-    uniforms (n,) in [0, 1) -> token ids (n,), by inverse-CDF over the kept tokens."""
-    logits = logits.double() / temperature.double()[:, None]
-    probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)  # (n, V)
+    uniforms (n,) in [0, 1) -> token ids (n,), by inverse-CDF over the kept tokens.
+
+    Only the `head` most likely tokens are sorted when every row's kept set lies inside
+    them (its top-k is at most `head`, or its top-p mass is reached there), which is the
+    usual case; otherwise the whole vocabulary is. Either way the pick is the same."""
+    probs = torch.softmax(logits.double() / temperature.double()[:, None], dim=-1)  # (n, V)
+    if head < probs.shape[1]:
+        top, order = probs.topk(head, dim=-1)  # sorted, descending
+        inside = ((top_k > 0) & (top_k <= head)) | (top.cumsum(-1)[:, -1] >= top_p.double())
+        if bool(inside.all()):
+            return _inverse_cdf(top, order, top_k, top_p, uniforms)
+    probs, order = probs.sort(dim=-1, descending=True)
+    return _inverse_cdf(probs, order, top_k, top_p, uniforms)
+
+
+def _inverse_cdf(probs: torch.Tensor, order: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                 uniforms: torch.Tensor) -> torch.Tensor:
+    """probs (n, K) sorted descending with their token ids `order`: keep, renormalise, pick."""
     rank = torch.arange(probs.shape[1], device=probs.device)[None, :]
     k = torch.where(top_k > 0, top_k, probs.shape[1])[:, None]
     before = probs.cumsum(-1) - probs  # mass strictly ahead of each token

@@ -34,3 +34,22 @@ def test_row_uniforms_depend_on_the_seed_alone():
 def test_guidance_scale_one_is_the_conditional():
     cond, uncond = torch.randn(2, 6), torch.randn(2, 6)
     torch.testing.assert_close(guide(cond, uncond, torch.ones(2)), cond)
+
+
+def test_sorting_only_the_head_picks_what_sorting_everything_picks():
+    torch.manual_seed(1)
+    n, V = 64, 1024
+    logits = torch.randn(n, V) * torch.linspace(0.5, 6.0, n)[:, None]  # flat to peaked rows
+    temperature = torch.linspace(0.7, 1.3, n)
+    top_p = torch.tensor([0.9, 0.5, 0.99, 1.0] * (n // 4))              # 1.0: needs the whole tail
+    top_k = torch.tensor([0, 0, 0, 0, 5, 0, 300, 0] * (n // 8))          # 300: beyond the head
+    for draw in range(5):
+        u = torch.rand(n, dtype=torch.float64)
+        full = sample_tokens(logits, temperature, top_k, top_p, u, head=V)
+        assert torch.equal(sample_tokens(logits, temperature, top_k, top_p, u, head=32), full)
+        # rows whose nucleus lies in the head take the short path, and agree row by row
+        probs = torch.softmax(logits.double() / temperature.double()[:, None], -1)
+        easy = ((top_k > 0) & (top_k <= 32)) | (probs.topk(32, -1).values.sum(-1) >= top_p.double())
+        assert 8 <= int(easy.sum()) < n
+        alone = sample_tokens(logits[easy], temperature[easy], top_k[easy], top_p[easy], u[easy], head=32)
+        assert torch.equal(alone, full[easy])
