@@ -3,7 +3,8 @@
 Batch collection is one deadline loop on a monotonic clock: a worker takes up to
 `batch_size` rows, waiting at most `batch_timeout_ms` after the oldest row arrived for a
 fuller batch. A stepping OP's worker instead admits rows into its running batch
-between steps and hands back each row the moment it finishes.
+between steps and hands back each row the moment it finishes; it runs several steps per
+call while no row finishes, joins or leaves and no progress event is due.
 """
 from __future__ import annotations
 
@@ -229,8 +230,9 @@ class OpStage:
             room = self.cfg.batch_size - len(live) if (op.joins_mid_run or not live) else 0
             admit = self._take(room)
             rows = [StepRow((t.request.id, t.index), t.value) for t in admit]
+            watch = list(live.values()) + admit  # what the worker checks between steps
 
-            def run(evict=evict, rows=rows):
+            def run(evict=evict, rows=rows, watch=watch):
                 if evict:
                     op.evict(evict)
                 failed = op.admit(rows) if rows else None
@@ -242,7 +244,7 @@ class OpStage:
                 while (steps < MAX_STEPS_PER_CALL and op.active and not failed and not result.finished
                        and not any(p.preview is not None for p in result.progress.values())
                        and not (op.joins_mid_run and self.pending)
-                       and not any(t.request.done or self._progress_due(t) for t in live.values())):
+                       and not any(t.request.done or self._progress_due(t) for t in watch)):
                     more = op.step()
                     result.progress.update(more.progress)
                     result.finished.update(more.finished)

@@ -89,3 +89,23 @@ async def test_static_batching_runs_a_batch_to_completion_before_new_rows_join(m
         a, b = await first.result(), await late.result()
     assert a.value["finished_at"] == 10
     assert b.value["admitted_at"] >= 10  # waited for the running batch to drain
+
+
+async def test_worker_runs_several_steps_per_call_when_nothing_needs_the_loop(monkeypatch):
+    from server.engine.stage import MAX_STEPS_PER_CALL
+    from server.engine.worker import Worker
+    calls_made = []
+    original = Worker.call
+
+    async def counting(self, fn, *args):
+        calls_made.append(self.name)
+        return await original(self, fn, *args)
+
+    monkeypatch.setattr(Worker, "call", counting)
+    async with running(counter()) as engine:
+        result = await engine.submit(40).result()
+    assert result.value["finished_at"] == 40
+    steps_calls = calls_made.count("count")
+    assert steps_calls <= -(-40 // MAX_STEPS_PER_CALL) + 1  # not one hand-off per step
+    assert engine.metrics.registry.get_sample_value(
+        "tessera_op_batch_rows_count", {"op": "count"}) == 40  # the metrics still count steps
