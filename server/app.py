@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class TesseraServer:
         token = load_token(s.token_file, s.token_env)
         self.engine = Engine(self.config.graph)
         await self.engine.start()
+        gc.freeze()  # models and modules loaded: later collections skip them
         limit = s.limits.max_message_bytes
         self._grpc = grpc.aio.server(
             interceptors=[BearerTokenInterceptor(token)] if token else [],
