@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tessera.engine")
 
 # A stepping OP's worker runs up to this many steps per call while nothing needs the
-# event loop (a row finished, a row waits to join, a request left, a preview is due):
-# one thread hand-off per several steps instead of one per step.
+# event loop (a row finished, a row waits to join, a request left, a preview is due) or
+# the device (another OP's call waits for its turn): one hand-off per several steps.
 MAX_STEPS_PER_CALL = 16
 
 
@@ -239,9 +239,11 @@ class OpStage:
                 if not op.active:
                     return failed or {}, StepResult(), 0
                 result, steps = op.step(), 1
-                # Keep stepping on the worker while nothing needs the loop: no row finished
-                # or failed, no preview or progress due, no request left, no row to join.
+                # Keep stepping on the worker while nothing needs the loop or the device: no
+                # row finished or failed, no preview or progress due, no request left, no
+                # row to join, no other OP's call waiting for this device's turn.
                 while (steps < MAX_STEPS_PER_CALL and op.active and not failed and not result.finished
+                       and not worker.others_waiting()
                        and not any(p.preview is not None for p in result.progress.values())
                        and not (op.joins_mid_run and self.pending)
                        and not any(t.request.done or self._progress_due(t) for t in watch)):

@@ -83,6 +83,11 @@ class Worker:
 
         return await loop.run_in_executor(self._executor, in_turn)
 
+    def others_waiting(self) -> bool:
+        """Whether other calls are queued for this worker's device thread (read from it too)."""
+        # ThreadPoolExecutor keeps submitted, not yet started calls in _work_queue.
+        return self.shared is not None and self.shared._work_queue.qsize() > 0
+
     def close(self) -> None:
         if self._executor is not None and self._executor is not self.shared:  # the engine owns shared ones
             self._executor.shutdown(wait=False, cancel_futures=True)

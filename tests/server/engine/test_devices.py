@@ -7,6 +7,7 @@ import pytest
 
 from server.engine import ConfigError, GraphConfig
 from tests.server.engine.helpers import T, running
+from tests.server.engine import toy_ops
 from tests.server.engine.toy_ops import Busy
 
 
@@ -57,3 +58,25 @@ def test_device_turns_must_be_a_boolean():
     with pytest.raises(ConfigError, match="^device_turns: must be true or false"):
         GraphConfig.from_dict({"output": "e", "device_turns": "yes",
                                "ops": {"e": {"type": T + "Echo", "inputs": ["request"]}}})
+
+
+async def test_a_stepping_op_yields_the_device_to_a_waiting_call_between_steps(monkeypatch):
+    """A multi-step call would hold the device thread; a queued call gets it after one step."""
+    monkeypatch.setattr(toy_ops.Counter, "joins_mid_run", False)  # waiting rows don't cut the run
+    config = GraphConfig.from_dict({
+        "output": "join",
+        "ops": {
+            "count": {"type": T + "Counter", "inputs": ["request"], "batch_size": 4,
+                      "settings": {"sleep": 0.01}},
+            "busy": {"type": T + "Busy", "inputs": ["request"], "settings": {"sleep": 0.001}},
+            "join": {"type": T + "Echo", "inputs": ["count", "busy"]},
+        },
+    })
+    async with running(config) as engine:
+        first = engine.submit(40)           # 40 steps of 10 ms on the cpu thread
+        await asyncio.sleep(0.1)            # busy's call for it is done; the stepper runs on
+        before = engine.metrics.registry.get_sample_value("tessera_op_device_wait_seconds_sum", {"op": "busy"})
+        second = engine.submit(3)           # its busy call queues behind the stepper
+        await asyncio.gather(first.result(), second.result())
+        after = engine.metrics.registry.get_sample_value("tessera_op_device_wait_seconds_sum", {"op": "busy"})
+    assert after - before < 0.06  # a step or two, not the rest of a 16-step run (up to 160 ms)
