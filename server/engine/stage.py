@@ -73,6 +73,7 @@ class OpStage:
         m = engine.metrics
         self._queue_hist, self._compute_hist = m.queue.labels(self.name), m.compute.labels(self.name)
         self._rows_hist = m.batch_rows.labels(self.name)
+        self._progress_every = engine.config.progress_interval_ms / 1000
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -284,11 +285,11 @@ class OpStage:
 
     def _progress_due(self, task: RowTask) -> bool:
         """Whether this row's request is owed a Progress event (read from the worker too)."""
-        if task.request.events is None:
-            return False
-        sent = task.request.stages[self.name].progress_sent
-        every = self.engine.config.progress_interval_ms / 1000
-        return sent is None or time.monotonic() - sent >= every
+        return task.request.events is not None and self._interval_passed(
+            task.request.stages[self.name], time.monotonic())
+
+    def _interval_passed(self, state: StageState, now: float) -> bool:
+        return state.progress_sent is None or now - state.progress_sent >= self._progress_every
 
     def _report_progress(self, live: dict[tuple, RowTask], result: StepResult) -> None:
         touched: dict[str, Request] = {}
@@ -304,16 +305,14 @@ class OpStage:
             touched[task.request.id] = task.request
             if prog.preview is not None:
                 previews.add(task.request.id)
-        now, every = time.monotonic(), self.engine.config.progress_interval_ms / 1000
+        now = time.monotonic()
         for request in touched.values():
             state = request.stages[self.name]
             rows = len(state.outputs)
             per_row = max(p.total for p in state.progress.values())
             done = sum(p.completed for p in state.progress.values()) + per_row * sum(
                 1 for i in range(rows) if i not in state.progress and state.outputs[i] is not None)
-            due = (state.progress_sent is None or done >= per_row * rows or request.id in previews
-                   or now - state.progress_sent >= every)
-            if not due:
+            if not (done >= per_row * rows or request.id in previews or self._interval_passed(state, now)):
                 continue
             state.progress_sent = now
             preview = state.progress.get(0).preview if 0 in state.progress else None
