@@ -247,16 +247,20 @@ def main(argv: list[str] | None = None) -> int:
                          "summary": summarize(samples, wall), "server": split})
         bar.close()
 
-    def open_sweep(name: str, target: str, rate: float) -> None:
+    def open_sweep(name: str, target: str, rate: float, metrics: str | None) -> None:
+        asyncio.run(closed_loop(target, prompts, min(4, args.warmup), args.warmup, params))
+        before = scrape(metrics) if metrics else {}
         samples, wall = asyncio.run(open_loop(target, prompts, rate, args.open_requests, params, args.bursty,
                                               bar=bar, label=f"{name} open"))
+        split = server_split(before, scrape(metrics)) if metrics else {}
         bar.close()
-        rows.append({"config": name, "mode": f"open {rate:.2f}/s", "rate": rate, "summary": summarize(samples, wall)})
+        rows.append({"config": name, "mode": f"open {rate:.2f}/s", "rate": rate, "summary": summarize(samples, wall),
+                     "server": split})
 
     if args.server:
         sweep("server", args.server, args.metrics)
         if args.rate:
-            open_sweep("server", args.server, args.rate)
+            open_sweep("server", args.server, args.rate, args.metrics)
     else:
         from clients.bench_servers import ServerProcess, bench_configs
         configs = bench_configs(args.model_dir)
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["open_loop_rate"] = {"of": args.rate_of, "fraction": args.rate_fraction, "rate": rate}
             for name in [n for n in names if n != "offline"]:
                 with ServerProcess(name, configs[name]) as server:
-                    open_sweep(name, server.target, rate)
+                    open_sweep(name, server.target, rate, server.metrics_url)
     report["rows"] = rows
     print(table(rows))
     for r in rows:

@@ -9,6 +9,8 @@ from server.engine import InvalidInput, Op
 
 
 class TokenizeOp(Op):
+    uses_device = False  # a Rust tokenizer on one core: no need to wait for the model's turn
+
     def setup(self, device: str) -> None:
         # Tokenizing is CPU work whatever device the models use.
         self.bundle = bundle_for(self.settings.get("model_dir"), "cpu")

@@ -25,6 +25,10 @@ class Op:
     """Subclass and override `setup` and `process`. Settings come from the YAML file."""
 
     name: str = ""
+    # False for an OP whose work is neither on the device nor spread over its cores (a
+    # tokenizer, a lookup): with graph.device_turns its workers keep a thread of their own
+    # instead of waiting for the device's turn behind model calls, and never delay them.
+    uses_device: bool = True
 
     def __init__(self, **settings: Any):
         self.settings = settings

@@ -65,7 +65,8 @@ class OpStage:
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
             self.workers.append(Worker(cfg.op_class, cfg.settings, cfg.name, device, cfg.mode, i,
-                                       engine.device_thread(device), wait))
+                                       engine.device_thread(device) if cfg.op_class.uses_device else None,
+                                       wait))
         self.high_water = cfg.batch_size * cfg.concurrency  # rows pulled ahead of the workers
         self._rows_event = asyncio.Event()
         self._room_event = asyncio.Event()

@@ -80,3 +80,24 @@ async def test_a_stepping_op_yields_the_device_to_a_waiting_call_between_steps(m
         await asyncio.gather(first.result(), second.result())
         after = engine.metrics.registry.get_sample_value("tessera_op_device_wait_seconds_sum", {"op": "busy"})
     assert after - before < 0.06  # a step or two, not the rest of a 16-step run (up to 160 ms)
+
+
+async def test_an_op_that_uses_no_device_keeps_its_own_thread():
+    """OffDevice declares uses_device = False: it runs beside the device's turn, unmeasured."""
+    config = GraphConfig.from_dict({
+        "output": "join",
+        "ops": {
+            "left": {"type": T + "Busy", "inputs": ["request"]},
+            "right": {"type": T + "OffDevice", "inputs": ["request"]},
+            "join": {"type": T + "Join", "inputs": ["left", "right"]},
+        },
+    })
+    async with running(config) as engine:
+        results = await asyncio.gather(*(engine.submit(i).result() for i in range(8)))
+        waits = engine.metrics.registry.get_sample_value(
+            "tessera_op_device_wait_seconds_count", {"op": "right"})
+        assert engine.stages["right"].workers[0].shared is None
+        assert engine.stages["left"].workers[0].shared is engine.device_thread("cpu")
+    assert [r.value for r in results] == [2 * i for i in range(8)]
+    assert Busy.most == 2  # the two ran at once
+    assert not waits

@@ -165,3 +165,9 @@ class Busy(Op):
         with cls.lock:
             cls.active -= 1
         return list(rows)
+
+
+class OffDevice(Busy):
+    """Busy, declared as work that needs neither the device nor its turn."""
+
+    uses_device = False
