@@ -63,6 +63,16 @@ class KVCache:
         self.v[:, dst] = self.v[:, src]
 
 
+class StepIndex:
+    """Where a decode step's rows write and what they see, built once for every layer."""
+
+    def __init__(self, pos: torch.Tensor, seq_len: int):
+        self.pos = pos                                                   # (n,)
+        self.rows = torch.arange(pos.shape[0], device=pos.device)        # slot of each row
+        visible = torch.arange(seq_len, device=pos.device)[None, :] <= pos[:, None]
+        self.visible = visible[:, None, None, :]                         # (n, 1, 1, S)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -90,17 +100,14 @@ class Attention(nn.Module):
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-        """One token per row; row i sits in slot i at position pos[i]. Cost is position-free."""
+    def step(self, x: torch.Tensor, at: StepIndex, cache: KVCache, layer: int) -> torch.Tensor:
+        """One token per row; row i sits in slot i at position at.pos[i]. Cost is position-free."""
         n = x.shape[0]
         q, k, v = self._split(x)                       # (n, heads, 1, head_dim)
-        rows = torch.arange(n, device=x.device)
         ck, cv = cache.k[layer, :n], cache.v[layer, :n]  # (n, heads, S, head_dim), views
-        ck[rows, :, pos] = k[:, :, 0]
-        cv[rows, :, pos] = v[:, :, 0]
-        S = ck.shape[2]
-        visible = torch.arange(S, device=x.device)[None, :] <= pos[:, None]  # (n, S)
-        y = F.scaled_dot_product_attention(q, ck, cv, attn_mask=visible[:, None, None, :])
+        ck[at.rows, :, at.pos] = k[:, :, 0]
+        cv[at.rows, :, at.pos] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(q, ck, cv, attn_mask=at.visible)
         return self.proj(y.transpose(1, 2).reshape(n, 1, -1))
 
 
@@ -127,8 +134,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), cache, layer, slots)
         return x + self.mlp(self.ln2(x))
 
-    def step(self, x, pos, cache, layer):
-        x = x + self.attn.step(self.ln1(x), pos, cache, layer)
+    def step(self, x, at, cache, layer):
+        x = x + self.attn.step(self.ln1(x), at, cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
@@ -188,6 +195,7 @@ class ImageGPT(nn.Module):
         """Feed image token `index[i]` of row i (slot i); logits for token index[i]+1, (n, image_vocab)."""
         pos = index + self.cfg.text_len  # absolute positions, (n,)
         x = self.image_emb(tokens)[:, None] + self.pos_emb(pos)[:, None]  # (n, 1, C)
+        at = StepIndex(pos, self.cfg.seq_len)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, pos, cache, i)
+            x = block.step(x, at, cache, i)
         return self.head(self.ln_f(x[:, 0]))
