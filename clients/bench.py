@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from clients.bench_report import percentile, plot, scrape, server_split, summarize, table
+from clients.bench_report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
+                                  table)
 from clients.cli import ProgressBar
 
 
@@ -89,11 +90,16 @@ async def open_loop(target: str, prompts: list[str], rate: float, requests: int,
         return samples, time.monotonic() - start
 
 
+_PIPES: dict = {}
+
+
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
                 model_dir: str | None, capacity: int) -> list[dict]:
     """The same OPs called in process at the sampler's full batch: the ceiling."""
     from ops.pipeline import LocalPipeline
-    pipe = LocalPipeline(model_dir, capacity=capacity)
+    if (model_dir, capacity) not in _PIPES:  # loaded once, however many rounds run
+        _PIPES[(model_dir, capacity)] = LocalPipeline(model_dir, capacity=capacity)
+    pipe = _PIPES[(model_dir, capacity)]
     reqs = [{"prompt": prompts[i % len(prompts)], "seed": 1 + i, **{k: v for k, v in params.items() if v}}
             for i in range(requests)]
     pipe.generate(reqs[:2])  # warm-up
@@ -209,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", help="a file with one prompt per line (default: the shapes world)")
     ap.add_argument("--engine-only", action="store_true", help="four no-op OPs, no model, no RPC")
     ap.add_argument("--kv", action="store_true", help="decode-step time early vs late (KV cache)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the whole comparison, configs interleaved, and report each round's ratios")
     ap.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.png")
     args = ap.parse_args(argv)
 
@@ -235,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
               "guidance_scale": args.guidance_scale}
     bar = ProgressBar()
     rows: list[dict] = []
+    tag: dict = {}  # {"round": i} when several rounds run
 
     def sweep(name: str, target: str, metrics: str | None) -> None:
         asyncio.run(closed_loop(target, prompts, min(4, args.warmup), args.warmup, params))
@@ -244,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             samples, wall = asyncio.run(closed_loop(target, prompts, c, n, params, bar, f"{name} c={c}"))
             split = server_split(before, scrape(metrics)) if metrics else {}
             rows.append({"config": name, "mode": f"closed c={c}", "concurrency": c,
-                         "summary": summarize(samples, wall), "server": split})
+                         "summary": summarize(samples, wall), "server": split, **tag})
         bar.close()
 
     def open_sweep(name: str, target: str, rate: float, metrics: str | None) -> None:
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         split = server_split(before, scrape(metrics)) if metrics else {}
         bar.close()
         rows.append({"config": name, "mode": f"open {rate:.2f}/s", "rate": rate, "summary": summarize(samples, wall),
-                     "server": split})
+                     "server": split, **tag})
 
     if args.server:
         sweep("server", args.server, args.metrics)
@@ -265,22 +274,30 @@ def main(argv: list[str] | None = None) -> int:
         from clients.bench_servers import ServerProcess, bench_configs
         configs = bench_configs(args.model_dir)
         names = [n for n in args.compare.split(",") if n]
-        for name in names:
-            if name == "offline":
-                rows += offline_run(prompts, levels, args.requests or 64, params, args.model_dir,
-                                    configs["default"]["graph"]["ops"]["sample"]["batch_size"])
-                continue
-            with ServerProcess(name, configs[name]) as server:
-                sweep(name, server.target, server.metrics_url)
-        if args.rate or args.rate_of:
-            rate = args.rate
-            if args.rate_of:
-                top = max((r for r in rows if r["config"] == args.rate_of), key=lambda r: r["summary"]["requests_per_s"])
-                rate = args.rate_fraction * top["summary"]["requests_per_s"]
-                report["open_loop_rate"] = {"of": args.rate_of, "fraction": args.rate_fraction, "rate": rate}
-            for name in [n for n in names if n != "offline"]:
+        for i in range(max(1, args.rounds)):
+            if args.rounds > 1:
+                tag = {"round": i}
+            first = len(rows)
+            for name in names:
+                if name == "offline":
+                    rows += [r | tag for r in offline_run(
+                        prompts, levels, args.requests or 64, params, args.model_dir,
+                        configs["default"]["graph"]["ops"]["sample"]["batch_size"])]
+                    continue
                 with ServerProcess(name, configs[name]) as server:
-                    open_sweep(name, server.target, rate, server.metrics_url)
+                    sweep(name, server.target, server.metrics_url)
+            if args.rate or args.rate_of:
+                rate = args.rate
+                if args.rate_of:
+                    top = max((r for r in rows[first:] if r["config"] == args.rate_of),
+                              key=lambda r: r["summary"]["requests_per_s"])
+                    rate = args.rate_fraction * top["summary"]["requests_per_s"]
+                    report.setdefault("open_loop_rate", []).append(
+                        {"of": args.rate_of, "fraction": args.rate_fraction, "rate": rate, **tag})
+                for name in [n for n in names if n != "offline"]:
+                    with ServerProcess(name, configs[name]) as server:
+                        open_sweep(name, server.target, rate, server.metrics_url)
+            report.setdefault("ratios", []).append(bar_ratios(rows[first:]))
     report["rows"] = rows
     print(table(rows))
     for r in rows:
@@ -288,18 +305,24 @@ def main(argv: list[str] | None = None) -> int:
             split = ", ".join(f"{op}: {s['mean_rows_per_batch']:.1f} rows, q {s['mean_queue_ms']:.1f} ms, "
                               f"wait {s['mean_device_wait_ms']:.1f} ms, c {s['mean_compute_ms']:.1f} ms" for op, s in r["server"].items())
             print(f"  {r['config']} {r['mode']}: {split}")
+    if any(report.get("ratios", [])):
+        print("side-by-side ratios, one column per round (bench_report.bar_ratios says which is which):")
+        print(ratio_table(report["ratios"]))
     return _write(report, out, rows)
 
 
 def _write(report: dict, out: Path, rows: list[dict]) -> int:
     (out / "bench.json").write_text(json.dumps(report, indent=2))
-    series: dict[str, list] = {}
+    points: dict[tuple[str, int], list] = {}  # several rounds: their median per point
     for r in rows:
         if "concurrency" in r:
             s = r["summary"]
-            series.setdefault(r["config"], []).append(
-                (r["concurrency"], s["images_per_s"] if r["config"] != "engine" else s["requests_per_s"],
-                 s["latency_ms"]["p99"]))
+            points.setdefault((r["config"], r["concurrency"]), []).append(
+                (s["images_per_s"] if r["config"] != "engine" else s["requests_per_s"], s["latency_ms"]["p99"]))
+    series: dict[str, list] = {}
+    for (config, c), values in points.items():
+        series.setdefault(config, []).append(
+            (c, statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)))
     plot(series, str(out / "bench.png"))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import urllib.request
 from collections import Counter
 
@@ -72,6 +73,42 @@ def server_split(before: dict, after: dict) -> dict:
     return out
 
 
+def bar_ratios(rows: list[dict]) -> dict[str, float]:
+    """The issue's side-by-side ratios from the rows of one round (those its configs allow).
+
+    speedup_c{N}: default / serial images/s at the highest concurrency both ran;
+    saturation: default's best images/s / offline's; c1_latency: default's p50 at c=1 /
+    offline's single-request p50; open_p50 and open_p99: default / static in the open loop.
+    """
+    closed = {(r["config"], r.get("concurrency")): r["summary"] for r in rows if "concurrency" in r}
+    opened = {r["config"]: r["summary"] for r in rows if "rate" in r}
+    out: dict[str, float] = {}
+    both = sorted(c for (n, c) in closed if n == "default" and ("serial", c) in closed)
+    if both:
+        c = both[-1]
+        out[f"speedup_c{c}"] = closed[("default", c)]["images_per_s"] / closed[("serial", c)]["images_per_s"]
+    offline = next((s for (n, _), s in closed.items() if n == "offline"), None)
+    default = [s for (n, _), s in closed.items() if n == "default"]
+    if offline and default:
+        out["saturation"] = max(s["images_per_s"] for s in default) / offline["images_per_s"]
+        if ("default", 1) in closed:
+            out["c1_latency"] = closed[("default", 1)]["latency_ms"]["p50"] / offline["latency_ms"]["p50"]
+    if "default" in opened and "static" in opened:
+        for q in ("p50", "p99"):
+            out[f"open_{q}"] = opened["default"]["latency_ms"][q] / opened["static"]["latency_ms"][q]
+    return out
+
+
+def ratio_table(per_round: list[dict[str, float]]) -> str:
+    """One line per ratio: each round's value, then the median."""
+    names = [k for k in per_round[0]] if per_round else []
+    lines = []
+    for k in names:
+        values = [r[k] for r in per_round if k in r]
+        lines.append(f"{k:<14} " + " ".join(f"{v:6.3f}" for v in values) + f"   median {statistics.median(values):.3f}")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = f"{'config':<9} {'mode':<12} {'img/s':>7} {'req/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} " \
            f"{'max ms':>8} {'1st ev ms':>9} {'errors':>8}"
@@ -79,7 +116,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         s = r["summary"]
         lat = s["latency_ms"]
-        lines.append(f"{r['config']:<9} {r['mode']:<12} {s['images_per_s']:>7.2f} {s['requests_per_s']:>7.2f} "
+        name = r["config"] + (f"/{r['round'] + 1}" if "round" in r else "")
+        lines.append(f"{name:<9} {r['mode']:<12} {s['images_per_s']:>7.2f} {s['requests_per_s']:>7.2f} "
                      f"{lat['p50']:>8.1f} {lat['p90']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f} "
                      f"{s['first_progress_ms_p50']:>9.0f} {sum(s['errors'].values()):>8}")
     return "\n".join(lines)

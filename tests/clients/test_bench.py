@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from clients.bench import engine_only
-from clients.bench_report import percentile, plot, server_split, summarize
+from clients.bench_report import bar_ratios, percentile, plot, ratio_table, server_split, summarize
 
 
 def test_percentiles_interpolate():
@@ -48,3 +48,21 @@ def test_offline_mode_measures_the_in_process_pipeline(tiny_model_dir):
     assert [r["concurrency"] for r in rows] == [1, 8]
     s = rows[0]["summary"]
     assert s["images_per_s"] > 0 and s["latency_ms"]["p50"] > 0
+
+
+def _row(config, images_per_s=1.0, p50=100.0, p99=200.0, **where):
+    return {"config": config, **where,
+            "summary": {"images_per_s": images_per_s, "latency_ms": {"p50": p50, "p99": p99}}}
+
+
+def test_bar_ratios_pair_the_configs_of_one_round():
+    rows = [_row("serial", 1.0, concurrency=1), _row("serial", 1.25, concurrency=32),
+            _row("default", 2.0, p50=110, concurrency=1), _row("default", 15.0, concurrency=32),
+            _row("default", 16.0, concurrency=64),  # serial did not run c=64: not a speed-up point
+            _row("offline", 20.0, p50=100, concurrency=1), _row("offline", 20.0, p50=100, concurrency=32),
+            _row("static", p50=1000, p99=2000, rate=8.0), _row("default", p50=600, p99=1000, rate=8.0)]
+    r = bar_ratios(rows)
+    assert r == {"speedup_c32": 12.0, "saturation": 0.8, "c1_latency": 1.1, "open_p50": 0.6, "open_p99": 0.5}
+    assert bar_ratios([_row("default", concurrency=1)]) == {}  # nothing to pair with
+    lines = ratio_table([{"saturation": 0.8}, {"saturation": 0.9}, {"saturation": 1.0}]).splitlines()
+    assert lines == ["saturation      0.800  0.900  1.000   median 0.900"]
