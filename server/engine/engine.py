@@ -81,6 +81,8 @@ class Engine:
         self._idle.clear()
         self.metrics.inflight.inc()
         request.timer = loop.call_at(request.deadline, self._expire, request, timeout)
+        for stage in self.stages.values():
+            stage.upcoming += 1
         for entry in self.entries:
             self.stages[entry].channel.offer(request, REQUEST, payload)
         return request
@@ -123,6 +125,9 @@ class Engine:
         if outcome != "ok":  # a finished request has already left every channel
             for stage in self.stages.values():
                 stage.forget(request)
+        for name, stage in self.stages.items():
+            if name not in request.stages:  # it will never reach this OP now
+                stage.upcoming -= 1
         self.requests.pop(request.id, None)
         self.metrics.inflight.dec()
         self.metrics.requests.labels(outcome).inc()

@@ -60,6 +60,7 @@ class OpStage:
         depth = engine.metrics.depth.labels(cfg.name)
         self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, depth.set)
         self.pending: deque[RowTask] = deque()
+        self.upcoming = 0  # requests in flight that have yet to reach this OP (kept by the engine)
         wait = engine.metrics.device_wait.labels(cfg.name).observe
         self.workers = []
         for i in range(cfg.concurrency):
@@ -131,6 +132,7 @@ class OpStage:
             state = StageState(arrived=packet.arrived, value=packet.value,
                                outputs=[None] * len(rows), remaining=len(rows))
             request.stages[self.name] = state
+            self.upcoming -= 1
             if not rows:
                 state.first_start = time.monotonic()
                 await self._complete(request, state)
@@ -160,12 +162,13 @@ class OpStage:
                 await self._execute(worker, batch)
 
     async def _fill_or_timeout(self, size: int) -> None:
-        """Wait for `size` rows, at most batch_timeout_ms after the oldest arrived."""
+        """Wait for `size` rows, at most batch_timeout_ms after the oldest arrived, and only
+        while a request in flight has yet to bring its rows here (alone, a row never waits)."""
         wait = self.cfg.batch_timeout_ms / 1000
         if size <= 1 or wait <= 0:
             return
         deadline = self.pending[0].enqueued + wait
-        while self.pending and len(self.pending) < size:
+        while self.pending and len(self.pending) < size and self.upcoming > 0:
             left = deadline - time.monotonic()
             if left <= 0 or not await self._wait_rows(left):
                 break

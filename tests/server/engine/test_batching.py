@@ -5,6 +5,9 @@ import asyncio
 import random
 import time
 
+import pytest
+
+from server.engine import EngineError
 from tests.server.engine.helpers import chain, running
 from tests.server.engine.toy_ops import calls
 
@@ -21,15 +24,30 @@ async def test_batch_fills_to_batch_size_within_timeout():
     assert elapsed < 2.0  # full batches do not wait for the timeout
 
 
-async def test_partial_batch_leaves_at_timeout():
-    cfg = chain(("echo", "Echo", {"batch_size": 8, "batch_timeout_ms": 150}))
+async def test_partial_batch_waits_for_rows_still_upstream_then_leaves_at_timeout():
+    cfg = chain(("first", "Echo", {}), ("echo", "Echo", {"batch_size": 8, "batch_timeout_ms": 150}))
     async with running(cfg) as engine:
         started = time.monotonic()
-        results = await asyncio.gather(*(engine.submit(i).result() for i in range(3)))
+        quick = [engine.submit({"i": i}) for i in range(3)]
+        slow = engine.submit({"i": 3, "sleep": 0.4})  # held in `first`: echo may yet get its row
+        results = await asyncio.gather(*(r.result() for r in quick))
         elapsed = time.monotonic() - started
+        await slow.result()
+    assert [r.value["i"] for r in results] == [0, 1, 2]
+    assert [len(b) for b in calls("echo").batches] == [3, 1]
+    assert elapsed >= 0.14  # it waited for a fuller batch, then went
+
+
+async def test_partial_batch_does_not_wait_when_no_row_can_come():
+    """Every request in flight has reached the OP: a fuller batch cannot form, so no wait."""
+    cfg = chain(("echo", "Echo", {"batch_size": 8, "batch_timeout_ms": 5000}))
+    async with running(cfg) as engine:
+        results = await asyncio.gather(*(engine.submit(i).result() for i in range(3)))
+        assert all(stage.upcoming == 0 for stage in engine.stages.values())
+        queued = engine.metrics.registry.get_sample_value("tessera_op_queue_seconds_sum", {"op": "echo"})
     assert [r.value for r in results] == [0, 1, 2]
     assert [len(b) for b in calls("echo").batches] == [3]
-    assert elapsed >= 0.14  # it waited for a fuller batch, then went
+    assert queued < 3 * 1.0  # nowhere near the 5 s timeout per row
 
 
 async def test_rows_of_one_request_split_across_calls():
@@ -66,3 +84,17 @@ async def test_batching_off_calls_the_same_op_one_row_at_a_time():
         results = await asyncio.gather(*(engine.submit(i).result() for i in range(5)))
     assert sorted(r.value for r in results) == list(range(5))
     assert all(len(b) == 1 for b in calls("echo").batches)
+
+
+async def test_requests_that_fail_or_expire_upstream_no_longer_count_as_coming():
+    cfg = chain(("hold", "Echo", {}), ("check", "Raise", {}),
+                ("echo", "Echo", {"batch_size": 8, "batch_timeout_ms": 5000}))
+    async with running(cfg) as engine:
+        bad = engine.submit("bad")                     # fails in `check`, never reaches echo
+        late = engine.submit({"sleep": 0.5}, timeout_s=0.05)  # expires in `hold`
+        good = engine.submit("fine")
+        for r in (bad, late):
+            with pytest.raises(EngineError):
+                await r.result()
+        assert (await good.result()).value == "ok:fine"
+        assert [stage.upcoming for stage in engine.stages.values()] == [0, 0, 0]
