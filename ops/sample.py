@@ -99,18 +99,16 @@ class SampleOp(SteppingOp, ModelOp):
         cond_first = []
         for g, (leader, group) in enumerate(zip(leaders, groups.values())):
             if len(group) > 1:
-                src = torch.full((len(group) - 1,), leader, device=dev)
-                self.cache.copy_rows(src, torch.arange(leader + 1, leader + len(group), device=dev))
+                self.cache.copy_rows([leader] * (len(group) - 1), list(range(leader + 1, leader + len(group))))
             cond_first += [logits[g]] * len(group)
         ordered = [row for group in groups.values() for row in group]
         guided_rows = [row for row in ordered if row.guided]
         if guided_rows:
             at = len(self.slots)
             self.slots += [(row, True) for row in guided_rows]
-            dst = torch.arange(at, at + len(guided_rows), device=dev)
-            L = self.cfg.text_len
-            self.cache.k[:, dst, :, :L] = self.uncond_k
-            self.cache.v[:, dst, :, :L] = self.uncond_v
+            L, end = self.cfg.text_len, at + len(guided_rows)
+            self.cache.k[:, at:end, :, :L] = self.uncond_k  # broadcast over the new slots
+            self.cache.v[:, at:end, :, :L] = self.uncond_v
         self.rows += ordered
         self._index_rows()
         # Token 0 comes from the prefill logits.
@@ -160,8 +158,7 @@ class SampleOp(SteppingOp, ModelOp):
         movers = [j for j in range(n, len(self.slots)) if self.slots[j][0].key not in gone]
         slots = self.slots[:n]
         if movers:
-            src, dst = (torch.tensor(x, device=self.device) for x in (movers, holes))
-            self.cache.copy_rows(src, dst)
+            self.cache.copy_rows(movers, holes)
             for a, b in zip(movers, holes):
                 slots[b] = self.slots[a]
         self.slots = slots
