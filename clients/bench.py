@@ -110,7 +110,7 @@ def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int
         done += sum(len(r) for r in pipe.generate(reqs[at:at + per_call]))
     wall = time.monotonic() - start
     single = []
-    for i in range(7):
+    for i in range(16):  # as many as the closed loop's c=1 level sends
         t = time.monotonic()
         pipe.generate([reqs[i % len(reqs)]])
         single.append(time.monotonic() - t)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="configurations to start and compare side by side")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--concurrency", default="1,2,4,8,16,32,64")
-    ap.add_argument("--requests", type=int, default=0, help="per level (default: max(8, 3 x concurrency))")
+    ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 3 x concurrency))")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--rate", type=float, default=0, help="open loop: requests/s (Poisson)")
     ap.add_argument("--rate-of", help="open loop at --rate-fraction of this config's measured capacity")
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     def sweep(name: str, target: str, metrics: str | None) -> None:
         asyncio.run(closed_loop(target, prompts, min(4, args.warmup), args.warmup, params))
         for c in levels:
-            n = args.requests or max(8, 3 * c)
+            n = args.requests or max(16, 3 * c)
             before = scrape(metrics) if metrics else {}
             samples, wall = asyncio.run(closed_loop(target, prompts, c, n, params, bar, f"{name} c={c}"))
             split = server_split(before, scrape(metrics)) if metrics else {}
@@ -295,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                     report.setdefault("open_loop_rate", []).append(
                         {"of": args.rate_of, "fraction": args.rate_fraction, "rate": rate, **tag})
                 for name in [n for n in names if n != "offline"]:
+                    best = max((r["summary"]["requests_per_s"] for r in rows[first:] if r["config"] == name),
+                               default=float("inf"))
+                    if best < rate:  # its queue would only grow: no steady state to measure
+                        print(f"{name}: no open loop at {rate:.2f} req/s, above its measured capacity of "
+                              f"{best:.2f} req/s", file=sys.stderr)
+                        continue
                     with ServerProcess(name, configs[name]) as server:
                         open_sweep(name, server.target, rate, server.metrics_url)
             report.setdefault("ratios", []).append(bar_ratios(rows[first:]))
