@@ -1,6 +1,7 @@
 """`tessera bench`: throughput and latency, measured side by side.
 
     tessera bench --compare serial,static,default,offline --concurrency 1,8,32 --num-candidates 4
+    tessera bench --compare default,offline --concurrency 1,32 --rounds 5   # each round's ratios, median
     tessera bench --server 127.0.0.1:50051 --metrics http://127.0.0.1:9090/metrics
     tessera bench --engine-only
     tessera bench --kv
