@@ -66,3 +66,14 @@ def test_bar_ratios_pair_the_configs_of_one_round():
     assert bar_ratios([_row("default", concurrency=1)]) == {}  # nothing to pair with
     lines = ratio_table([{"saturation": 0.8}, {"saturation": 0.9}, {"saturation": 1.0}]).splitlines()
     assert lines == ["saturation      0.800  0.900  1.000   median 0.900"]
+
+
+def test_rounds_repeat_the_comparison_and_keep_each_rounds_rows_apart(tiny_model_dir, tmp_path):
+    import json
+    from clients.bench import main
+    assert main(["--compare", "offline", "--concurrency", "1", "--requests", "2", "--num-candidates", "2",
+                 "--rounds", "2", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["config"], r["round"]) for r in report["rows"]] == [("offline", 0), ("offline", 1)]
+    assert report["ratios"] == [{}, {}]  # offline alone pairs with nothing
+    assert (tmp_path / "bench.png").stat().st_size > 0
