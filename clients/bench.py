@@ -69,22 +69,29 @@ async def closed_loop(target: str, prompts: list[str], concurrency: int, request
 
 async def open_loop(target: str, prompts: list[str], rate: float, requests: int, params: dict,
                     bursty: bool, seed: int = 0, bar: ProgressBar | None = None,
-                    label: str = "") -> tuple[list[dict], float]:
-    """Poisson arrivals; `bursty` sends them in clumps of 1-8 with the same mean rate."""
+                    label: str = "", duration: float = 0) -> tuple[list[dict], float]:
+    """Poisson arrivals; `bursty` sends them in clumps of 1-8 with the same mean rate.
+
+    Sends `requests` requests, or with `duration` > 0 as many as arrive in that many
+    seconds; either way every request sent is waited for and counted."""
     from clients.client import AsyncTesseraClient
     rng = random.Random(seed)
     samples: list[dict] = []
+    limit = float("inf") if duration > 0 else requests
+    expected = round(rate * duration) if duration > 0 else requests
     async with AsyncTesseraClient(target, timeout=600, retries=0) as client:
         tasks, start, sent = [], time.monotonic(), 0
 
         async def tracked(i):
             samples.append(await _one(client, prompts[i % len(prompts)], params, 1 + i))
             if bar:
-                bar.update(label, len(samples), requests)
-        while sent < requests:
+                bar.update(label, len(samples), max(expected, sent))
+        while sent < limit:
             clump = rng.randint(1, 8) if bursty else 1
             await asyncio.sleep(rng.expovariate(rate / clump))
-            for _ in range(min(clump, requests - sent)):
+            if duration > 0 and time.monotonic() - start >= duration:
+                break
+            for _ in range(int(min(clump, limit - sent))):
                 tasks.append(asyncio.create_task(tracked(sent)))
                 sent += 1
         await asyncio.gather(*tasks)
@@ -205,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=0, help="open loop: requests/s (Poisson)")
     ap.add_argument("--rate-of", help="open loop at --rate-fraction of this config's measured capacity")
     ap.add_argument("--rate-fraction", type=float, default=0.7)
-    ap.add_argument("--open-requests", type=int, default=60)
+    ap.add_argument("--open-requests", type=int, default=60, help="open loop: requests to send")
+    ap.add_argument("--open-duration", type=float, default=0,
+                    help="open loop: send for this many seconds instead of --open-requests")
     ap.add_argument("--bursty", action="store_true")
     ap.add_argument("--num-candidates", type=int, default=4)
     ap.add_argument("--num-images", type=int, default=1)
@@ -261,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(closed_loop(target, prompts, min(4, args.warmup), args.warmup, params))
         before = scrape(metrics) if metrics else {}
         samples, wall = asyncio.run(open_loop(target, prompts, rate, args.open_requests, params, args.bursty,
-                                              bar=bar, label=f"{name} open"))
+                                              bar=bar, label=f"{name} open", duration=args.open_duration))
         split = server_split(before, scrape(metrics)) if metrics else {}
         bar.close()
         rows.append({"config": name, "mode": f"open {rate:.2f}/s", "rate": rate, "summary": summarize(samples, wall),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from clients.bench import engine_only
 from clients.bench_report import bar_ratios, percentile, plot, ratio_table, server_split, summarize
@@ -77,3 +78,19 @@ def test_rounds_repeat_the_comparison_and_keep_each_rounds_rows_apart(tiny_model
     assert [(r["config"], r["round"]) for r in report["rows"]] == [("offline", 0), ("offline", 1)]
     assert report["ratios"] == [{}, {}]  # offline alone pairs with nothing
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+async def test_closed_and_open_loops_count_every_request_they_send(tiny_model_dir):
+    from clients.bench import closed_loop, open_loop
+    from tests.server.rpc.conftest import app_config, serving
+    params = {"num_candidates": 2, "num_images": 1}
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        target = f"127.0.0.1:{server.port}"
+        samples, wall = await closed_loop(target, ["a red circle"], 2, 5, params)
+        assert [s["code"] for s in samples] == ["OK"] * 5 and wall > 0
+        samples, _ = await open_loop(target, ["a red circle"], 40.0, 6, params, bursty=True)
+        assert [s["code"] for s in samples] == ["OK"] * 6  # a request count: exactly that many
+        start = time.monotonic()
+        samples, _ = await open_loop(target, ["a blue square"], 40.0, 0, params, bursty=False, duration=0.5)
+        assert time.monotonic() - start >= 0.5
+        assert samples and all(s["code"] == "OK" for s in samples)  # a duration: all it sent, answered
