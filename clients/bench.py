@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import random
 import statistics
@@ -98,16 +99,17 @@ async def open_loop(target: str, prompts: list[str], rate: float, requests: int,
         return samples, time.monotonic() - start
 
 
-_PIPES: dict = {}
+@functools.cache
+def _pipeline(model_dir: str | None, capacity: int):
+    """The offline pipeline, loaded once however many rounds run."""
+    from ops.pipeline import LocalPipeline
+    return LocalPipeline(model_dir, capacity=capacity)
 
 
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
                 model_dir: str | None, capacity: int) -> list[dict]:
     """The same OPs called in process at the sampler's full batch: the ceiling."""
-    from ops.pipeline import LocalPipeline
-    if (model_dir, capacity) not in _PIPES:  # loaded once, however many rounds run
-        _PIPES[(model_dir, capacity)] = LocalPipeline(model_dir, capacity=capacity)
-    pipe = _PIPES[(model_dir, capacity)]
+    pipe = _pipeline(model_dir, capacity)
     reqs = [{"prompt": prompts[i % len(prompts)], "seed": 1 + i, **{k: v for k, v in params.items() if v}}
             for i in range(requests)]
     pipe.generate(reqs[:2])  # warm-up
@@ -255,26 +257,34 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     tag: dict = {}  # {"round": i} when several rounds run
 
-    def sweep(name: str, target: str, metrics: str | None) -> None:
+    def warm_up(target: str) -> None:
         asyncio.run(closed_loop(target, prompts, min(4, args.warmup), args.warmup, params))
+
+    def measure(load, metrics: str | None, **row) -> None:
+        """Run one load (a coroutine giving samples and wall time) and keep its row."""
+        before = scrape(metrics) if metrics else {}
+        samples, wall = asyncio.run(load)
+        split = server_split(before, scrape(metrics)) if metrics else {}
+        rows.append({**row, "summary": summarize(samples, wall), "server": split, **tag})
+
+    def sweep(name: str, target: str, metrics: str | None) -> None:
+        warm_up(target)
         for c in levels:
             n = args.requests or max(16, 3 * c)
-            before = scrape(metrics) if metrics else {}
-            samples, wall = asyncio.run(closed_loop(target, prompts, c, n, params, bar, f"{name} c={c}"))
-            split = server_split(before, scrape(metrics)) if metrics else {}
-            rows.append({"config": name, "mode": f"closed c={c}", "concurrency": c,
-                         "summary": summarize(samples, wall), "server": split, **tag})
+            measure(closed_loop(target, prompts, c, n, params, bar, f"{name} c={c}"), metrics,
+                    config=name, mode=f"closed c={c}", concurrency=c)
         bar.close()
 
     def open_sweep(name: str, target: str, rate: float, metrics: str | None) -> None:
-        asyncio.run(closed_loop(target, prompts, min(4, args.warmup), args.warmup, params))
-        before = scrape(metrics) if metrics else {}
-        samples, wall = asyncio.run(open_loop(target, prompts, rate, args.open_requests, params, args.bursty,
-                                              bar=bar, label=f"{name} open", duration=args.open_duration))
-        split = server_split(before, scrape(metrics)) if metrics else {}
+        warm_up(target)
+        measure(open_loop(target, prompts, rate, args.open_requests, params, args.bursty,
+                          bar=bar, label=f"{name} open", duration=args.open_duration), metrics,
+                config=name, mode=f"open {rate:.2f}/s", rate=rate)
         bar.close()
-        rows.append({"config": name, "mode": f"open {rate:.2f}/s", "rate": rate, "summary": summarize(samples, wall),
-                     "server": split, **tag})
+
+    def capacity(name: str, since: int) -> float:
+        """`name`'s best requests/s among the rows from `since` (this round's)."""
+        return max(r["summary"]["requests_per_s"] for r in rows[since:] if r["config"] == name)
 
     if args.server:
         sweep("server", args.server, args.metrics)
@@ -299,14 +309,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.rate or args.rate_of:
                 rate = args.rate
                 if args.rate_of:
-                    top = max((r for r in rows[first:] if r["config"] == args.rate_of),
-                              key=lambda r: r["summary"]["requests_per_s"])
-                    rate = args.rate_fraction * top["summary"]["requests_per_s"]
+                    rate = args.rate_fraction * capacity(args.rate_of, first)
                     report.setdefault("open_loop_rate", []).append(
                         {"of": args.rate_of, "fraction": args.rate_fraction, "rate": rate, **tag})
                 for name in [n for n in names if n != "offline"]:
-                    best = max((r["summary"]["requests_per_s"] for r in rows[first:] if r["config"] == name),
-                               default=float("inf"))
+                    best = capacity(name, first) if levels else float("inf")  # no closed loop: unknown
                     if best < rate:  # its queue would only grow: no steady state to measure
                         print(f"{name}: no open loop at {rate:.2f} req/s, above its measured capacity of "
                               f"{best:.2f} req/s", file=sys.stderr)
