@@ -1,7 +1,7 @@
 """Tessera's clients: the Python client library, the command line, the benchmark."""
 from __future__ import annotations
 
-from clients.client import (AsyncTesseraClient, GeneratedImage, Generation, ProgressEvent, ServerInfo,
+from tessera.clients.client import (AsyncTesseraClient, GeneratedImage, Generation, ProgressEvent, ServerInfo,
                             StageTiming, TesseraClient, TesseraError)
 
 __all__ = ["AsyncTesseraClient", "GeneratedImage", "Generation", "ProgressEvent", "ServerInfo",

@@ -22,20 +22,20 @@ import sys
 import time
 from pathlib import Path
 
-from clients.bench_report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
+from tessera.clients.bench_report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
                                   table)
-from clients.cli import ProgressBar
+from tessera.clients.cli import ProgressBar
 
 
 def shapes_prompts(n: int, seed: int = 0) -> list[str]:
     """Full English/Chinese prompts drawn from the shapes world's vocabulary."""
-    from ops.shapes.world import caption, random_scene  # the world's words; no model involved
+    from tessera.ops.shapes.world import caption, random_scene  # the world's words; no model involved
     rng = random.Random(seed)
     return [caption(random_scene(rng), rng.choice(("en", "zh"))) for _ in range(n)]
 
 
 async def _one(client, prompt: str, params: dict, seed: int) -> dict:
-    from clients.client import Generation, TesseraError
+    from tessera.clients.client import Generation, TesseraError
     start = time.monotonic()
     first = None
     try:
@@ -54,7 +54,7 @@ async def _one(client, prompt: str, params: dict, seed: int) -> dict:
 
 async def closed_loop(target: str, prompts: list[str], concurrency: int, requests: int, params: dict,
                       bar: ProgressBar | None = None, label: str = "") -> tuple[list[dict], float]:
-    from clients.client import AsyncTesseraClient
+    from tessera.clients.client import AsyncTesseraClient
     samples: list[dict] = []
     counter = iter(range(requests))
     async with AsyncTesseraClient(target, timeout=600, retries=0) as client:
@@ -75,7 +75,7 @@ async def open_loop(target: str, prompts: list[str], rate: float, requests: int,
 
     Sends `requests` requests, or with `duration` > 0 as many as arrive in that many
     seconds; either way every request sent is waited for and counted."""
-    from clients.client import AsyncTesseraClient
+    from tessera.clients.client import AsyncTesseraClient
     rng = random.Random(seed)
     samples: list[dict] = []
     limit = float("inf") if duration > 0 else requests
@@ -102,7 +102,7 @@ async def open_loop(target: str, prompts: list[str], rate: float, requests: int,
 @functools.cache
 def _pipeline(model_dir: str | None, capacity: int):
     """The offline pipeline, loaded once however many rounds run."""
-    from ops.pipeline import LocalPipeline
+    from tessera.ops.pipeline import LocalPipeline
     return LocalPipeline(model_dir, capacity=capacity)
 
 
@@ -137,11 +137,11 @@ def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int
 
 def engine_only(concurrency_levels: list[int], requests: int) -> list[dict]:
     """Four no-op OPs through the real engine, in process: the engine's own overhead."""
-    from server.engine import Engine, GraphConfig, run
+    from tessera.server.engine import Engine, GraphConfig, run
 
     ops, prev = {}, "request"
     for i in range(4):
-        ops[f"noop{i}"] = {"type": "clients.noop:NoopOp", "inputs": [prev], "batch_size": 64,
+        ops[f"noop{i}"] = {"type": "tessera.clients.noop:NoopOp", "inputs": [prev], "batch_size": 64,
                            "channel_capacity": 4096}
         prev = f"noop{i}"
     cfg = GraphConfig.from_dict({"ops": ops, "output": prev, "max_inflight": 8192})
@@ -180,8 +180,8 @@ def kv_profile(model_dir: str | None, rows: int) -> dict:
     """Decode-step time over the first vs the last quarter of image tokens, at a full batch."""
     import torch
 
-    from ops.pipeline import LocalPipeline, request_defaults
-    from server.engine import StepRow
+    from tessera.ops.pipeline import LocalPipeline, request_defaults
+    from tessera.server.engine import StepRow
     pipe = LocalPipeline(model_dir, capacity=rows)
     tok = pipe.tokenize.process([request_defaults({"prompt": "a red circle", "num_candidates": rows})])[0]
     times = []
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rate:
             open_sweep("server", args.server, args.rate, args.metrics)
     else:
-        from clients.bench_servers import ServerProcess, bench_configs
+        from tessera.clients.bench_servers import ServerProcess, bench_configs
         configs = bench_configs(args.model_dir)
         names = [n for n in args.compare.split(",") if n]
         for i in range(max(1, args.rounds)):

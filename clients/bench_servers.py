@@ -18,7 +18,7 @@ import yaml
 
 
 def bench_configs(model_dir: str | None = None) -> dict[str, dict]:
-    from server.defaults import DEFAULT_CONFIG
+    from tessera.server.defaults import DEFAULT_CONFIG
 
     default = copy.deepcopy(DEFAULT_CONFIG)
     default["model_dir"] = model_dir
@@ -48,7 +48,7 @@ class ServerProcess:
             yaml.safe_dump(self.config, f)
         self._path = Path(path)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clients.cli", "serve", "--config", path, "--port", "0",
+            [sys.executable, "-m", "tessera.clients.cli", "serve", "--config", path, "--port", "0",
              "--metrics-port", "0", "--log-level", "WARNING"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()

@@ -54,8 +54,8 @@ def _token(args) -> str | None:
 
 
 def generate(argv: list[str]) -> int:
-    from clients.client import Generation, TesseraClient, TesseraError
-    from clients.sheet import contact_sheet
+    from tessera.clients.client import Generation, TesseraClient, TesseraError
+    from tessera.clients.sheet import contact_sheet
 
     ap = argparse.ArgumentParser(prog="tessera generate", description="Generate images from a prompt.")
     ap.add_argument("prompt")
@@ -121,18 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "serve":
-        from server.main import main as serve
+        from tessera.server.main import main as serve
         return serve(rest)
     if command == "generate":
         return generate(rest)
     if command == "bench":
-        from clients.bench import main as bench
+        from tessera.clients.bench import main as bench
         return bench(rest)
     if command == "train":
-        from ops.training.train import main as train
+        from tessera.ops.training.train import main as train
         return train(rest)
     if command == "evaluate":
-        from ops.training.evaluate import main as evaluate
+        from tessera.ops.training.evaluate import main as evaluate
         return evaluate(rest)
     print(f"tessera: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

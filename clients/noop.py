@@ -1,7 +1,7 @@
 """A no-op OP, for measuring the engine's own overhead (`tessera bench --engine-only`)."""
 from __future__ import annotations
 
-from server.engine import Op
+from tessera.server.engine import Op
 
 
 class NoopOp(Op):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ops.shared import ModelOp
+from tessera.ops.shared import ModelOp
 
 
 class ClipTextOp(ModelOp):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ops.shared import ModelOp, to_uint8
+from tessera.ops.shared import ModelOp, to_uint8
 
 
 class DecodeOp(ModelOp):

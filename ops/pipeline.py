@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ops.clip_text import ClipTextOp
-from ops.decode import DecodeOp
-from ops.rerank import RerankOp
-from ops.sample import SampleOp
-from ops.tokenize import TokenizeOp
-from server.engine import StepRow
+from tessera.ops.clip_text import ClipTextOp
+from tessera.ops.decode import DecodeOp
+from tessera.ops.rerank import RerankOp
+from tessera.ops.sample import SampleOp
+from tessera.ops.tokenize import TokenizeOp
+from tessera.server.engine import StepRow
 
 
 def request_defaults(req: dict[str, Any]) -> dict[str, Any]:

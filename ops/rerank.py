@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.shared import ModelOp, to_png
+from tessera.ops.shared import ModelOp, to_png
 
 
 class RerankOp(ModelOp):

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ops.models.sampling import guide, row_uniforms, sample_tokens
-from ops.models.transformer import KVCache
-from ops.shared import ModelOp, candidate_seed, to_png, to_uint8
-from server.engine import SteppingOp, StepProgress, StepResult, StepRow
+from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
+from tessera.ops.models.transformer import KVCache
+from tessera.ops.shared import ModelOp, candidate_seed, to_png, to_uint8
+from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow
 
 
 @dataclass(eq=False)

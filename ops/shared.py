@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ops.models.loading import ModelBundle, load_model_dir
-from server.engine import Op
+from tessera.ops.models.loading import ModelBundle, load_model_dir
+from tessera.server.engine import Op
 
 _BUNDLES: dict[tuple, ModelBundle] = {}
 _LOCK = threading.Lock()

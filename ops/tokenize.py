@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ops.models.tokenizer import PromptError
-from ops.shared import bundle_for
-from server.engine import InvalidInput, Op
+from tessera.ops.models.tokenizer import PromptError
+from tessera.ops.shared import bundle_for
+from tessera.server.engine import InvalidInput, Op
 
 
 class TokenizeOp(Op):

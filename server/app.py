@@ -16,10 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from server.config import AppConfig
-from server.engine import Engine
-from server.rpc.auth import BearerTokenInterceptor, load_token
-from server.rpc.servicer import ImageGenerationServicer
+from tessera.server.config import AppConfig
+from tessera.server.engine import Engine
+from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
+from tessera.server.rpc.servicer import ImageGenerationServicer
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
 
@@ -38,7 +38,7 @@ class TesseraServer:
         self._metrics_http = None
 
     def model_info(self) -> dict:
-        from ops.info import describe_model  # reads config.json only
+        from tessera.ops.info import describe_model  # reads config.json only
         dirs = [op.settings.get("model_dir") for op in self.config.graph.ops.values()]
         return describe_model(next((d for d in dirs if d), self.config.model_dir))
 

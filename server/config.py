@@ -10,7 +10,7 @@ import copy
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from server.engine import ConfigError, GraphConfig
+from tessera.server.engine import ConfigError, GraphConfig
 
 MiB = 1024 * 1024
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from server.config import AppConfig
-from server.defaults import DEFAULT_CONFIG
-from server.engine import ConfigError, run
-from server.engine.logs import configure_logging
+from tessera.server.config import AppConfig
+from tessera.server.defaults import DEFAULT_CONFIG
+from tessera.server.engine import ConfigError, run
+from tessera.server.engine.logs import configure_logging
 
 log = logging.getLogger("tessera.server")
 
@@ -39,7 +39,7 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
 
 
 async def _serve(config: AppConfig) -> int:
-    from server.app import TesseraServer
+    from tessera.server.app import TesseraServer
 
     server = TesseraServer(config)
     try:

@@ -16,7 +16,7 @@ def _fresh_toy_calls():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny model trained for a few steps by the real trainer: the smoke test of training."""
-    from ops.training.train import train
+    from tessera.ops.training.train import train
 
     logging.getLogger("tessera.train").setLevel(logging.WARNING)
     root = tmp_path_factory.mktemp("tiny")

@@ -15,10 +15,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ops.models.clip import CLIP, CLIPConfig
-from ops.models.dvae import DVAE, DVAEConfig
-from ops.models.tokenizer import TextTokenizer
-from ops.models.transformer import ImageGPT, TransformerConfig
+from tessera.ops.models.clip import CLIP, CLIPConfig
+from tessera.ops.models.dvae import DVAE, DVAEConfig
+from tessera.ops.models.tokenizer import TextTokenizer
+from tessera.ops.models.transformer import ImageGPT, TransformerConfig
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled" / "shapes-dalle"
 

@@ -1,8 +1,8 @@
 """The captioned shapes world (../shared/SHAPES.md): renderer, captions, pixel checker."""
 from __future__ import annotations
 
-from ops.shapes.checker import check_image, read_attributes
-from ops.shapes.world import (
+from tessera.ops.shapes.checker import check_image, read_attributes
+from tessera.ops.shapes.world import (
     COLORS,
     HELD_OUT,
     POSITIONS,

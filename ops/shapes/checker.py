@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ops.shapes.world import COLORS, POSITIONS, SIZES, Scene
+from tessera.ops.shapes.world import COLORS, POSITIONS, SIZES, Scene
 
 _NAMES = list(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)  # (8, 3)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ops.shapes.world import (ATTRIBUTES, COLORS, POSITIONS, SHAPES, SIZES, Scene, caption,
+from tessera.ops.shapes.world import (ATTRIBUTES, COLORS, POSITIONS, SHAPES, SIZES, Scene, caption,
                               random_scene, render, training_caption)
 
 _CHOICES = {"size": list(SIZES), "color": list(COLORS), "shape": list(SHAPES),

@@ -1,6 +1,6 @@
 """Train the whole DALL·E (tokenizer, dVAE, CLIP, transformer) from scratch on the CPU.
 
-    python -m ops.training.train --preset default --work runs/default --out ops/bundled/shapes-dalle
+    python -m tessera.ops.training.train --preset default --work runs/default --out ops/bundled/shapes-dalle
 
 Each stage checkpoints to --work as it goes; running the same command again resumes
 where it stopped. The model directory is written once every stage is done.
@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ops.models.clip import CLIP, CLIPConfig
-from ops.models.dvae import DVAE, DVAEConfig
-from ops.models.loading import ModelBundle, SamplingDefaults, save_model_dir
-from ops.models.tokenizer import TextTokenizer
-from ops.models.transformer import ImageGPT, TransformerConfig
-from ops.training import data
+from tessera.ops.models.clip import CLIP, CLIPConfig
+from tessera.ops.models.dvae import DVAE, DVAEConfig
+from tessera.ops.models.loading import ModelBundle, SamplingDefaults, save_model_dir
+from tessera.ops.models.tokenizer import TextTokenizer
+from tessera.ops.models.transformer import ImageGPT, TransformerConfig
+from tessera.ops.training import data
 
 log = logging.getLogger("tessera.train")
 BF16 = True  # --no-bf16 turns it off
@@ -222,7 +222,7 @@ def train(preset: str, work: Path, out: Path, seed: int = 0, name: str = "shapes
     clip, clip_log = train_clip(p, tok, seed, work)
     transformer, tr_log = train_transformer(p, tok, dvae, seed, work)
     report = {
-        "command": " ".join([Path(sys.executable).name, "-m", "ops.training.train", *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "-m", "tessera.ops.training.train", *sys.argv[1:]]),
         "preset": preset, "seed": seed,
         "data": "shapes world rendered on the fly (../shared/SHAPES.md), held-out colour-shape "
                 "pairs excluded, EN/ZH captions with attributes dropped at p=0.3",

@@ -5,13 +5,13 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from server.engine.config import REQUEST, GraphConfig, OpConfig
-from server.engine.engine import Engine
-from server.engine.errors import (Cancelled, ConfigError, DeadlineExceeded, EngineError, InvalidInput,
+from tessera.server.engine.config import REQUEST, GraphConfig, OpConfig
+from tessera.server.engine.engine import Engine
+from tessera.server.engine.errors import (Cancelled, ConfigError, DeadlineExceeded, EngineError, InvalidInput,
                                   OpFailed, Overloaded, ShuttingDown)
-from server.engine.metrics import EngineMetrics
-from server.engine.op import Op, SteppingOp, StepProgress, StepResult, StepRow
-from server.engine.request import Progress, Request, Result, StageTiming
+from tessera.server.engine.metrics import EngineMetrics
+from tessera.server.engine.op import Op, SteppingOp, StepProgress, StepResult, StepRow
+from tessera.server.engine.request import Progress, Request, Result, StageTiming
 
 __all__ = [
     "REQUEST", "GraphConfig", "OpConfig", "Engine", "EngineMetrics", "run",

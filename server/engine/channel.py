@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.request import Request
+from tessera.server.engine.request import Request
 
 
 @dataclass

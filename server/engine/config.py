@@ -11,8 +11,8 @@ import importlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from server.engine.errors import ConfigError
-from server.engine.op import Op, SteppingOp
+from tessera.server.engine.errors import ConfigError
+from tessera.server.engine.op import Op, SteppingOp
 
 REQUEST = "request"  # the pseudo-input that names the caller's payload
 _MODES = ("thread", "process")

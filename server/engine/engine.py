@@ -17,12 +17,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from server.engine.config import REQUEST, GraphConfig
-from server.engine.errors import (Cancelled, DeadlineExceeded, EngineError, InvalidInput,
+from tessera.server.engine.config import REQUEST, GraphConfig
+from tessera.server.engine.errors import (Cancelled, DeadlineExceeded, EngineError, InvalidInput,
                                   OpFailed, Overloaded, ShuttingDown)
-from server.engine.metrics import EngineMetrics
-from server.engine.request import Request, Result, StageTiming
-from server.engine.stage import OpStage
+from tessera.server.engine.metrics import EngineMetrics
+from tessera.server.engine.request import Request, Result, StageTiming
+from tessera.server.engine.stage import OpStage
 
 log = logging.getLogger("tessera.engine")
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.errors import EngineError
+from tessera.server.engine.errors import EngineError
 
 
 @dataclass

@@ -15,15 +15,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from server.engine.channel import Channel
-from server.engine.config import OpConfig
-from server.engine.errors import EngineError, InvalidInput, OpFailed
-from server.engine.op import StepResult, StepRow
-from server.engine.request import Progress, Request, StageState
-from server.engine.worker import Worker
+from tessera.server.engine.channel import Channel
+from tessera.server.engine.config import OpConfig
+from tessera.server.engine.errors import EngineError, InvalidInput, OpFailed
+from tessera.server.engine.op import StepResult, StepRow
+from tessera.server.engine.request import Progress, Request, StageState
+from tessera.server.engine.worker import Worker
 
 if TYPE_CHECKING:
-    from server.engine.engine import Engine
+    from tessera.server.engine.engine import Engine
 
 log = logging.getLogger("tessera.engine")
 

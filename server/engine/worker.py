@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable
 
-from server.engine.op import Op
+from tessera.server.engine.op import Op
 
 _CHILD_OP: Op | None = None
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from server.engine import ConfigError
+from tessera.server.engine import ConfigError
 
 
 def load_token(token_file: str | None, token_env: str | None) -> str | None:

@@ -6,11 +6,11 @@ import uuid
 
 import grpc
 
-from server.config import Limits
-from server.engine import Engine, EngineError, Progress, Result
-from server.engine.logs import request_id as request_id_var
-from server.rpc.status import status_for
-from server.rpc.validation import to_payload
+from tessera.server.config import Limits
+from tessera.server.engine import Engine, EngineError, Progress, Result
+from tessera.server.engine.logs import request_id as request_id_var
+from tessera.server.rpc.status import status_for
+from tessera.server.rpc.validation import to_payload
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
 

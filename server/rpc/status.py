@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import grpc
 
-from server.engine import (Cancelled, DeadlineExceeded, EngineError, InvalidInput, OpFailed,
+from tessera.server.engine import (Cancelled, DeadlineExceeded, EngineError, InvalidInput, OpFailed,
                            Overloaded, ShuttingDown)
 
 

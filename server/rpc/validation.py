@@ -5,8 +5,8 @@ import math
 import secrets
 from typing import Any
 
-from server.config import Limits
-from server.rpc.status import InvalidRequest
+from tessera.server.config import Limits
+from tessera.server.rpc.status import InvalidRequest
 
 
 def to_payload(req: Any, limits: Limits, *, streaming: bool) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 import time
 
-from clients.bench import engine_only
-from clients.bench_report import bar_ratios, percentile, plot, ratio_table, server_split, summarize
+from tessera.clients.bench import engine_only
+from tessera.clients.bench_report import bar_ratios, percentile, plot, ratio_table, server_split, summarize
 
 
 def test_percentiles_interpolate():
@@ -44,7 +44,7 @@ def test_engine_only_mode_answers_every_request(tmp_path):
 
 
 def test_offline_mode_measures_the_in_process_pipeline(tiny_model_dir):
-    from clients.bench import offline_run, shapes_prompts
+    from tessera.clients.bench import offline_run, shapes_prompts
     rows = offline_run(shapes_prompts(4), [1, 8], 3, {"num_candidates": 2}, str(tiny_model_dir), 8)
     assert [r["concurrency"] for r in rows] == [1, 8]
     s = rows[0]["summary"]
@@ -71,7 +71,7 @@ def test_bar_ratios_pair_the_configs_of_one_round():
 
 def test_rounds_repeat_the_comparison_and_keep_each_rounds_rows_apart(tiny_model_dir, tmp_path):
     import json
-    from clients.bench import main
+    from tessera.clients.bench import main
     assert main(["--compare", "offline", "--concurrency", "1", "--requests", "2", "--num-candidates", "2",
                  "--rounds", "2", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -81,7 +81,7 @@ def test_rounds_repeat_the_comparison_and_keep_each_rounds_rows_apart(tiny_model
 
 
 async def test_closed_and_open_loops_count_every_request_they_send(tiny_model_dir):
-    from clients.bench import closed_loop, open_loop
+    from tessera.clients.bench import closed_loop, open_loop
     from tests.server.rpc.conftest import app_config, serving
     params = {"num_candidates": 2, "num_images": 1}
     async with serving(app_config(tiny_model_dir)) as (server, _):

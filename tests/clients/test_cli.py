@@ -6,7 +6,7 @@ import socket
 
 from PIL import Image
 
-from clients.cli import main
+from tessera.clients.cli import main
 from tests.server.rpc.conftest import app_config, serving
 
 

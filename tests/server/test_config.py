@@ -5,10 +5,10 @@ import copy
 
 import pytest
 
-from server.config import AppConfig
-from server.defaults import DEFAULT_CONFIG
-from server.engine import ConfigError
-from server.main import load_config
+from tessera.server.config import AppConfig
+from tessera.server.defaults import DEFAULT_CONFIG
+from tessera.server.engine import ConfigError
+from tessera.server.main import load_config
 
 
 def test_defaults_serve_the_bundled_model_on_loopback():
@@ -49,7 +49,7 @@ def test_mistakes_name_their_key(mutate, key):
 
 
 def test_missing_token_source_is_a_config_error(monkeypatch):
-    from server.rpc.auth import load_token
+    from tessera.server.rpc.auth import load_token
     monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
     with pytest.raises(ConfigError, match="NO_SUCH_TOKEN_VAR"):
         load_token(None, "NO_SUCH_TOKEN_VAR")

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clients import TesseraClient
-from server.defaults import DEFAULT_CONFIG
+from tessera.clients import TesseraClient
+from tessera.server.defaults import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def tessera(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "clients.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tessera.clients.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, **kw)
 
 
@@ -32,7 +32,7 @@ def test_deploy_default_yaml_is_the_shipped_default():
     (lambda c: c["graph"]["ops"]["decode"].update(inputs=["nope"]), "graph.ops.decode.inputs"),
     (lambda c: c["graph"]["ops"]["tokenize"].update(inputs=["request", "rerank"]), "graph.ops"),
     (lambda c: c["server"].update(port=70000), "server.port"),
-    (lambda c: c["graph"]["ops"]["rerank"].update(type="ops.rerank:Nope"), "graph.ops.rerank.type"),
+    (lambda c: c["graph"]["ops"]["rerank"].update(type="tessera.ops.rerank:Nope"), "graph.ops.rerank.type"),
 ])
 def test_bad_configuration_is_one_line_and_a_nonzero_exit(tmp_path, mutate, key):
     cfg = copy.deepcopy(DEFAULT_CONFIG)
@@ -57,7 +57,7 @@ def test_serve_on_port_zero_prints_the_port_and_drains_on_sigterm(tiny_model_dir
     cfg["model_dir"] = str(tiny_model_dir)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", "--config", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.clients.cli", "serve", "--config", str(path),
                              "--port", "0", "--metrics-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

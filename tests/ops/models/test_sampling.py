@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ops.models.sampling import guide, row_uniforms, sample_tokens
+from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
 
 
 def test_top_k_one_is_greedy_and_top_p_keeps_the_head():

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ops.models.sampling import row_uniforms, sample_tokens
-from ops.models.transformer import ImageGPT, KVCache, TransformerConfig
-from ops.sample import SampleOp
-from server.engine import StepRow
+from tessera.ops.models.sampling import row_uniforms, sample_tokens
+from tessera.ops.models.transformer import ImageGPT, KVCache, TransformerConfig
+from tessera.ops.sample import SampleOp
+from tessera.server.engine import StepRow
 
 
 def tiny(seed=0):
@@ -71,7 +71,7 @@ class _Bundle:
 def sampler(model, capacity=8):
     op = SampleOp()
     op.capacity = capacity
-    import ops.shared as sample_mod
+    import tessera.ops.shared as sample_mod
     original = sample_mod.bundle_for
     sample_mod.bundle_for = lambda *a, **k: _Bundle(model)
     try:

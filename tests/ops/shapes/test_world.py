@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from ops.shapes import HELD_OUT, caption, random_scene, read_attributes, render
-from ops.shapes.checker import scene_attributes
-from ops.shapes.world import Scene
+from tessera.ops.shapes import HELD_OUT, caption, random_scene, read_attributes, render
+from tessera.ops.shapes.checker import scene_attributes
+from tessera.ops.shapes.world import Scene
 
 
 def test_checker_reads_every_attribute_of_rendered_scenes():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ops.training import data
+from tessera.ops.training import data
 
 
 def test_batches_are_deterministic_by_seed_stage_and_step():

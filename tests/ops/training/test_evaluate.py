@@ -6,7 +6,7 @@ import shutil
 
 from PIL import Image
 
-from ops.training.evaluate import BARS, main
+from tessera.ops.training.evaluate import BARS, main
 
 
 def test_evaluate_writes_report_sheet_and_card(tiny_model_dir, tmp_path):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import contextlib
 
-from server.engine import Engine, GraphConfig
+from tessera.server.engine import Engine, GraphConfig
 
 T = "tests.server.engine.toy_ops:"
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from server.engine import EngineError
+from tessera.server.engine import EngineError
 from tests.server.engine.helpers import chain, running
 from tests.server.engine.toy_ops import calls
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine import ConfigError, GraphConfig
+from tessera.server.engine import ConfigError, GraphConfig
 from tests.server.engine.helpers import T
 
 

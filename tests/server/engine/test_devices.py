@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from server.engine import ConfigError, GraphConfig
+from tessera.server.engine import ConfigError, GraphConfig
 from tests.server.engine.helpers import T, running
 from tests.server.engine import toy_ops
 from tests.server.engine.toy_ops import Busy

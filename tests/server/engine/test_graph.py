@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from server.engine import GraphConfig
+from tessera.server.engine import GraphConfig
 from tests.server.engine.helpers import T, running
 from tests.server.engine.toy_ops import calls
 

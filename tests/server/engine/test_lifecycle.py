@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from server.engine import Cancelled, DeadlineExceeded, InvalidInput, OpFailed, Overloaded, ShuttingDown
+from tessera.server.engine import Cancelled, DeadlineExceeded, InvalidInput, OpFailed, Overloaded, ShuttingDown
 from tests.server.engine.helpers import chain, running
 from tests.server.engine.toy_ops import calls
 

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from server.engine import Cancelled, InvalidInput
+from tessera.server.engine import Cancelled, InvalidInput
 from tests.server.engine.helpers import chain, running
 from tests.server.engine.toy_ops import calls
 
@@ -92,8 +92,8 @@ async def test_static_batching_runs_a_batch_to_completion_before_new_rows_join(m
 
 
 async def test_worker_runs_several_steps_per_call_when_nothing_needs_the_loop(monkeypatch):
-    from server.engine.stage import MAX_STEPS_PER_CALL
-    from server.engine.worker import Worker
+    from tessera.server.engine.stage import MAX_STEPS_PER_CALL
+    from tessera.server.engine.worker import Worker
     calls_made = []
     original = Worker.call
 

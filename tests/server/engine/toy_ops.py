@@ -5,7 +5,7 @@ import os
 import threading
 import time
 
-from server.engine import InvalidInput, Op, SteppingOp, StepProgress, StepResult
+from tessera.server.engine import InvalidInput, Op, SteppingOp, StepProgress, StepResult
 
 
 class Calls:

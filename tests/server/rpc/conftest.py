@@ -5,10 +5,10 @@ import copy
 
 import pytest
 
-from clients import AsyncTesseraClient
-from server.app import TesseraServer
-from server.config import AppConfig
-from server.defaults import DEFAULT_CONFIG
+from tessera.clients import AsyncTesseraClient
+from tessera.server.app import TesseraServer
+from tessera.server.config import AppConfig
+from tessera.server.defaults import DEFAULT_CONFIG
 
 
 def app_config(model_dir, **server) -> AppConfig:

@@ -8,8 +8,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clients import TesseraError
-from ops.sample import SampleOp
+from tessera.clients import TesseraError
+from tessera.ops.sample import SampleOp
 from tests.server.rpc.conftest import app_config, serving
 
 PROMPT = "a red circle"
@@ -82,7 +82,7 @@ async def test_overload_is_refused_at_once(tiny_model_dir, monkeypatch):
 
 
 async def test_stage_failure_is_internal_and_names_the_stage(served, monkeypatch):
-    from ops.rerank import RerankOp
+    from tessera.ops.rerank import RerankOp
 
     def broken(self, rows):
         raise RuntimeError("CLIP weights on fire")
@@ -135,7 +135,7 @@ async def test_token_is_enforced_on_every_rpc(tiny_model_dir, monkeypatch):
             async for _ in anonymous.generate_stream(PROMPT):
                 pass
         assert (await code_of(drain()))[0] == grpc.StatusCode.UNAUTHENTICATED
-        from clients import AsyncTesseraClient
+        from tessera.clients import AsyncTesseraClient
         async with AsyncTesseraClient(f"127.0.0.1:{server.port}", token="wrong") as wrong:
             assert (await code_of(wrong.generate(PROMPT)))[0] == grpc.StatusCode.UNAUTHENTICATED
         async with AsyncTesseraClient(f"127.0.0.1:{server.port}", token="s3cret") as good:

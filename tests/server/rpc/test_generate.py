@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from clients import Generation, ProgressEvent
+from tessera.clients import Generation, ProgressEvent
 
 PROMPT = "a small red circle in the top left on a blue background"
 

@@ -7,7 +7,7 @@ import subprocess
 import grpc
 import pytest
 
-from clients import AsyncTesseraClient, TesseraError
+from tessera.clients import AsyncTesseraClient, TesseraError
 from tests.server.rpc.conftest import app_config, serving
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

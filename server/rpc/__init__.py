@@ -1,0 +1,1 @@
+"""The gRPC front door: servicer, auth, validation, status mapping."""
