@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from pathlib import Path
@@ -36,6 +37,7 @@ class TesseraServer:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http = None
+        self._health_tasks: set[asyncio.Task] = set()
 
     def model_info(self) -> dict:
         from tessera.ops.info import describe_model  # reads config.json only
@@ -67,8 +69,10 @@ class TesseraServer:
         else:
             self.port = self._grpc.add_insecure_port(address)
         await self._grpc.start()
-        for name in ("", SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # NOT_SERVING while some OP has no live worker (one died and its replacement is
+        # starting); SERVING again once it is back.
+        self.engine.on_health_change(self._on_engine_health)
+        await self._set_health(self.engine.serving)
         if s.metrics_port >= 0:
             self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host,
                                                       registry=self.engine.metrics.registry)
@@ -76,6 +80,16 @@ class TesseraServer:
         log.info("serving %s on %s:%d (auth %s, tls %s)", info["name"], s.host, self.port,
                  "on" if token else "off", "on" if s.tls_cert_file else "off")
         return self.port
+
+    def _on_engine_health(self, serving: bool) -> None:
+        task = asyncio.ensure_future(self._set_health(serving))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            await self._health.set(name, status)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """SIGTERM's path: report NOT_SERVING, refuse new work, drain in-flight, close."""

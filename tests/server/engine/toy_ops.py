@@ -171,3 +171,34 @@ class OffDevice(Busy):
     """Busy, declared as work that needs neither the device nor its turn."""
 
     uses_device = False
+
+
+class Faulty(Counter):
+    """A Counter whose step raises while a row with value `fail_on` runs (from its
+    `fail_after`-th step on), and hangs for `hang` seconds while a row `hang_on` runs."""
+
+    def step(self):
+        values = [state[1] for state in self.running.values()]
+        fail_on = self.settings.get("fail_on")
+        if fail_on in values:
+            key = next(k for k, s in self.running.items() if s[1] == fail_on)
+            self.hits = getattr(self, "hits", 0) + 1
+            if self.hits > self.settings.get("fail_after", 0):
+                calls(self.name + ":failed").add(sorted(self.running))
+                raise RuntimeError(f"step broke on {key}")
+        if self.settings.get("hang_on") in values:
+            time.sleep(self.settings["hang"])
+        return super().step()
+
+
+class Hang(Op):
+    """Sleeps `hang` seconds on a row equal to `hang_on` (once per process), else echoes."""
+
+    hung = False
+
+    def process(self, rows):
+        calls(self.name).add(rows)
+        if self.settings.get("hang_on") in rows and not Hang.hung:
+            Hang.hung = True
+            time.sleep(self.settings["hang"])
+        return list(rows)
