@@ -56,7 +56,9 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServicer):
             defaults=pb.Defaults(temperature=s.get("temperature", 1.0), top_k=s.get("top_k", 0),
                                  top_p=s.get("top_p", 1.0), guidance_scale=s.get("guidance_scale", 1.0),
                                  num_images=1),
-            version=self.version)
+            version=self.version,
+            vocabulary=pb.Vocabulary(**{kind: [pb.Term(**t) for t in terms]
+                                        for kind, terms in self.info["vocabulary"].items()}))
 
     async def _submit(self, request, context, *, streaming: bool):
         rid = request.request_id or uuid.uuid4().hex
@@ -83,6 +85,6 @@ def _response(result: Result) -> pb.GenerateResponse:
     timings = [pb.StageTiming(stage=t.stage, queue_ms=t.queue_ms, compute_ms=t.compute_ms)
                for t in result.timings]
     return pb.GenerateResponse(request_id=result.request_id, images=images, timings=timings,
-                               total_ms=result.total_ms)
+                               total_ms=result.total_ms, unknown_words=result.value["unknown_words"])
 
 
