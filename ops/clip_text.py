@@ -11,4 +11,5 @@ class ClipTextOp(ModelOp):
     def process(self, rows: list[dict]) -> list[dict]:
         text = torch.tensor([r["text"] for r in rows], device=self.device)
         emb = self.bundle.clip.encode_text(text).float().cpu()  # (B, d_embed)
-        return [{"embedding": e, "num_images": r["num_images"]} for e, r in zip(emb, rows)]
+        return [{"embedding": e, "num_images": r["num_images"], "unknown_words": r["unknown_words"]}
+                for e, r in zip(emb, rows)]

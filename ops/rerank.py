@@ -21,7 +21,8 @@ class RerankOp(ModelOp):
             scores = (emb[at:at + n] @ r["clip_text"]["embedding"]).tolist()
             at += n
             order = sorted(range(n), key=lambda i: (-scores[i], i))[: r["clip_text"]["num_images"]]
-            out.append({"images": [self._image(r["decode"][i], scores[i]) for i in order]})
+            out.append({"images": [self._image(r["decode"][i], scores[i]) for i in order],
+                        "unknown_words": r["clip_text"]["unknown_words"]})
         return out
 
     @staticmethod

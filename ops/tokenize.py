@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from tessera.ops.models.tokenizer import PromptError
+from tessera.ops.shapes.vocabulary import unknown_words
 from tessera.ops.shared import bundle_for
 from tessera.server.engine import InvalidInput, Op
 
@@ -27,6 +28,8 @@ class TokenizeOp(Op):
         return {
             **row,
             "text": text,
+            # Words no training caption used: the images cannot follow them.
+            "unknown_words": unknown_words(row["prompt"]),
             "temperature": row.get("temperature") or d.temperature,
             "top_k": row.get("top_k") or d.top_k,
             "top_p": row.get("top_p") or d.top_p,

@@ -62,7 +62,9 @@ class GenerationService:
             defaults=pb.Defaults(temperature=s.get("temperature", 1.0), top_k=s.get("top_k", 0),
                                  top_p=s.get("top_p", 1.0), guidance_scale=s.get("guidance_scale", 1.0),
                                  num_images=1),
-            version=self.version)
+            version=self.version,
+            vocabulary=pb.Vocabulary(**{kind: [pb.Term(**t) for t in terms]
+                                        for kind, terms in self.info["vocabulary"].items()}))
 
 
 def to_response(result: Result) -> pb.GenerateResponse:
@@ -72,7 +74,7 @@ def to_response(result: Result) -> pb.GenerateResponse:
     timings = [pb.StageTiming(stage=t.stage, queue_ms=t.queue_ms, compute_ms=t.compute_ms)
                for t in result.timings]
     return pb.GenerateResponse(request_id=result.request_id, images=images, timings=timings,
-                               total_ms=result.total_ms)
+                               total_ms=result.total_ms, unknown_words=result.value["unknown_words"])
 
 
 def to_event(event: Progress | Result) -> pb.GenerateEvent:
