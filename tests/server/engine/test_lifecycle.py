@@ -98,7 +98,7 @@ async def test_overload_is_refused_at_once():
         for r in [busy, *queued]:
             await r.result()  # nothing admitted is lost
         assert engine.metrics.registry.get_sample_value(
-            "tessera_requests_total", {"outcome": "overloaded"}) == 1
+            "tessera_engine_requests_total", {"outcome": "overloaded"}) == 1
 
 
 async def test_max_inflight_bounds_admission():
