@@ -70,6 +70,7 @@ class Generation:
     images: list[GeneratedImage]
     timings: list[StageTiming]
     total_ms: float
+    unknown_words: list[str] = field(default_factory=list)  # prompt words the model never learned
 
 
 @dataclass
@@ -93,6 +94,8 @@ class ServerInfo:
     limits: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
     version: str = ""
+    # What the model can draw: {"colors": [("red", "红色"), ...], "shapes": ..., "sizes": ..., "positions": ...}
+    vocabulary: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def channel_target(target: str) -> str:
@@ -153,7 +156,8 @@ def _generation(resp: pb.GenerateResponse) -> Generation:
         images=[GeneratedImage(i.png, i.clip_score, i.seed, i.candidate_index, i.width, i.height)
                 for i in resp.images],
         timings=[StageTiming(t.stage, t.queue_ms, t.compute_ms) for t in resp.timings],
-        total_ms=resp.total_ms)
+        total_ms=resp.total_ms,
+        unknown_words=list(resp.unknown_words))
 
 
 def _event(ev: pb.GenerateEvent) -> ProgressEvent | Generation:
@@ -166,7 +170,10 @@ def _event(ev: pb.GenerateEvent) -> ProgressEvent | Generation:
 def _info(i: pb.ServerInfo) -> ServerInfo:
     limits = {f.name: getattr(i.limits, f.name) for f in i.limits.DESCRIPTOR.fields}
     defaults = {f.name: getattr(i.defaults, f.name) for f in i.defaults.DESCRIPTOR.fields}
-    return ServerInfo(i.model_name, i.image_width, i.image_height, i.text_context, limits, defaults, i.version)
+    vocabulary = {f.name: [(t.en, t.zh) for t in getattr(i.vocabulary, f.name)]
+                  for f in i.vocabulary.DESCRIPTOR.fields}
+    return ServerInfo(i.model_name, i.image_width, i.image_height, i.text_context, limits, defaults, i.version,
+                      vocabulary)
 
 
 class _Base:

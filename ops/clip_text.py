@@ -12,4 +12,4 @@ class ClipTextOp(ModelOp):
     def process(self, rows: list[TokenizedPrompt]) -> list[TextEmbedding]:
         text = torch.tensor([r.text for r in rows], device=self.device)
         emb = self.bundle.clip.encode_text(text).float().cpu()  # (B, d_embed)
-        return [TextEmbedding(e, r.num_images) for e, r in zip(emb, rows)]
+        return [TextEmbedding(e, r.num_images, r.unknown_words) for e, r in zip(emb, rows)]

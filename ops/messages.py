@@ -11,7 +11,7 @@ field name fails where it is written, not three OPs later.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the RPC layer builds GenerateParams without loading torch for it
@@ -55,6 +55,7 @@ class TokenizedPrompt:
     seed: int
     sampling: Sampling
     preview_every: int = 0
+    unknown_words: list[str] = field(default_factory=list)  # prompt words the model never saw
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,11 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class TextEmbedding:
-    """clip_text's output: the prompt's CLIP embedding, and how many images the request keeps
-    (it rides along this branch to rerank, which has no other view of the request)."""
+    """clip_text's output: the prompt's CLIP embedding, with what the answer needs from the
+    request (it rides along this branch to rerank, which has no other view of the request)."""
     embedding: torch.Tensor       # (d_embed,) float32, unit length
-    num_images: int
+    num_images: int               # how many of the best candidates the request keeps
+    unknown_words: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,4 @@ class RankedImage:
 class RankedImages:
     """rerank's output, the request's answer: the best `num_images`, best first."""
     images: list[RankedImage]
+    unknown_words: list[str] = field(default_factory=list)  # the prompt's words the model does not know

@@ -24,7 +24,8 @@ class RerankOp(ModelOp):
             scores = (emb[at:at + n] @ r.text_embedding.embedding).tolist()
             at += n
             order = sorted(range(n), key=lambda i: (-scores[i], i))[: r.text_embedding.num_images]
-            out.append(RankedImages([self._image(r.images[i], scores[i]) for i in order]))
+            out.append(RankedImages([self._image(r.images[i], scores[i]) for i in order],
+                                    r.text_embedding.unknown_words))
         return out
 
     @staticmethod

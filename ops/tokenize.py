@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from tessera.ops.messages import GenerateParams, Sampling, TokenizedPrompt
 from tessera.ops.models.tokenizer import PromptError
+from tessera.ops.shapes.vocabulary import unknown_words
 from tessera.ops.shared import bundle_for
 from tessera.server.engine import InvalidInput, Op
 
@@ -32,4 +33,6 @@ class TokenizeOp(Op):
         sampling = Sampling(temperature=row.temperature or d.temperature, top_k=row.top_k or d.top_k,
                             top_p=row.top_p or d.top_p, guidance_scale=row.guidance_scale or d.guidance_scale)
         return TokenizedPrompt(text=text, num_images=row.num_images, num_candidates=row.num_candidates,
-                               seed=row.seed, sampling=sampling, preview_every=row.preview_every)
+                               seed=row.seed, sampling=sampling, preview_every=row.preview_every,
+                               # Words no training caption used: the images cannot follow them.
+                               unknown_words=unknown_words(row.prompt))

@@ -81,6 +81,17 @@ async def test_get_info_describes_model_limits_and_defaults(served):
     assert info.text_context == 32
     assert info.limits["max_num_candidates"] == 64 and info.limits["max_num_images"] == 16
     assert info.defaults["temperature"] > 0
+    assert ("red", "红色") in info.vocabulary["colors"] and ("circle", "圆形") in info.vocabulary["shapes"]
+    assert ("small", "小的") in info.vocabulary["sizes"] and ("in the top left", "左上角") in info.vocabulary["positions"]
+
+
+async def test_response_names_the_prompt_words_the_model_does_not_know(served):
+    _, client = served
+    gen = await client.generate("a photo of a red cat", seed=3)
+    assert gen.unknown_words == ["photo", "of", "cat"] and len(gen.images) == 1
+    assert (await client.generate(PROMPT, seed=3)).unknown_words == []
+    events = [e async for e in client.generate_stream("一只红色的猫", seed=3)]
+    assert events[-1].unknown_words == ["一只", "的猫"]
 
 
 async def test_renaming_an_op_in_the_yaml_keeps_the_graph_and_its_images(tiny_model_dir, served):
