@@ -125,3 +125,11 @@ def test_the_dockerfile_copies_every_package_and_serves_the_mounted_config():
     assert 'ENTRYPOINT ["tessera"]' in dockerfile
     assert 'CMD ["serve", "--config", "/etc/tessera/config.yaml", "--host", "0.0.0.0"]' in dockerfile
     assert "torch==2.13.0" in dockerfile
+
+
+def test_the_ray_configuration_loads():
+    pytest.importorskip("ray", reason="mode: ray needs the ray extra: pip install 'tessera[ray]'")
+    from tessera.server.main import load_config
+    config = load_config(str(ROOT / "deploy" / "ray.yaml"), None, None, None)
+    assert config.graph.ray_address == "ray://tessera-ray-head-svc:10001"
+    assert {name for name, op in config.graph.ops.items() if op.mode == "ray"} == {"sample", "decode"}
