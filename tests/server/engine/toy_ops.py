@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 from tessera.server.engine import InvalidInput, Op, SteppingOp, StepProgress, StepResult
 
@@ -129,6 +131,10 @@ async def until(condition, what: str) -> None:
 class Echo(Op):
     """Returns each row; a row {"gate": name, ...} first waits at gate(name)."""
 
+    @dataclass
+    class Settings:
+        fail_on: Any = None  # a row equal to this fails alone
+
     def setup(self, device):
         calls(self.name).devices.append(device)
 
@@ -136,8 +142,8 @@ class Echo(Op):
         calls(self.name).add(rows)
         for name in {r["gate"] for r in rows if isinstance(r, dict) and "gate" in r}:
             gate(name).pass_through()
-        if self.settings.get("fail_on") is not None:
-            return [RuntimeError("boom") if r == self.settings["fail_on"] else r for r in rows]
+        if self.settings.fail_on is not None:
+            return [RuntimeError("boom") if r == self.settings.fail_on else r for r in rows]
         return list(rows)
 
 
@@ -176,7 +182,7 @@ class Double(Op):
 
 
 class Join(Op):
-    """Fan-in: sums its inputs' values."""
+    """Fan-in without declared names: sums its inputs' values (a dict keyed by OP name)."""
 
     def process(self, rows):
         calls(self.name).add(rows)
@@ -202,11 +208,28 @@ class Pid(Op):
         return [os.getpid() for _ in rows]
 
 
+class Difference(Op):
+    """Fan-in by declared names: `minuend - subtrahend`, whatever the OPs feeding them are called."""
+
+    @dataclass
+    class Inputs:
+        minuend: int
+        subtrahend: int
+
+    def process(self, rows):
+        calls(self.name).add(rows)
+        return [r.minuend - r.subtrahend for r in rows]
+
+
 STEPS = 0  # every Counter step so far, for OPs that note when they ran
 
 
 class Counter(SteppingOp):
     """Each row is a step count n; a row finishes after n steps and returns its admission step."""
+
+    @dataclass
+    class Settings:
+        pace: str = ""  # take each step only as pace(name) allows
 
     def setup(self, device):
         self.running = {}  # key -> [steps left, total, step admitted]
@@ -224,8 +247,8 @@ class Counter(SteppingOp):
 
     def step(self):
         global STEPS
-        if self.settings.get("pace"):
-            pace(self.settings["pace"]).take()
+        if self.settings.pace:
+            pace(self.settings.pace).take()
         self.steps += 1
         STEPS += 1
         self.log.add(sorted(self.running))
@@ -258,16 +281,21 @@ class Busy(Op):
     active = 0
     most = 0
 
+    @dataclass
+    class Settings:
+        open: str = ""      # opens gate(open) on each call...
+        wait_for: str = ""  # ...then waits at gate(wait_for)
+
     def process(self, rows):
         cls = Busy
         with cls.lock:
             cls.active += 1
             cls.most = max(cls.most, cls.active)
         calls(self.name).add([(STEPS, r) for r in rows])
-        if self.settings.get("open"):
-            gate(self.settings["open"]).open()
-        if self.settings.get("wait_for"):
-            gate(self.settings["wait_for"]).pass_through()
+        if self.settings.open:
+            gate(self.settings.open).open()
+        if self.settings.wait_for:
+            gate(self.settings.wait_for).pass_through()
         with cls.lock:
             cls.active -= 1
         return list(rows)
