@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tessera.server.engine import ConfigError, GraphConfig
+from tessera.server.engine.config import resolve_op_type
 
 MiB = 1024 * 1024
 
@@ -30,6 +31,7 @@ class ServerConfig:
     metrics_port: int = 9090        # 0 picks a free port; -1 turns metrics off
     token_file: str | None = None   # bearer-token auth, off unless one of these is set
     token_env: str | None = None
+    auth_exempt_health: bool = True  # health checks need no token (Kubernetes probes send none)
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     limits: Limits = field(default_factory=Limits)
@@ -60,6 +62,13 @@ class AppConfig:
         server = ServerConfig(**{**s, "limits": limits})
         _int_range("server.port", server.port, 0, 65535)
         _int_range("server.metrics_port", server.metrics_port, -1, 65535)
+        for key in ("token_file", "token_env", "tls_cert_file", "tls_key_file"):
+            value = getattr(server, key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"server.{key}", f"must be a non-empty string (leave it out to turn it off), "
+                                                   f"got {value!r}")
+        if not isinstance(server.auth_exempt_health, bool):
+            raise ConfigError("server.auth_exempt_health", f"must be true or false, got {server.auth_exempt_health!r}")
         if (server.tls_cert_file is None) != (server.tls_key_file is None):
             raise ConfigError("server.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file")
         model_dir = raw.get("model_dir")
@@ -68,13 +77,24 @@ class AppConfig:
         graph_raw = copy.deepcopy(raw["graph"])
         if isinstance(graph_raw, dict) and isinstance(graph_raw.get("ops"), dict):
             for op in graph_raw["ops"].values():  # one model directory for every OP by default
-                if isinstance(op, dict) and model_dir is not None:
+                if isinstance(op, dict) and model_dir is not None and _takes_model_dir(op):
                     op.setdefault("settings", {}).setdefault("model_dir", model_dir)
         try:
             graph = GraphConfig.from_dict(graph_raw)
         except ConfigError as exc:
             raise ConfigError(f"graph.{exc.key}", str(exc).split(": ", 1)[1]) from None
         return cls(server=server, graph=graph, model_dir=model_dir)
+
+
+def _takes_model_dir(op: dict) -> bool:
+    """Whether the OP's Settings has a model_dir (a bad type is reported by the graph's check)."""
+    try:
+        cls = resolve_op_type("type", op.get("type", ""))
+    except ConfigError:
+        return False
+    settings = op.get("settings")
+    return (settings is None or isinstance(settings, dict)) and any(
+        f.name == "model_dir" for f in fields(cls.Settings))
 
 
 def _known(prefix: str, body: Any, known: set[str]) -> None:

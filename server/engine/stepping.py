@@ -55,7 +55,7 @@ class StepScheduler:
     # -- one worker's loop -------------------------------------------------------------------
     async def run(self, worker: Worker) -> None:
         stage, cfg = self.stage, self.stage.cfg
-        joins = cfg.op_class.joins_mid_run
+        joins = stage.front.joins_mid_run  # the loop's own instance of the OP: settings, no model
         live: dict[tuple, RowTask] = {}
         alone = False  # the running batch is a suspect group: nothing joins it
         while True:

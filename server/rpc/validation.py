@@ -1,15 +1,28 @@
-"""GenerateRequest -> the engine's payload, or InvalidRequest saying what to change."""
+"""GenerateRequest -> the engine's payload (GenerateParams), or InvalidRequest saying what to change."""
 from __future__ import annotations
 
 import math
 import secrets
 from typing import Any
 
+from tessera.ops.messages import GenerateParams
 from tessera.server.config import Limits
 from tessera.server.rpc.status import InvalidRequest
 
 
-def to_payload(req: Any, limits: Limits, *, streaming: bool) -> dict[str, Any]:
+# Long enough for a UUID, a trace id or a client's own scheme; short enough to log and echo.
+MAX_REQUEST_ID_CHARS = 128
+
+
+def check_request_id(request_id: str) -> None:
+    """At most MAX_REQUEST_ID_CHARS printable characters (refused without echoing it)."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequest(f"request_id is {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}")
+    if not request_id.isprintable():
+        raise InvalidRequest("request_id must be printable characters (no control characters or line breaks)")
+
+
+def to_payload(req: Any, limits: Limits, *, streaming: bool) -> GenerateParams:
     prompt = req.prompt
     if not prompt.strip():
         raise InvalidRequest("prompt is empty; describe the image, e.g. 'a red circle'")
@@ -28,18 +41,18 @@ def to_payload(req: Any, limits: Limits, *, streaming: bool) -> dict[str, Any]:
     _positive("guidance_scale", req.guidance_scale, upper=100.0)
     if req.preview_every and not streaming:
         raise InvalidRequest("preview_every applies to GenerateStream only")
-    return {
-        "prompt": prompt,
-        "num_images": num_images,
-        "num_candidates": num_candidates,
+    return GenerateParams(
+        prompt=prompt,
+        num_images=num_images,
+        num_candidates=num_candidates,
         # 0 asks the server to choose; a non-zero seed is echoed in every image.
-        "seed": req.seed or (secrets.randbits(63) | 1),
-        "temperature": req.temperature or None,
-        "top_k": req.top_k or None,
-        "top_p": req.top_p or None,
-        "guidance_scale": req.guidance_scale or None,
-        "preview_every": req.preview_every,
-    }
+        seed=req.seed or (secrets.randbits(63) | 1),
+        temperature=req.temperature or None,
+        top_k=req.top_k or None,
+        top_p=req.top_p or None,
+        guidance_scale=req.guidance_scale or None,
+        preview_every=req.preview_every,
+    )
 
 
 def _positive(name: str, value: float, upper: float) -> None:

@@ -12,8 +12,8 @@ from tests.server.engine.helpers import T, chain, running
 
 
 def counting(concurrency: int = 1) -> GraphConfig:
-    return chain(("count", "Counter", {"batch_size": 4, "mode": "process", "concurrency": concurrency,
-                                       "settings": {"sleep": 0.01}}), progress_interval_ms=0)
+    return chain(("count", "SlowCounter", {"batch_size": 4, "mode": "process", "concurrency": concurrency,
+                                           "settings": {"step_s": 0.01}}), progress_interval_ms=0)
 
 
 def sample_value(engine, name, **labels):
