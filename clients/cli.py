@@ -138,6 +138,9 @@ def run_generate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # an unreadable token file, a token gRPC cannot carry
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
+    if result.unknown_words:
+        print(f"{prog}: the model does not know {', '.join(map(repr, result.unknown_words))}; "
+              "the images ignore them (`tessera info` lists the words it knows)", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -174,6 +177,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"prompt     up to {info.text_context} tokens")
     print("limits     " + ", ".join(f"{k} {v}" for k, v in info.limits.items()))
     print("defaults   " + ", ".join(f"{k} {v:g}" for k, v in info.defaults.items()))
+    for kind, words in info.vocabulary.items():  # what the model can draw, English / Chinese
+        print(f"{kind:<10} " + ", ".join(f"{en} / {zh}" for en, zh in words))
     return 0
 
 

@@ -4,6 +4,7 @@ installs and runs without torch."""
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -64,8 +65,14 @@ def test_no_top_level_server_ops_or_clients_module():
 
 
 def test_client_wheel_needs_no_torch_and_holds_only_the_client(tmp_path):
+    # Built from a copy (clients/ beside protos/, as the pyproject expects), so the build
+    # leaves no build/ or egg-info in the checkout.
+    skip = shutil.ignore_patterns("node_modules", "build", "*.egg-info", "__pycache__")
+    for folder in ("clients", "protos"):
+        shutil.copytree(ROOT / folder, tmp_path / "src" / folder, ignore=skip)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(ROOT / "clients")], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path), str(tmp_path / "src" / "clients")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("tessera_serving_client-*.whl")
     with zipfile.ZipFile(wheel) as z:

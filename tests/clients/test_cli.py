@@ -48,6 +48,7 @@ async def test_info_prints_what_the_server_serves(tiny_model_dir, capsys):
         code = await asyncio.to_thread(main, ["info", "--server", f"127.0.0.1:{server.port}"])
     out = capsys.readouterr().out
     assert code == 0 and "64 x 64" in out and "max_num_images 16" in out
+    assert "red / 红色" in out  # what the model can draw, in both languages
 
 
 def test_a_token_grpc_cannot_carry_is_refused_before_any_call(tmp_path, capsys, monkeypatch):
@@ -72,3 +73,11 @@ def test_each_command_has_its_own_help_and_the_client_command_only_the_clients(c
     with pytest.raises(SystemExit) as exit_:
         main(["serve"])  # the client's command knows only generate and info
     assert exit_.value.code == 2 and "invalid choice: 'serve'" in capsys.readouterr().err
+
+
+async def test_generate_warns_about_words_the_model_does_not_know(tiny_model_dir, tmp_path, capsys):
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        code = await asyncio.to_thread(main, [
+            "generate", "a red cat", "--seed", "9", "-o", str(tmp_path), "--server", f"127.0.0.1:{server.port}"])
+    assert code == 0
+    assert "does not know 'cat'" in capsys.readouterr().err
