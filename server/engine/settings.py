@@ -87,7 +87,8 @@ def _describe(hint: Any) -> str:
     if hint is type(None):
         return "null"
     if origin in (list, tuple):
-        return f"a list of {_describe(args[0])}" if args else "a list"
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "true or false values"}
+        return f"a list of {plural.get(args[0], _describe(args[0]))}" if args else "a list"
     if origin is dict:
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
