@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tessera(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "tessera.clients.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tessera.server.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, **kw)
 
 
@@ -63,7 +63,7 @@ def test_serve_on_port_zero_prints_the_port_and_drains_on_sigterm(tiny_model_dir
     cfg["model_dir"] = str(tiny_model_dir)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "tessera.clients.cli", "serve", "--config", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.server.cli", "serve", "--config", str(path),
                              "--port", "0", "--metrics-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
