@@ -27,7 +27,8 @@ RESOURCE = "tessera_test_worker"
 
 @pytest.fixture(scope="module")
 def cluster():
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # A loaded machine can take longer than Ray's default 30 s to bring its GCS up.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
     nodes = [c.add_node(**NODE, resources={RESOURCE: 2}) for _ in range(2)]
     c.wait_for_nodes()
