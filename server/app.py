@@ -1,4 +1,4 @@
-"""The composition root: engine + gRPC server + health + reflection + metrics.
+"""The composition root: engine + gRPC server + HTTP front door + health + reflection + metrics.
 
     server = TesseraServer(AppConfig.from_dict(DEFAULT_CONFIG))
     port = await server.start()
@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 
 from tessera.server.config import AppConfig
 from tessera.server.engine import Engine
+from tessera.server.http import HttpServer, build_app
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
 from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.servicer import ImageGenerationServicer
@@ -35,6 +36,8 @@ class TesseraServer:
         self.service: GenerationService | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
+        self._http: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http = None
@@ -69,15 +72,24 @@ class TesseraServer:
         else:
             self.port = self._grpc.add_insecure_port(address)
         await self._grpc.start()
+        if s.http_port >= 0:
+            self._http = HttpServer(build_app(self.service, token=token, health=self.serving), s.host, s.http_port,
+                                     tls=(s.tls_cert_file, s.tls_key_file) if s.tls_cert_file else None)
+            self.http_port = await self._http.start()
         for name in ("", SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port >= 0:
             self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host,
                                                       registry=self.engine.metrics.registry)
             self.metrics_port = self._metrics_http.server_port
-        log.info("serving %s on %s:%d (auth %s, tls %s)", info["name"], s.host, self.port,
-                 "on" if token else "off", "on" if s.tls_cert_file else "off")
+        log.info("serving %s on %s:%d (HTTP %s, auth %s, tls %s)", info["name"], s.host, self.port,
+                 self.http_port if self._http else "off", "on" if token else "off",
+                 "on" if s.tls_cert_file else "off")
         return self.port
+
+    def serving(self) -> bool:
+        """What readiness reports on HTTP: the engine admits requests (false while draining)."""
+        return self.engine is not None and self.engine.accepting
 
     async def stop(self, grace_s: float | None = None) -> None:
         """SIGTERM's path: report NOT_SERVING, refuse new work, drain in-flight, close."""
@@ -86,6 +98,8 @@ class TesseraServer:
             await self.engine.stop(grace_s)  # None: the graph's shutdown_grace_s
         if self._grpc is not None:
             await self._grpc.stop(1.0)
+        if self._http is not None:
+            await self._http.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -28,6 +28,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9090        # 0 picks a free port; -1 turns metrics off
+    http_port: int = 8080           # HTTP/JSON, SSE and the web page; 0 picks, -1 off
     token_file: str | None = None   # bearer-token auth, off unless one of these is set
     token_env: str | None = None
     tls_cert_file: str | None = None
@@ -60,6 +61,7 @@ class AppConfig:
         server = ServerConfig(**{**s, "limits": limits})
         _int_range("server.port", server.port, 0, 65535)
         _int_range("server.metrics_port", server.metrics_port, -1, 65535)
+        _int_range("server.http_port", server.http_port, -1, 65535)
         if (server.tls_cert_file is None) != (server.tls_key_file is None):
             raise ConfigError("server.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file")
         model_dir = raw.get("model_dir")

@@ -19,7 +19,8 @@ from tessera.server.engine.logs import configure_logging
 log = logging.getLogger("tessera.server")
 
 
-def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None) -> AppConfig:
+def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
+                http_port: int | None = None) -> AppConfig:
     if path:
         try:
             raw = yaml.safe_load(Path(path).read_text())
@@ -32,7 +33,8 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
     if isinstance(raw, dict):
         server = raw.setdefault("server", {}) or {}
         raw["server"] = server
-        for key, value in (("host", host), ("port", port), ("metrics_port", metrics_port)):
+        for key, value in (("host", host), ("port", port), ("metrics_port", metrics_port),
+                           ("http_port", http_port)):
             if value is not None:
                 server[key] = value
     return AppConfig.from_dict(raw)
@@ -49,7 +51,10 @@ async def _serve(config: AppConfig) -> int:
         await server.stop(0)
         return 1
     metrics = f"; metrics on http://{config.server.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
-    print(f"tessera: serving '{server.model_info()['name']}' on {config.server.host}:{port}{metrics}", flush=True)
+    scheme = "https" if config.server.tls_cert_file else "http"
+    web = f"; HTTP and the web page on {scheme}://{config.server.host}:{server.http_port}/" if server.http_port is not None else ""
+    print(f"tessera: serving '{server.model_info()['name']}' on {config.server.host}:{port}{metrics}{web}",
+          flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,16 +67,18 @@ async def _serve(config: AppConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC.")
+    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC and HTTP/JSON.")
     ap.add_argument("--config", help="YAML configuration (default: the bundled model on the CPU)")
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
+    ap.add_argument("--http-port", type=int,
+                    help="HTTP/JSON, SSE and the web page; 0 picks, -1 off (default 8080)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
-        config = load_config(args.config, args.host, args.port, args.metrics_port)
+        config = load_config(args.config, args.host, args.port, args.metrics_port, args.http_port)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -58,7 +58,7 @@ def test_serve_on_port_zero_prints_the_port_and_drains_on_sigterm(tiny_model_dir
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "tessera.clients.cli", "serve", "--config", str(path),
-                             "--port", "0", "--metrics-port", "0"],
+                             "--port", "0", "--metrics-port", "0", "--http-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()
