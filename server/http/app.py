@@ -97,7 +97,7 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
         ok = health()
         return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
 
-    document = openapi_document(version=service.version, auth=bearer is not None)
+    document = openapi_document(version=service.version, auth=bearer is not None, limits=service.limits)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)

@@ -88,7 +88,7 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {c: {"description": _ERRORS[c], "content": body} for c in codes}
 
 
-def openapi_document(*, version: str, auth: bool) -> dict[str, Any]:
+def openapi_document(*, version: str, auth: bool, limits: Any = None) -> dict[str, Any]:
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
     generate_errors = _errors("400", "401", "429", "499", "500", "503", "504")
     body = {"required": True, "content": {"application/json": {"schema": ref("GenerateRequest")}}}
@@ -129,6 +129,14 @@ def openapi_document(*, version: str, auth: bool) -> dict[str, Any]:
         },
         "components": {"schemas": _schemas()},
     }
+    request = doc["components"]["schemas"]["GenerateRequest"]
+    request["example"] = {"prompt": "a small red circle in the top left on a blue background",
+                          "numImages": 1, "numCandidates": 4, "seed": "7"}
+    if limits is not None:  # this server's bounds (a value past one is a 400 naming it)
+        fields = request["properties"]
+        fields["prompt"]["maxLength"] = limits.max_prompt_chars
+        fields["numImages"]["maximum"] = limits.max_num_images
+        fields["numCandidates"]["maximum"] = limits.max_num_candidates
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]

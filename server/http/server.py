@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 
 import uvicorn
@@ -28,6 +29,8 @@ class HttpServer:
         self._config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                       timeout_graceful_shutdown=graceful_s, ssl_certfile=cert, ssl_keyfile=key)
         self._host, self._port = host, port
+        # Its start/stop lines repeat what `tessera serve` prints; its errors still show.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task | None = None
         self._socket: socket.socket | None = None
