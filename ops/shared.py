@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,9 +49,17 @@ def candidate_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) or 1
 
 
+@dataclass
+class ModelSettings:
+    model_dir: str | None = None  # None: the bundled model
+    half: bool = False            # float16 weights on a CUDA device (ignored on the CPU)
+
+
 class ModelOp(Op):
-    """An OP that uses the model bundle on its worker's device (settings: model_dir, half)."""
+    """An OP that uses the model bundle on its worker's device."""
+
+    Settings = ModelSettings
 
     def setup(self, device: str) -> None:
         self.device = device
-        self.bundle = bundle_for(self.settings.get("model_dir"), device, self.settings.get("half", False))
+        self.bundle = bundle_for(self.settings.model_dir, device, self.settings.half)

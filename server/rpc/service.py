@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+from tessera.ops.messages import RankedImages
 from tessera.server.config import Limits
 from tessera.server.engine import Engine, Progress, Request, Result
 from tessera.server.engine.logs import request_id as request_id_var
@@ -75,13 +76,14 @@ class GenerationService:
 
 
 def to_response(result: Result) -> pb.GenerateResponse:
-    images = [pb.Image(png=im["png"], clip_score=im["clip_score"], seed=im["seed"],
-                       candidate_index=im["candidate_index"], width=im["width"], height=im["height"])
-              for im in result.value["images"]]
+    ranked: RankedImages = result.value  # the graph's output OP answers with RankedImages
+    images = [pb.Image(png=im.png, clip_score=im.clip_score, seed=im.seed,
+                       candidate_index=im.candidate_index, width=im.width, height=im.height)
+              for im in ranked.images]
     timings = [pb.StageTiming(stage=t.stage, queue_ms=t.queue_ms, compute_ms=t.compute_ms)
                for t in result.timings]
     return pb.GenerateResponse(request_id=result.request_id, images=images, timings=timings,
-                               total_ms=result.total_ms, unknown_words=result.value["unknown_words"])
+                               total_ms=result.total_ms, unknown_words=ranked.unknown_words)
 
 
 def to_event(event: Progress | Result) -> pb.GenerateEvent:
