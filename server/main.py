@@ -18,6 +18,11 @@ from tessera.server.engine.logs import configure_logging
 
 log = logging.getLogger("tessera.server")
 
+# Exit codes: 0 stopped cleanly, 1 could not start (a model that fails to load...),
+# 2 a configuration mistake (the line names the key), 3 a port in use (the line names it).
+EXIT_CONFIG = 2
+EXIT_PORT_IN_USE = 3
+
 
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
                 http_port: int | None = None) -> AppConfig:
@@ -41,11 +46,19 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
 
 
 async def _serve(config: AppConfig) -> int:
-    from tessera.server.app import TesseraServer
+    from tessera.server.app import PortInUse, TesseraServer
 
     server = TesseraServer(config)
     try:
         port = await server.start()
+    except ConfigError as exc:  # e.g. token_env names an empty variable: found only now
+        print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
+        await server.stop(0)
+        return EXIT_CONFIG
+    except PortInUse as exc:
+        print(f"tessera serve: {exc}", file=sys.stderr)
+        await server.stop(0)
+        return EXIT_PORT_IN_USE
     except Exception as exc:  # noqa: BLE001 - a start-up failure is one clear line, not a traceback
         print(f"tessera serve: could not start: {exc}", file=sys.stderr)
         await server.stop(0)
@@ -81,5 +94,5 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.host, args.port, args.metrics_port, args.http_port)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     return run(_serve(config))

@@ -34,7 +34,9 @@ from tessera.server.http.openapi import openapi_document
 from tessera.server.rpc.auth import MESSAGE as AUTH_MESSAGE
 from tessera.server.rpc.auth import BearerToken
 from tessera.server.rpc.service import GenerationService
-from tessera.server.rpc.status import InvalidRequest, Unauthenticated, http_status_for, status_for
+from tessera.server.rpc.interceptors import CallCounter
+from tessera.server.rpc.status import InvalidRequest, Unauthenticated, http_status_for, outcome_for, status_for
+from tessera.server.rpc.validation import MAX_REQUEST_ID_CHARS
 from tessera.v1 import image_generation_pb2 as pb
 
 log = logging.getLogger("tessera.http")
@@ -42,8 +44,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
-def build_app(service: GenerationService, *, token: str | None, health: Callable[[], bool]) -> Starlette:
+def build_app(service: GenerationService, *, token: str | None, health: Callable[[], bool],
+              calls: CallCounter | None = None) -> Starlette:
     bearer = BearerToken(token) if token else None
+    count = calls.count if calls is not None else (lambda outcome: None)
     limit = service.limits.max_message_bytes
 
     def authorize(request: Request) -> None:
@@ -51,7 +55,7 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
             raise Unauthenticated(AUTH_MESSAGE)
 
     async def generate(request: Request) -> Response:
-        rid = ""
+        rid, outcome = "", "cancelled"  # what is left if this task is cancelled: the caller went away
         try:
             authorize(request)
             message = await _parse(request, pb.GenerateRequest, limit)
@@ -62,13 +66,22 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
                 await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 gone.cancel()
-            if not work.done():  # the caller left: stop the work (service.generate cancels the request)
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-                return Response(status_code=499)
-            return _json(work.result(), rid)
+                if not work.done():  # the caller left: stop the work (service.generate cancels the request)
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+            if work.cancelled():
+                return Response(status_code=http_status_for(grpc.StatusCode.CANCELLED))
+            response = _json(work.result(), rid)
+            outcome = "ok"
+            return response
         except EngineError as exc:
+            outcome = outcome_for(status_for(exc))
             return _error(exc, rid)
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            count(outcome)
 
     async def generate_stream(request: Request) -> Response:
         rid = ""
@@ -78,13 +91,19 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
             rid = _request_id(message, request)
             engine_request = service.submit(message, streaming=True, timeout_s=_timeout(request))
         except EngineError as exc:
+            count(outcome_for(status_for(exc)))
             return _error(exc, rid)
         # From here the status is 200 and sent; a later failure is an `error` event. The
         # background task also covers a caller who leaves before the first event.
+        call = _StreamCall(count)
+
+        def finish() -> None:
+            engine_request.cancel()
+            call.end()
         return StreamingResponse(
-            _sse(service.events(engine_request)), media_type="text/event-stream",
+            _sse(service.events(engine_request), call), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_id_header(rid)},
-            background=BackgroundTask(engine_request.cancel))
+            background=BackgroundTask(finish))
 
     async def info(request: Request) -> Response:
         try:
@@ -172,16 +191,35 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _sse(events: AsyncIterator[pb.GenerateEvent]) -> AsyncIterator[str]:
+class _StreamCall:
+    """One stream's outcome, counted once whichever way it ends (by default: the caller left)."""
+
+    def __init__(self, count: Callable[[str], None]):
+        self.outcome, self._count, self._counted = "cancelled", count, False
+
+    def end(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self._count(self.outcome)
+
+
+async def _sse(events: AsyncIterator[pb.GenerateEvent], call: _StreamCall) -> AsyncIterator[str]:
     async with aclosing(events):
         try:
             async for event in events:
                 kind = event.WhichOneof("event")
                 yield f"event: {kind}\ndata: {_dumps(event)}\n\n"
+            call.outcome = "ok"
         except EngineError as exc:
             code = status_for(exc)
+            call.outcome = outcome_for(code)
             _log_failure(code, exc)
             yield f"event: error\ndata: {json.dumps(_status(code, exc))}\n\n"
+        except Exception:
+            call.outcome = "failed"
+            raise
+        finally:
+            call.end()
 
 
 def _dumps(message: Message) -> str:
@@ -190,7 +228,8 @@ def _dumps(message: Message) -> str:
 
 def _id_header(rid: str) -> dict[str, str]:
     """X-Request-Id for an id a header can carry (printable ASCII); the JSON body has any id."""
-    return {"X-Request-Id": rid} if rid and rid.isascii() and rid.isprintable() else {}
+    ok = rid and len(rid) <= MAX_REQUEST_ID_CHARS and rid.isascii() and rid.isprintable()
+    return {"X-Request-Id": rid} if ok else {}
 
 
 def _json(message: Message, rid: str) -> Response:

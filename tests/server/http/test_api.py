@@ -244,3 +244,30 @@ async def test_http_port_minus_one_turns_http_off(tiny_model_dir):
     async with serving(app_config(tiny_model_dir, http_port=-1)) as (server, client):
         assert server.http_port is None
         assert len((await client.generate(PROMPT)).images) == 1  # gRPC serves on
+
+
+async def test_every_http_generation_call_is_counted_once_by_outcome(http_served):
+    server, http = http_served
+    assert (await http.post("/v1/generate", json={"prompt": PROMPT})).status_code == 200
+    assert (await http.post("/v1/generate", json={"prompt": ""})).status_code == 400
+    async with http.stream("POST", "/v1/generate:stream", json={"prompt": PROMPT}) as reply:
+        assert sse_events([line async for line in reply.aiter_lines()])[-1][0] == "result"
+    assert (await http.post("/v1/generate:stream", content=b"{")).status_code == 400
+    reg = server.engine.metrics.registry
+    counts = {o: reg.get_sample_value("tessera_requests_total", {"outcome": o}) for o in ("ok", "invalid_input")}
+    assert counts == {"ok": 2, "invalid_input": 2}
+
+
+async def test_a_busy_http_port_fails_the_start_naming_it(tiny_model_dir):
+    import socket
+
+    from tessera.server.app import PortInUse, TesseraServer
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = TesseraServer(app_config(tiny_model_dir, http_port=port))
+        with pytest.raises(PortInUse, match=f"HTTP on 127.0.0.1:{port}"):
+            await server.start()
+        assert not server.engine.stages  # refused before any model loaded
+        await server.stop(0)
