@@ -13,7 +13,8 @@ import yaml
 
 from tessera.server.config import AppConfig
 from tessera.server.defaults import DEFAULT_CONFIG
-from tessera.server.engine import ConfigError, run
+from tessera.server.engine import ConfigError
+from tessera.server.engine import run as run_event_loop
 from tessera.server.engine.logs import configure_logging
 
 log = logging.getLogger("tessera.server")
@@ -79,8 +80,8 @@ async def _serve(config: AppConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC and HTTP/JSON.")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`tessera serve`'s arguments (the command line is tessera.server.cli)."""
     ap.add_argument("--config", help="YAML configuration (default: the bundled model on the CPU)")
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
@@ -88,11 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-port", type=int,
                     help="HTTP/JSON, SSE and the web page; 0 picks, -1 off (default 8080)")
     ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
         config = load_config(args.config, args.host, args.port, args.metrics_port, args.http_port)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return run(_serve(config))
+    return run_event_loop(_serve(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC.")
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
