@@ -26,7 +26,7 @@ EXIT_PORT_IN_USE = 3
 
 
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
-                http_port: int | None = None) -> AppConfig:
+                ray_address: str | None = None, http_port: int | None = None) -> AppConfig:
     if path:
         try:
             raw = yaml.safe_load(Path(path).read_text())
@@ -43,6 +43,8 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
                            ("http_port", http_port)):
             if value is not None:
                 server[key] = value
+        if ray_address is not None and isinstance(raw.get("graph"), dict):
+            raw["graph"]["ray_address"] = ray_address
     return AppConfig.from_dict(raw)
 
 
@@ -88,13 +90,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
     ap.add_argument("--http-port", type=int,
                     help="HTTP/JSON, SSE and the web page; 0 picks, -1 off (default 8080)")
+    ap.add_argument("--ray-address", help="join this Ray cluster for mode: ray OPs (graph.ray_address; "
+                                           "default: start a local Ray when an OP needs one)")
     ap.add_argument("--log-level", default="INFO")
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
-        config = load_config(args.config, args.host, args.port, args.metrics_port, args.http_port)
+        config = load_config(args.config, args.host, args.port, args.metrics_port,
+                             ray_address=args.ray_address, http_port=args.http_port)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

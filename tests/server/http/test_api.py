@@ -271,3 +271,12 @@ async def test_a_busy_http_port_fails_the_start_naming_it(tiny_model_dir):
             await server.start()
         assert not server.engine.stages  # refused before any model loaded
         await server.stop(0)
+
+
+async def test_readiness_follows_the_engines_health(http_served, monkeypatch):
+    """503 while an OP has no live worker (the engine's own health, as gRPC health reports it)."""
+    server, http = http_served
+    assert (await http.get("/readyz")).status_code == 200
+    monkeypatch.setattr(type(server.engine), "serving", property(lambda self: False))
+    ready = await http.get("/readyz")
+    assert (ready.status_code, ready.json()) == (503, {"status": "NOT_SERVING"})
