@@ -56,8 +56,12 @@ class ServerProcess:
             [sys.executable, "-m", "tessera.server.cli", "serve", "--config", path, "--port", "0",
              "--metrics-port", "0", "--http-port", "-1", "--log-level", "WARNING"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        match = re.search(r":(\d+); metrics on http://[^:]+:(\d+)", line)
+        for line in self.proc.stdout:  # Ray, when a config uses it, may print lines first
+            match = re.search(r":(\d+); metrics on http://[^:]+:(\d+)", line)
+            if match or line.startswith("tessera serve:"):
+                break
+        else:
+            line, match = "", None
         if not match:
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
             self.__exit__()
