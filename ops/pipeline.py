@@ -26,8 +26,9 @@ def request_defaults(req: dict[str, Any]) -> dict[str, Any]:
 
 
 class LocalPipeline:
-    def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int = 64):
-        settings = {"model_dir": model_dir}
+    def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int = 64, **settings: Any):
+        """`settings` go to every OP as a server's would (`half`; the sampler's `decode_mode`)."""
+        settings = {"model_dir": model_dir, **settings}
         self.tokenize, self.sample, self.decode = TokenizeOp(**settings), SampleOp(**settings), DecodeOp(**settings)
         self.clip_text, self.rerank = ClipTextOp(**settings), RerankOp(**settings)
         self.sample.capacity = capacity

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
-from tessera.ops.models.transformer import KVCache
+from tessera.ops.models.transformer import DECODE_MODES, BucketedDecoder, KVCache
 from tessera.ops.shared import ModelOp, candidate_seed, to_png, to_uint8
 from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow
 
@@ -46,6 +46,11 @@ class SampleOp(SteppingOp, ModelOp):
         self.dtype = next(self.model.parameters()).dtype
         self.joins_mid_run = not self.settings.get("static_batching", False)
         self.cache: KVCache | None = None
+        self.decode_mode = self.settings.get("decode_mode", "auto")
+        if self.decode_mode == "auto":  # measured: README, Performance
+            self.decode_mode = "cuda_graph" if str(device).startswith("cuda") else "off"
+        if self.decode_mode not in DECODE_MODES:
+            raise ValueError(f"sample: decode_mode {self.decode_mode!r} is not one of auto, {', '.join(DECODE_MODES)}")
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)
         # The empty caption's prefix, once: every guided row starts from a copy of it.
@@ -77,6 +82,7 @@ class SampleOp(SteppingOp, ModelOp):
             if self.rows:
                 raise RuntimeError("capacity grew while rows were running")
             self.cache = KVCache(self.cfg, 2 * self.capacity, self.device, self.dtype)
+            self.decoder = self._decoder(self.cache)
         if len(self.rows) + len(rows) > self.capacity:
             raise RuntimeError(f"admitting {len(rows)} rows would exceed capacity {self.capacity}")
         new = [_Row(r.key, r.value["seed"], r.value["candidate_index"],
@@ -126,7 +132,7 @@ class SampleOp(SteppingOp, ModelOp):
         if live:
             tokens = torch.tensor([row.tokens[-1] for row, _ in self.slots], device=self.device)
             index = torch.tensor([len(row.tokens) - 1 for row, _ in self.slots], device=self.device)
-            logits = self.model.decode_step(tokens, index, self.cache).float()  # (m, V)
+            logits = self.decoder(tokens, index).float()  # (m, V)
             cond, uncond = logits[self._cond_idx], logits[self._uncond_idx]
             picks = self._sample(self.rows, cond, uncond, [len(r.tokens) for r in self.rows])
             for row, tok in zip(self.rows, picks):
@@ -166,6 +172,14 @@ class SampleOp(SteppingOp, ModelOp):
         self._index_rows()
 
     # -- helpers ---------------------------------------------------------------------------
+    def _decoder(self, cache: KVCache):
+        """The decode step over `cache`: eager, or compiled/captured over batch-size buckets
+        (setting `decode_buckets`, default powers of two up to the cache's slots)."""
+        if self.decode_mode == "off":
+            return lambda tokens, index: self.model.decode_step(tokens, index, cache)
+        buckets = self.settings.get("decode_buckets") or [2 ** i for i in range(cache.slots.bit_length())]
+        return BucketedDecoder(self.model, cache, buckets, self.decode_mode)
+
     def _index_rows(self) -> None:
         """Per-row tensors, rebuilt only when the running batch changes."""
         where = {(id(row), unc): j for j, (row, unc) in enumerate(self.slots)}
