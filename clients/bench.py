@@ -100,16 +100,16 @@ async def open_loop(target: str, prompts: list[str], rate: float, requests: int,
 
 
 @functools.cache
-def _pipeline(model_dir: str | None, capacity: int):
+def _pipeline(model_dir: str | None, capacity: int, device: str = "cpu", settings: tuple = ()):
     """The offline pipeline, loaded once however many rounds run."""
     from tessera.ops.pipeline import LocalPipeline
-    return LocalPipeline(model_dir, capacity=capacity)
+    return LocalPipeline(model_dir, device, capacity=capacity, **dict(settings))
 
 
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
-                model_dir: str | None, capacity: int) -> list[dict]:
+                model_dir: str | None, capacity: int, device: str = "cpu", settings: dict | None = None) -> list[dict]:
     """The same OPs called in process at the sampler's full batch: the ceiling."""
-    pipe = _pipeline(model_dir, capacity)
+    pipe = _pipeline(model_dir, capacity, device, tuple(sorted((settings or {}).items())))
     reqs = [{"prompt": prompts[i % len(prompts)], "seed": 1 + i, **{k: v for k, v in params.items() if v}}
             for i in range(requests)]
     pipe.generate(reqs[:2])  # warm-up
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", default="serial,static,default,offline",
                     help="configurations to start and compare side by side")
     ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--device", default=None, help="device of the model OPs, e.g. cuda:0 (default: the config's)")
+    ap.add_argument("--half", default=None, choices=["fp16", "bf16"], help="the model OPs' half precision (CUDA)")
     ap.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 3 x concurrency))")
     ap.add_argument("--warmup", type=int, default=4)
@@ -263,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     def measure(load, metrics: str | None, **row) -> None:
         """Run one load (a coroutine giving samples and wall time) and keep its row."""
         before = scrape(metrics) if metrics else {}
+        started = time.time()
         samples, wall = asyncio.run(load)
         split = server_split(before, scrape(metrics)) if metrics else {}
-        rows.append({**row, "summary": summarize(samples, wall), "server": split, **tag})
+        rows.append({**row, "summary": summarize(samples, wall), "server": split, **tag,
+                     "started": started, "ended": time.time()})  # wall clock, to line up with other logs
 
     def sweep(name: str, target: str, metrics: str | None) -> None:
         warm_up(target)
@@ -292,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             open_sweep("server", args.server, args.rate, args.metrics)
     else:
         from tessera.clients.bench_servers import ServerProcess, bench_configs
-        configs = bench_configs(args.model_dir)
+        op_settings = {"half": args.half} if args.half else {}
+        configs = bench_configs(args.model_dir, args.device, op_settings)
         names = [n for n in args.compare.split(",") if n]
         for i in range(max(1, args.rounds)):
             if args.rounds > 1:
@@ -300,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             first = len(rows)
             for name in names:
                 if name == "offline":
-                    rows += [r | tag for r in offline_run(
+                    started = time.time()
+                    rows += [r | tag | {"started": started, "ended": time.time()} for r in offline_run(
                         prompts, levels, args.requests or 64, params, args.model_dir,
-                        configs["default"]["graph"]["ops"]["sample"]["batch_size"])]
+                        configs["default"]["graph"]["ops"]["sample"]["batch_size"], args.device or "cpu",
+                        op_settings)]
                     continue
                 with ServerProcess(name, configs[name]) as server:
                     sweep(name, server.target, server.metrics_url)

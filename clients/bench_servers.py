@@ -17,11 +17,19 @@ from pathlib import Path
 import yaml
 
 
-def bench_configs(model_dir: str | None = None) -> dict[str, dict]:
+def bench_configs(model_dir: str | None = None, device: str | None = None,
+                  settings: dict | None = None) -> dict[str, dict]:
+    """`device` (e.g. cuda:0) places the model OPs (all but tokenize); `settings` go to them too."""
     from tessera.server.defaults import DEFAULT_CONFIG
 
     default = copy.deepcopy(DEFAULT_CONFIG)
     default["model_dir"] = model_dir
+    for name, op in default["graph"]["ops"].items():
+        if name != "tokenize":
+            if device:
+                op["devices"] = [device]
+            if settings:
+                op["settings"] = {**op.get("settings", {}), **settings}
     default["graph"]["max_inflight"] = 4096
     for op in default["graph"]["ops"].values():
         op["channel_capacity"] = 4096
