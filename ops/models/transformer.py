@@ -263,7 +263,7 @@ class BucketedDecoder:
         with torch.inference_mode():
             for b in reversed(self.buckets):  # largest first, so smaller ones reuse its pool
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                     self._out[b] = self.model.decode_step(self._tokens[b], self._index[b], self.cache)
                 self._graphs[b] = graph
         torch.cuda.synchronize(device)
