@@ -109,15 +109,16 @@ def _pipeline(model_dir: str | None, capacity: int, device: str = "cpu", setting
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
                 model_dir: str | None, capacity: int, device: str = "cpu", settings: dict | None = None) -> list[dict]:
     """The same OPs called in process at the sampler's full batch: the ceiling."""
+    from tessera.ops.messages import GenerateParams
     pipe = _pipeline(model_dir, capacity, device, tuple(sorted((settings or {}).items())))
-    reqs = [{"prompt": prompts[i % len(prompts)], "seed": 1 + i, **{k: v for k, v in params.items() if v}}
+    reqs = [GenerateParams(prompts[i % len(prompts)], seed=1 + i, **{k: v for k, v in params.items() if v})
             for i in range(requests)]
     pipe.generate(reqs[:2])  # warm-up
     start = time.monotonic()
     per_call = max(1, capacity // max(1, params.get("num_candidates") or 1))
     done = 0
     for at in range(0, len(reqs), per_call):
-        done += sum(len(r) for r in pipe.generate(reqs[at:at + per_call]))
+        done += sum(len(r.images) for r in pipe.generate(reqs[at:at + per_call]))
     wall = time.monotonic() - start
     single = []
     for i in range(16):  # as many as the closed loop's c=1 level sends
@@ -180,10 +181,11 @@ def kv_profile(model_dir: str | None, rows: int) -> dict:
     """Decode-step time over the first vs the last quarter of image tokens, at a full batch."""
     import torch
 
-    from tessera.ops.pipeline import LocalPipeline, request_defaults
+    from tessera.ops.messages import GenerateParams
+    from tessera.ops.pipeline import LocalPipeline
     from tessera.server.engine import StepRow
     pipe = LocalPipeline(model_dir, capacity=rows)
-    tok = pipe.tokenize.process([request_defaults({"prompt": "a red circle", "num_candidates": rows})])[0]
+    [tok] = pipe.tokenized([GenerateParams("a red circle", num_candidates=rows)])
     times = []
     with torch.inference_mode():
         for attempt in range(2):  # the first pass warms up

@@ -99,6 +99,9 @@ def generate(argv: list[str]) -> int:
         print(f"tessera generate: {exc}", file=sys.stderr)
         return 1
     bar.close()
+    if result.unknown_words:
+        print(f"tessera generate: the model does not know {', '.join(map(repr, result.unknown_words))}; "
+              "the images ignore them (the server's GetInfo lists the words it knows)", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

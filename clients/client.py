@@ -10,11 +10,18 @@
 
 Calls that fail with UNAVAILABLE are retried by gRPC's own retry policy; every other
 failure raises TesseraError with the status code and the server's message.
+
+Several front ends: the channel balances calls over every address its target resolves to
+with gRPC's own `round_robin` policy. Give a DNS name with one record per front end
+(`dns:///tessera.prod.svc.cluster.local:50051`, a Kubernetes headless Service), or a comma
+list (`10.0.0.5:50051,10.0.0.6:50051`, which becomes gRPC's `ipv4:`/`ipv6:` target).
 """
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +70,7 @@ class Generation:
     images: list[GeneratedImage]
     timings: list[StageTiming]
     total_ms: float
+    unknown_words: list[str] = field(default_factory=list)  # prompt words the model never learned
 
 
 @dataclass
@@ -86,18 +94,49 @@ class ServerInfo:
     limits: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
     version: str = ""
+    # What the model can draw: {"colors": [("red", "红色"), ...], "shapes": ..., "sizes": ..., "positions": ...}
+    vocabulary: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+
+def channel_target(target: str) -> str:
+    """A comma list of host:port -> gRPC's multi-address target; any other target as given.
+
+    `10.0.0.5:50051,10.0.0.6:50051` -> `ipv4:10.0.0.5:50051,10.0.0.6:50051`; `[::1]:1,[::1]:2` ->
+    `ipv6:...`. Host names in a list are resolved once, here (a `dns:///` target re-resolves).
+    """
+    if "," not in target or ":///" in target or target.startswith(("ipv4:", "ipv6:", "unix:")):
+        return target
+    v4, v6 = [], []
+    for address in (a.strip() for a in target.split(",")):
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{address!r} in target {target!r} is not host:port")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:  # a host name: its first address, IPv4 first
+            found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            found.sort(key=lambda info: info[0] != socket.AF_INET)
+            ip = ipaddress.ip_address(found[0][4][0])
+        (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
+    if v4 and v6:
+        raise ValueError(f"target {target!r} mixes IPv4 and IPv6 addresses; gRPC takes one family per list")
+    return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
 
 
 def _options(retries: int, max_message_bytes: int) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = [("grpc.max_receive_message_length", max_message_bytes),
                                          ("grpc.max_send_message_length", max_message_bytes)]
+    # round_robin: one subchannel per resolved address, calls spread over the ready ones
+    # (gRPC's default, pick_first, sends everything to the first address).
+    config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
     if retries <= 0:
-        return options + [("grpc.enable_retries", 0)]
-    policy = {"methodConfig": [{
+        return options + [("grpc.enable_retries", 0), ("grpc.service_config", json.dumps(config))]
+    config["methodConfig"] = [{
         "name": [{"service": "tessera.v1.ImageGeneration"}],
         "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "0.2s", "maxBackoff": "2s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
-    return options + [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(policy))]
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]
+    return options + [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
 
 
 def _credentials(tls: bool, root_certificates: str | None) -> grpc.ChannelCredentials | None:
@@ -117,7 +156,8 @@ def _generation(resp: pb.GenerateResponse) -> Generation:
         images=[GeneratedImage(i.png, i.clip_score, i.seed, i.candidate_index, i.width, i.height)
                 for i in resp.images],
         timings=[StageTiming(t.stage, t.queue_ms, t.compute_ms) for t in resp.timings],
-        total_ms=resp.total_ms)
+        total_ms=resp.total_ms,
+        unknown_words=list(resp.unknown_words))
 
 
 def _event(ev: pb.GenerateEvent) -> ProgressEvent | Generation:
@@ -130,7 +170,10 @@ def _event(ev: pb.GenerateEvent) -> ProgressEvent | Generation:
 def _info(i: pb.ServerInfo) -> ServerInfo:
     limits = {f.name: getattr(i.limits, f.name) for f in i.limits.DESCRIPTOR.fields}
     defaults = {f.name: getattr(i.defaults, f.name) for f in i.defaults.DESCRIPTOR.fields}
-    return ServerInfo(i.model_name, i.image_width, i.image_height, i.text_context, limits, defaults, i.version)
+    vocabulary = {f.name: [(t.en, t.zh) for t in getattr(i.vocabulary, f.name)]
+                  for f in i.vocabulary.DESCRIPTOR.fields}
+    return ServerInfo(i.model_name, i.image_width, i.image_height, i.text_context, limits, defaults, i.version,
+                      vocabulary)
 
 
 class _Base:
@@ -151,8 +194,9 @@ class TesseraClient(_Base):
 
     def __init__(self, target: str = DEFAULT_TARGET, **kw):
         super().__init__(target, **kw)
-        self._channel = (grpc.secure_channel(target, self._creds, self._options) if self._creds
-                         else grpc.insecure_channel(target, self._options))
+        address = channel_target(target)
+        self._channel = (grpc.secure_channel(address, self._creds, self._options) if self._creds
+                         else grpc.insecure_channel(address, self._options))
         self._stub = pb_grpc.ImageGenerationStub(self._channel)
 
     def __enter__(self) -> TesseraClient:
@@ -193,8 +237,9 @@ class AsyncTesseraClient(_Base):
 
     def __init__(self, target: str = DEFAULT_TARGET, **kw):
         super().__init__(target, **kw)
-        self._channel = (grpc.aio.secure_channel(target, self._creds, self._options) if self._creds
-                         else grpc.aio.insecure_channel(target, self._options))
+        address = channel_target(target)
+        self._channel = (grpc.aio.secure_channel(address, self._creds, self._options) if self._creds
+                         else grpc.aio.insecure_channel(address, self._options))
         self._stub = pb_grpc.ImageGenerationStub(self._channel)
 
     async def __aenter__(self) -> AsyncTesseraClient:

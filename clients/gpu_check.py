@@ -46,15 +46,16 @@ def _sha(data: bytes) -> str:
 
 def make_reference(path: Path) -> None:
     """On the CPU: each prompt's image, one request at a time, as the server returns it."""
+    from tessera.ops.messages import GenerateParams
     from tessera.ops.pipeline import LocalPipeline
     pipe = LocalPipeline(None, "cpu", capacity=64)
     out = []
     path.parent.mkdir(parents=True, exist_ok=True)
     for i, (prompt, seed) in enumerate(PROMPTS):
-        image = pipe.generate([{"prompt": prompt, "seed": seed, **PARAMS}])[0][0]
-        (path.parent / f"cpu_{i}.png").write_bytes(image["png"])
-        out.append({"prompt": prompt, "seed": seed, "sha256": _sha(image["png"]), "png": f"cpu_{i}.png",
-                    "candidate_index": image["candidate_index"], "clip_score": image["clip_score"]})
+        image = pipe.generate([GenerateParams(prompt, seed=seed, **PARAMS)])[0].images[0]
+        (path.parent / f"cpu_{i}.png").write_bytes(image.png)
+        out.append({"prompt": prompt, "seed": seed, "sha256": _sha(image.png), "png": f"cpu_{i}.png",
+                    "candidate_index": image.candidate_index, "clip_score": image.clip_score})
     path.write_text(json.dumps({"params": PARAMS, "images": out}, ensure_ascii=False, indent=2))
     print(f"wrote {path}")
 
@@ -113,15 +114,14 @@ def check_serve(device: str, reference: Path) -> dict:
             "images": rows}
 
 
-def _rows(pipe, prompts: list[str], candidates: int) -> list[dict]:
-    from tessera.ops.pipeline import request_defaults
-    toks = pipe.tokenize.process([request_defaults({"prompt": p, "seed": 1 + i, "num_candidates": candidates})
-                                  for i, p in enumerate(prompts)])
+def _rows(pipe, prompts: list[str], candidates: int) -> list:
+    from tessera.ops.messages import GenerateParams
+    toks = pipe.tokenized([GenerateParams(p, seed=1 + i, num_candidates=candidates) for i, p in enumerate(prompts)])
     return [r for t in toks for r in pipe.sample.split(t)]
 
 
 def _tokens(pipe, rows) -> list[list[int]]:
-    return [r["tokens"].tolist() for r in pipe.sample_rows(rows)]
+    return [r.tokens.tolist() for r in pipe.sample_rows(rows)]
 
 
 def _compare(a: list[list[int]], b: list[list[int]]) -> dict:
@@ -140,14 +140,15 @@ def _sync(device: str) -> None:
 
 def _images_per_s(pipe, prompts: list[str], rounds: int = 3) -> list[float]:
     """Full batches (16 requests x 4 candidates = the sampler's 64 rows), as the offline ceiling."""
+    from tessera.ops.messages import GenerateParams
     device = pipe.sample.device
-    reqs = [{"prompt": p, "seed": 1 + i, **PARAMS} for i, p in enumerate(prompts)]
+    reqs = [GenerateParams(p, seed=1 + i, **PARAMS) for i, p in enumerate(prompts)]
     pipe.generate(reqs[:16])
     out = []
     for _ in range(rounds):
         _sync(device)
         t = time.perf_counter()
-        n = sum(len(r) for at in range(0, len(reqs), 16) for r in pipe.generate(reqs[at:at + 16]))
+        n = sum(len(r.images) for at in range(0, len(reqs), 16) for r in pipe.generate(reqs[at:at + 16]))
         _sync(device)
         out.append(n / (time.perf_counter() - t))
     return out

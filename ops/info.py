@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
+
+from tessera.ops.shapes.vocabulary import VOCABULARY
 
 BUNDLED = Path(__file__).resolve().parent / "bundled" / "shapes-dalle"
 
@@ -13,4 +16,6 @@ def describe_model(model_dir: str | None) -> dict:
     size = cfg["dvae"]["image_size"]
     return {"name": cfg.get("name", root.name), "image_width": size, "image_height": size,
             "text_context": cfg["transformer"]["text_len"], "image_tokens": cfg["transformer"]["image_len"],
-            "sampling": cfg.get("sampling", {})}
+            "sampling": cfg.get("sampling", {}),
+            # What the captions it was trained on name: {"colors": [{"en", "zh"}, ...], ...}.
+            "vocabulary": asdict(VOCABULARY)}

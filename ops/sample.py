@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
 from tessera.ops.models.transformer import DECODE_MODES, BucketedDecoder, KVCache
-from tessera.ops.shared import ModelOp, candidate_seed, to_png, to_uint8
+from tessera.ops.messages import CandidateRow, SampledCandidate, TokenizedPrompt
+from tessera.ops.shared import ModelOp, ModelSettings, candidate_seed, to_png, to_uint8
 from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow
 
 
@@ -38,19 +38,36 @@ class _Row:
         return self.params[3] != 1.0
 
 
+@dataclass
+class SampleSettings(ModelSettings):
+    # True: a running batch finishes before new rows join (for comparison only).
+    static_batching: bool = False
+    # The decode step: "off" (eager), "padded", "compile" (torch.compile per bucket) or
+    # "cuda_graph"; "auto" is cuda_graph on a CUDA device and off on a CPU (README, Performance).
+    decode_mode: str = "auto"
+    decode_buckets: list[int] | None = None  # batch sizes (rows); default powers of two up to the cache's slots
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.decode_mode not in ("auto", *DECODE_MODES):
+            raise ValueError(f"decode_mode: must be one of auto, {', '.join(DECODE_MODES)}; got {self.decode_mode!r}")
+        if self.decode_buckets is not None and not all(b > 0 for b in self.decode_buckets):
+            raise ValueError(f"decode_buckets: must be positive row counts, got {self.decode_buckets}")
+
+
 class SampleOp(SteppingOp, ModelOp):
+    Settings = SampleSettings
+
     def setup(self, device: str) -> None:
         super().setup(device)
         self.model = self.bundle.transformer
         self.cfg = self.model.cfg
         self.dtype = next(self.model.parameters()).dtype
-        self.joins_mid_run = not self.settings.get("static_batching", False)
+        self.joins_mid_run = not self.settings.static_batching
         self.cache: KVCache | None = None
-        self.decode_mode = self.settings.get("decode_mode", "auto")
+        self.decode_mode = self.settings.decode_mode
         if self.decode_mode == "auto":  # measured: README, Performance
             self.decode_mode = "cuda_graph" if str(device).startswith("cuda") else "off"
-        if self.decode_mode not in DECODE_MODES:
-            raise ValueError(f"sample: decode_mode {self.decode_mode!r} is not one of auto, {', '.join(DECODE_MODES)}")
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)
         # The empty caption's prefix, once: every guided row starts from a copy of it.
@@ -61,15 +78,12 @@ class SampleOp(SteppingOp, ModelOp):
         self.uncond_k, self.uncond_v = scratch.k[:, :, :, :L].clone(), scratch.v[:, :, :, :L].clone()
 
     # -- the engine's view -------------------------------------------------------------------
-    def split(self, value: dict[str, Any]) -> list[dict[str, Any]]:
-        seed = value["seed"]
-        return [{"text": value["text"], "seed": candidate_seed(seed, i), "candidate_index": i,
-                 "temperature": value["temperature"], "top_k": value["top_k"], "top_p": value["top_p"],
-                 "guidance_scale": value["guidance_scale"],
-                 "preview_every": value.get("preview_every", 0) if i == 0 else 0}
-                for i in range(value["num_candidates"])]
+    def split(self, value: TokenizedPrompt) -> list[CandidateRow]:
+        return [CandidateRow(value.text, candidate_seed(value.seed, i), i, value.sampling,
+                             value.preview_every if i == 0 else 0)
+                for i in range(value.num_candidates)]
 
-    def merge(self, value: dict[str, Any], outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def merge(self, value: TokenizedPrompt, outputs: list[SampledCandidate]) -> list[SampledCandidate]:
         return outputs
 
     @property
@@ -85,15 +99,16 @@ class SampleOp(SteppingOp, ModelOp):
             self.decoder = self._decoder(self.cache)
         if len(self.rows) + len(rows) > self.capacity:
             raise RuntimeError(f"admitting {len(rows)} rows would exceed capacity {self.capacity}")
-        new = [_Row(r.key, r.value["seed"], r.value["candidate_index"],
-                    (float(r.value["temperature"]), int(r.value["top_k"]), float(r.value["top_p"]),
-                     float(r.value["guidance_scale"])),
-                    r.value["preview_every"], row_uniforms(r.value["seed"], self.cfg.image_len))
-               for r in rows]
+        values: list[CandidateRow] = [r.value for r in rows]
+        new = [_Row(r.key, v.seed, v.candidate_index,
+                    (float(v.sampling.temperature), int(v.sampling.top_k), float(v.sampling.top_p),
+                     float(v.sampling.guidance_scale)),
+                    v.preview_every, row_uniforms(v.seed, self.cfg.image_len))
+               for r, v in zip(rows, values)]
         # One prefill per distinct prompt (a request's candidates share theirs).
         groups: dict[tuple, list[_Row]] = {}
-        for row, r in zip(new, rows):
-            groups.setdefault(tuple(r.value["text"]), []).append(row)
+        for row, v in zip(new, values):
+            groups.setdefault(tuple(v.text), []).append(row)
         first_slot = len(self.slots)
         for group in groups.values():
             for row in group:
@@ -145,8 +160,8 @@ class SampleOp(SteppingOp, ModelOp):
                 preview = self._preview(row)
             result.progress[row.key] = StepProgress(n, self.cfg.image_len, preview)
             if n >= self.cfg.image_len:
-                result.finished[row.key] = {"tokens": torch.tensor(row.tokens), "seed": row.seed,
-                                            "candidate_index": row.candidate_index}
+                result.finished[row.key] = SampledCandidate(torch.tensor(row.tokens), row.seed,
+                                                            row.candidate_index)
                 done.append(row.key)
         if done:
             self.evict(done)
@@ -177,7 +192,7 @@ class SampleOp(SteppingOp, ModelOp):
         (setting `decode_buckets`, default powers of two up to the cache's slots)."""
         if self.decode_mode == "off":
             return lambda tokens, index: self.model.decode_step(tokens, index, cache)
-        buckets = self.settings.get("decode_buckets") or [2 ** i for i in range(cache.slots.bit_length())]
+        buckets = self.settings.decode_buckets or [2 ** i for i in range(cache.slots.bit_length())]
         return BucketedDecoder(self.model, cache, buckets, self.decode_mode)
 
     def _index_rows(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,9 +56,21 @@ def candidate_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) or 1
 
 
+@dataclass
+class ModelSettings:
+    model_dir: str | None = None  # None: the bundled model
+    half: bool | str = False      # on a CUDA device: true or "fp16" float16, "bf16" bfloat16 (a CPU keeps fp32)
+
+    def __post_init__(self) -> None:
+        if self.half not in HALF:
+            raise ValueError(f"half: must be true, false, 'fp16' or 'bf16', got {self.half!r}")
+
+
 class ModelOp(Op):
-    """An OP that uses the model bundle on its worker's device (settings: model_dir, half)."""
+    """An OP that uses the model bundle on its worker's device."""
+
+    Settings = ModelSettings
 
     def setup(self, device: str) -> None:
         self.device = device
-        self.bundle = bundle_for(self.settings.get("model_dir"), device, self.settings.get("half", False))
+        self.bundle = bundle_for(self.settings.model_dir, device, self.settings.half)

@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from tessera.server.config import AppConfig
 from tessera.server.engine import Engine
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
+from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.servicer import ImageGenerationServicer
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
@@ -31,6 +32,7 @@ class TesseraServer:
     def __init__(self, config: AppConfig):
         self.config = config
         self.engine: Engine | None = None
+        self.service: GenerationService | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -53,8 +55,8 @@ class TesseraServer:
             interceptors=[BearerTokenInterceptor(token)] if token else [],
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
         info = self.model_info()
-        pb_grpc.add_ImageGenerationServicer_to_server(
-            ImageGenerationServicer(self.engine, s.limits, info), self._grpc)
+        self.service = GenerationService(self.engine, s.limits, info)
+        pb_grpc.add_ImageGenerationServicer_to_server(ImageGenerationServicer(self.service), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tessera.server.engine import ConfigError, GraphConfig
+from tessera.server.engine.config import resolve_op_type
 
 MiB = 1024 * 1024
 
@@ -68,13 +69,24 @@ class AppConfig:
         graph_raw = copy.deepcopy(raw["graph"])
         if isinstance(graph_raw, dict) and isinstance(graph_raw.get("ops"), dict):
             for op in graph_raw["ops"].values():  # one model directory for every OP by default
-                if isinstance(op, dict) and model_dir is not None:
+                if isinstance(op, dict) and model_dir is not None and _takes_model_dir(op):
                     op.setdefault("settings", {}).setdefault("model_dir", model_dir)
         try:
             graph = GraphConfig.from_dict(graph_raw)
         except ConfigError as exc:
             raise ConfigError(f"graph.{exc.key}", str(exc).split(": ", 1)[1]) from None
         return cls(server=server, graph=graph, model_dir=model_dir)
+
+
+def _takes_model_dir(op: dict) -> bool:
+    """Whether the OP's Settings has a model_dir (a bad type is reported by the graph's check)."""
+    try:
+        cls = resolve_op_type("type", op.get("type", ""))
+    except ConfigError:
+        return False
+    settings = op.get("settings")
+    return (settings is None or isinstance(settings, dict)) and any(
+        f.name == "model_dir" for f in fields(cls.Settings))
 
 
 def _known(prefix: str, body: Any, known: set[str]) -> None:

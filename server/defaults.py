@@ -30,7 +30,9 @@ DEFAULT_CONFIG: dict = {
                        "batch_size": 64, "batch_timeout_ms": 2, "channel_capacity": 512},
             "clip_text": {"type": "tessera.ops.clip_text:ClipTextOp", "inputs": ["tokenize"],
                           "batch_size": 32, "batch_timeout_ms": 1, "channel_capacity": 512},
-            "rerank": {"type": "tessera.ops.rerank:RerankOp", "inputs": ["decode", "clip_text"],
+            # A fan-in OP names its inputs: each of rerank's names maps to the OP feeding it.
+            "rerank": {"type": "tessera.ops.rerank:RerankOp",
+                       "inputs": {"images": "decode", "text_embedding": "clip_text"},
                        "batch_size": 16, "batch_timeout_ms": 2, "channel_capacity": 512},
         },
     },

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from tessera.clients.sheet import contact_sheet
+from tessera.ops.messages import GenerateParams
 from tessera.ops.pipeline import LocalPipeline
 from tessera.ops.shapes.checker import check_image, scene_attributes
 from tessera.ops.shapes.world import ATTRIBUTES, HELD_OUT, caption, random_scene, render
@@ -78,16 +79,15 @@ def clip_pick(pipe: LocalPipeline, n: int, seed: int) -> float:
 
 def generation(pipe: LocalPipeline, prompts: list[tuple[str, dict, int]], candidates: int) -> dict:
     """Top-1 after rerank vs the unreranked candidate 0, per prompt."""
-    requests = [{"prompt": p, "num_images": candidates, "num_candidates": candidates, "seed": s}
-                for p, _, s in prompts]
+    requests = [GenerateParams(p, num_images=candidates, num_candidates=candidates, seed=s) for p, _, s in prompts]
     results = []
     for start in range(0, len(requests), 8):
-        results += pipe.generate(requests[start:start + 8])
+        results += [ranked.images for ranked in pipe.generate(requests[start:start + 8])]
     rows = []
     for (prompt, named, _), images in zip(prompts, results):
-        top = check_image(_pil(images[0]["png"]), named)
-        first = next(im for im in images if im["candidate_index"] == 0)
-        single = check_image(_pil(first["png"]), named)
+        top = check_image(_pil(images[0].png), named)
+        first = next(im for im in images if im.candidate_index == 0)
+        single = check_image(_pil(first.png), named)
         rows.append({"prompt": prompt, "top1": top, "single": single, "images": images})
     n = len(rows)
 
@@ -139,7 +139,7 @@ def evaluate(model_dir: str | None, out: Path, n_prompts: int, candidates: int, 
         "seconds": round(time.monotonic() - started, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    rows = [[_pil(im["png"]) for im in r["images"]] for r in g_en["_rows"][:8] + g_held["_rows"][:2]]
+    rows = [[_pil(im.png) for im in r["images"]] for r in g_en["_rows"][:8] + g_held["_rows"][:2]]
     labels = [r["prompt"] if r["prompt"].isascii() else "(held out, zh)"
               for r in g_en["_rows"][:8] + g_held["_rows"][:2]]
     contact_sheet(rows, labels).save(out / "contact_sheet.png")

@@ -2,7 +2,8 @@
 
 One Channel sits in front of each OP. Every producer OP puts its output for a request
 under its own name (fan-out is a put into each consumer's channel); when all of the
-OP's inputs have arrived for a request, the joined packet becomes ready (fan-in).
+OP's inputs have arrived for a request, they are joined under the names the consuming
+OP gives its inputs (InputMap.join) and the packet becomes ready (fan-in).
 Capacity bounds ready packets; partial joins are bounded by admission (max_inflight),
 so a fast branch can never fill the channel and starve the slow one into deadlock.
 """
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from tessera.server.engine.config import InputMap
 from tessera.server.engine.request import Request
 
 
@@ -25,7 +27,7 @@ class Packet:
 
 
 class Channel:
-    def __init__(self, name: str, inputs: list[str], capacity: int, on_depth=None):
+    def __init__(self, name: str, inputs: InputMap, capacity: int, on_depth=None):
         self.name = name
         self.inputs = inputs
         self.capacity = capacity
@@ -45,13 +47,13 @@ class Channel:
 
     def _add(self, request: Request, source: str, value: Any) -> None:
         if len(self.inputs) == 1:
-            joined = value
+            joined = self.inputs.join({source: value})
         else:
             parts = self._parts.setdefault(request.id, {})
             parts[source] = value
             if len(parts) < len(self.inputs):
                 return
-            joined = self._parts.pop(request.id)
+            joined = self.inputs.join(self._parts.pop(request.id))
         self._ready[request.id] = Packet(request, joined, time.monotonic())
         self._readable.set()
         if self.full:

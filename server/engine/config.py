@@ -8,11 +8,13 @@ Every mistake is a ConfigError whose message starts with the key at fault, e.g.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tessera.server.engine.errors import ConfigError
 from tessera.server.engine.op import Op, SteppingOp
+from tessera.server.engine.settings import parse_settings
 
 REQUEST = "request"  # the pseudo-input that names the caller's payload
 _MODES = ("thread", "process")
@@ -33,11 +35,83 @@ def resolve_op_type(key: str, spec: str) -> type[Op]:
     return cls
 
 
+@dataclass(frozen=True)
+class InputMap:
+    """Where an OP's inputs come from: its input name -> the OP (or 'request') feeding it.
+
+    Iteration, `in` and `len` see the feeding OPs (the graph's edges); `join` turns one
+    request's values, keyed by feeding OP, into what the OP receives, keyed by its own
+    names, so renaming an OP in the YAML changes nothing for the OPs it feeds.
+    """
+    by_name: dict[str, str]
+    declared: type | None = None  # the OP's Inputs dataclass, built by join
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.by_name.values())
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self.by_name.values()
+
+    def join(self, parts: dict[str, Any]) -> Any:
+        named = {name: parts[source] for name, source in self.by_name.items()}
+        if self.declared is not None:
+            return self.declared(**named)
+        if len(named) == 1:
+            return next(iter(named.values()))
+        return named
+
+    @classmethod
+    def parse(cls, key: str, raw: Any, op_class: type[Op]) -> InputMap:
+        """`[source]`, `[a, b]` (named after the OPs) or `{name: source}`; checked against
+        the names `op_class.Inputs` declares."""
+        declared = op_class.Inputs
+        names = [f.name for f in fields(declared)] if declared is not None else None
+        if isinstance(raw, InputMap):
+            raw = raw.by_name
+        if isinstance(raw, list):
+            if not raw or not all(isinstance(i, str) for i in raw):
+                raise ConfigError(key, "must be a non-empty list of OP names (or 'request')")
+            if names is None:
+                by_name = {source: source for source in raw}
+                if len(by_name) != len(raw):
+                    raise ConfigError(key, "names an input twice")
+            elif len(names) == 1 and len(raw) == 1:
+                by_name = {names[0]: raw[0]}
+            else:
+                example = ", ".join(f"{n}: <op>" for n in names)
+                raise ConfigError(key, f"{op_class.__name__} takes its inputs by name; map each to "
+                                       f"the OP that feeds it: {{{example}}}")
+        elif isinstance(raw, dict):
+            if not raw or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+                raise ConfigError(key, "must map each input name to an OP name (or 'request')")
+            by_name = dict(raw)
+            if names is not None:
+                for name in by_name:
+                    if name not in names:
+                        raise ConfigError(f"{key}.{name}",
+                                          f"unknown input; {op_class.__name__} takes {names}")
+                for name in names:
+                    if name not in by_name:
+                        raise ConfigError(f"{key}.{name}",
+                                          f"is required: {op_class.__name__} takes {names}; "
+                                          "name the OP that feeds it")
+            if len(set(by_name.values())) != len(by_name):
+                raise ConfigError(key, "names an input twice")
+        else:
+            raise ConfigError(key, "must be a list of OP names, or a mapping of input name to OP name")
+        return cls(by_name, declared)
+
+
 @dataclass
 class OpConfig:
     name: str
     type: str
-    inputs: list[str]
+    # In the YAML: a list of OP names, or {input name: OP name} for an OP that names its
+    # inputs (a fan-in OP); an InputMap once validated.
+    inputs: InputMap | list[str] | dict[str, str]
     batch_size: int = 1
     batch_timeout_ms: float = 0.0
     concurrency: int = 1
@@ -46,7 +120,7 @@ class OpConfig:
     timeout_ms: float = 0.0          # 0: no limit on one call
     retry: int = 0                   # extra attempts for a row whose call failed
     channel_capacity: int = 256      # requests waiting at this OP's input
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # checked against op_class.Settings
     op_class: type[Op] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,10 +133,6 @@ class OpConfig:
         _at_least(f"{key}.channel_capacity", self.channel_capacity, 1, 1_000_000)
         if self.mode not in _MODES:
             raise ConfigError(f"{key}.mode", f"must be one of {_MODES}, got {self.mode!r}")
-        if not isinstance(self.inputs, list) or not self.inputs or not all(isinstance(i, str) for i in self.inputs):
-            raise ConfigError(f"{key}.inputs", "must be a non-empty list of OP names (or 'request')")
-        if len(set(self.inputs)) != len(self.inputs):
-            raise ConfigError(f"{key}.inputs", "names an input twice")
         if not isinstance(self.devices, list) or not self.devices:
             raise ConfigError(f"{key}.devices", "must be a non-empty list such as [cpu] or [cuda:0, cuda:1]")
         for device in self.devices:
@@ -72,6 +142,12 @@ class OpConfig:
         if not isinstance(self.settings, dict):
             raise ConfigError(f"{key}.settings", "must be a mapping")
         self.op_class = resolve_op_type(f"{key}.type", self.type)
+        self.inputs = InputMap.parse(f"{key}.inputs", self.inputs, self.op_class)
+        try:  # the OP's own Settings dataclass; workers build it again from this mapping
+            parse_settings(self.op_class.Settings, self.settings)
+        except ConfigError as exc:
+            where = f"{key}.settings" + ("" if exc.key == "settings" else f".{exc.key}")
+            raise ConfigError(where, str(exc).split(": ", 1)[1]) from None
         if issubclass(self.op_class, SteppingOp) and self.mode != "thread":
             raise ConfigError(f"{key}.mode", "a stepping OP runs in thread mode only")
 

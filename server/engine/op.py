@@ -13,12 +13,29 @@ A result that is an exception instance fails that row alone.
 
 A stepping OP serves iterative work (autoregressive sampling): it owns a running batch,
 the engine admits rows between steps, and `step` returns the rows that finished.
+
+An OP declares what it accepts, and start-up checks the YAML against it:
+
+    class Rerank(Op):
+        @dataclass
+        class Settings:                 # the YAML's `settings:`, typed; self.settings is one
+            model_dir: str | None = None
+
+        @dataclass
+        class Inputs:                   # a fan-in OP's inputs, by its own names; the YAML
+            images: list                # maps each to the OP that feeds it:
+            text_embedding: Any         #   inputs: {images: decode, text_embedding: clip_text}
+
+With `Inputs` declared, each request reaches `split` as one `Inputs` instance. Without it,
+one input's value arrives as it is, and several arrive as a dict keyed by input name.
 """
 from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from tessera.server.engine.settings import NoSettings, parse_settings
 
 
 class Op:
@@ -29,9 +46,13 @@ class Op:
     # tokenizer, a lookup): with graph.device_turns its workers keep a thread of their own
     # instead of waiting for the device's turn behind model calls, and never delay them.
     uses_device: bool = True
+    # The dataclass `settings:` must fit (unknown keys and wrong types fail start-up).
+    Settings: ClassVar[type] = NoSettings
+    # A dataclass whose fields name the OP's inputs (None: the inputs are not named).
+    Inputs: ClassVar[type | None] = None
 
     def __init__(self, **settings: Any):
-        self.settings = settings
+        self.settings = parse_settings(self.Settings, settings)
 
     def setup(self, device: str) -> None:
         """Called once per worker, on the worker, before any row: load what you need."""

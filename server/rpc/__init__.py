@@ -1,1 +1,1 @@
-"""The gRPC front door: servicer, auth, validation, status mapping."""
+"""The gRPC front door (servicer, auth) and what the HTTP one shares: the service, validation, status mapping."""

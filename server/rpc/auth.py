@@ -1,4 +1,4 @@
-"""Optional bearer-token authentication: an interceptor that checks every RPC."""
+"""Optional bearer-token authentication: one check, used by the gRPC interceptor and HTTP."""
 from __future__ import annotations
 
 import hmac
@@ -28,27 +28,40 @@ def load_token(token_file: str | None, token_env: str | None) -> str | None:
     return None
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerToken:
+    """Compares an `authorization` value with 'Bearer <token>' in constant time."""
+
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
+
+    def accepts(self, authorization: str | bytes | None) -> bool:
+        sent = authorization or b""
+        if isinstance(sent, str):
+            sent = sent.encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(sent, self._expected)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str):
+        self._token = BearerToken(token)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        if handler is None or hmac.compare_digest(sent.encode(), self._expected):
+        if handler is None or self._token.accepts(sent):
             return handler
         return _deny(handler)
 
 
-_MESSAGE = "missing or wrong bearer token (send metadata 'authorization: Bearer <token>')"
+MESSAGE = "missing or wrong bearer token (send the header 'authorization: Bearer <token>')"
 
 
 def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def unary(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
 
     async def stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
         yield  # pragma: no cover - makes this an async generator
 
     kw = {"request_deserializer": handler.request_deserializer,

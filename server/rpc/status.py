@@ -1,4 +1,8 @@
-"""Engine errors -> gRPC status codes: the one place where that mapping lives."""
+"""Errors -> gRPC status codes, and gRPC codes -> HTTP statuses: the one place for both.
+
+The HTTP front door derives its status from the gRPC code (as grpc-gateway does), so the
+two transports can never disagree about what a failure is.
+"""
 from __future__ import annotations
 
 import grpc
@@ -11,8 +15,13 @@ class InvalidRequest(InvalidInput):
     """The request message itself is out of bounds (checked before the engine sees it)."""
 
 
+class Unauthenticated(EngineError):
+    """Auth is on and the caller's bearer token is missing or wrong (raised by a front door)."""
+
+
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
@@ -21,9 +30,26 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (EngineError, grpc.StatusCode.INTERNAL),
 ]
 
+# grpc-gateway's table for the codes Tessera uses (499: the client closed the request).
+_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
 
 def status_for(error: BaseException) -> grpc.StatusCode:
     for kind, code in _CODES:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    return _HTTP.get(code, 500)

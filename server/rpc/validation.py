@@ -1,15 +1,16 @@
-"""GenerateRequest -> the engine's payload, or InvalidRequest saying what to change."""
+"""GenerateRequest -> the engine's payload (GenerateParams), or InvalidRequest saying what to change."""
 from __future__ import annotations
 
 import math
 import secrets
 from typing import Any
 
+from tessera.ops.messages import GenerateParams
 from tessera.server.config import Limits
 from tessera.server.rpc.status import InvalidRequest
 
 
-def to_payload(req: Any, limits: Limits, *, streaming: bool) -> dict[str, Any]:
+def to_payload(req: Any, limits: Limits, *, streaming: bool) -> GenerateParams:
     prompt = req.prompt
     if not prompt.strip():
         raise InvalidRequest("prompt is empty; describe the image, e.g. 'a red circle'")
@@ -28,18 +29,18 @@ def to_payload(req: Any, limits: Limits, *, streaming: bool) -> dict[str, Any]:
     _positive("guidance_scale", req.guidance_scale, upper=100.0)
     if req.preview_every and not streaming:
         raise InvalidRequest("preview_every applies to GenerateStream only")
-    return {
-        "prompt": prompt,
-        "num_images": num_images,
-        "num_candidates": num_candidates,
+    return GenerateParams(
+        prompt=prompt,
+        num_images=num_images,
+        num_candidates=num_candidates,
         # 0 asks the server to choose; a non-zero seed is echoed in every image.
-        "seed": req.seed or (secrets.randbits(63) | 1),
-        "temperature": req.temperature or None,
-        "top_k": req.top_k or None,
-        "top_p": req.top_p or None,
-        "guidance_scale": req.guidance_scale or None,
-        "preview_every": req.preview_every,
-    }
+        seed=req.seed or (secrets.randbits(63) | 1),
+        temperature=req.temperature or None,
+        top_k=req.top_k or None,
+        top_p=req.top_p or None,
+        guidance_scale=req.guidance_scale or None,
+        preview_every=req.preview_every,
+    )
 
 
 def _positive(name: str, value: float, upper: float) -> None:

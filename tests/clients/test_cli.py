@@ -40,3 +40,11 @@ async def test_refused_request_is_a_clear_message(tiny_model_dir, tmp_path, caps
             "generate", "a red circle", "-n", "3", "--candidates", "2", "--server", f"127.0.0.1:{server.port}"])
     err = capsys.readouterr().err
     assert code == 1 and "INVALID_ARGUMENT" in err and "num_images" in err
+
+
+async def test_generate_warns_about_words_the_model_does_not_know(tiny_model_dir, tmp_path, capsys):
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        code = await asyncio.to_thread(main, [
+            "generate", "a red cat", "--seed", "9", "-o", str(tmp_path), "--server", f"127.0.0.1:{server.port}"])
+    assert code == 0
+    assert "does not know 'cat'" in capsys.readouterr().err

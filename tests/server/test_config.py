@@ -38,6 +38,16 @@ def test_model_dir_reaches_every_op_unless_it_sets_its_own():
     (lambda c: c["server"].update(tls_cert_file="/x.pem"), "server.tls_cert_file"),
     (lambda c: c["server"].update(colour="red"), "server.colour"),
     (lambda c: c.pop("graph"), "graph"),
+    (lambda c: c["graph"]["ops"]["decode"].update(settings={"half": "yes"}),
+     "graph.ops.decode.settings.half: must be true or false, got 'yes'"),
+    (lambda c: c["graph"]["ops"]["sample"].update(settings={"static_batching": 1}),
+     "graph.ops.sample.settings.static_batching: must be true or false"),
+    (lambda c: c["graph"]["ops"]["tokenize"].update(settings={"half": True}),
+     "graph.ops.tokenize.settings.half: unknown key; expected one of ['model_dir']"),
+    (lambda c: c["graph"]["ops"]["rerank"].update(inputs={"images": "decode"}),
+     "graph.ops.rerank.inputs.text_embedding: is required"),
+    (lambda c: c["graph"]["ops"]["rerank"].update(inputs=["decode", "clip_text"]),
+     "graph.ops.rerank.inputs: RerankOp takes its inputs by name"),
     (lambda c: c["graph"].update(output="nowhere"), "graph.output"),
 ])
 def test_mistakes_name_their_key(mutate, key):
@@ -45,7 +55,8 @@ def test_mistakes_name_their_key(mutate, key):
     mutate(raw)
     with pytest.raises(ConfigError) as info:
         AppConfig.from_dict(raw)
-    assert info.value.key == key
+    assert info.value.key == key.split(":")[0]  # where given, the message follows the key
+    assert str(info.value).startswith(key)
 
 
 def test_missing_token_source_is_a_config_error(monkeypatch):

@@ -33,6 +33,12 @@ def test_deploy_default_yaml_is_the_shipped_default():
     (lambda c: c["graph"]["ops"]["tokenize"].update(inputs=["request", "rerank"]), "graph.ops"),
     (lambda c: c["server"].update(port=70000), "server.port"),
     (lambda c: c["graph"]["ops"]["rerank"].update(type="tessera.ops.rerank:Nope"), "graph.ops.rerank.type"),
+    # each OP's settings are its own typed dataclass
+    (lambda c: c["graph"]["ops"]["sample"].update(settings={"halff": True}),
+     "graph.ops.sample.settings.halff: unknown key; expected one of ['half', 'model_dir', 'static_batching']"),
+    # a fan-in OP's inputs by its own names (tests/server/test_config.py has the other cases)
+    (lambda c: c["graph"]["ops"]["rerank"].update(inputs={"images": "decode", "text": "clip_text"}),
+     "graph.ops.rerank.inputs.text: unknown input; RerankOp takes ['images', 'text_embedding']"),
 ])
 def test_bad_configuration_is_one_line_and_a_nonzero_exit(tmp_path, mutate, key):
     cfg = copy.deepcopy(DEFAULT_CONFIG)

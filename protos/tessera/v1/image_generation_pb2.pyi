@@ -57,16 +57,18 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "images", "timings", "total_ms")
+    __slots__ = ("request_id", "images", "timings", "total_ms", "unknown_words")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_WORDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     images: _containers.RepeatedCompositeFieldContainer[Image]
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     total_ms: float
-    def __init__(self, request_id: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    unknown_words: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., total_ms: _Optional[float] = ..., unknown_words: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "completed", "total", "preview_png")
@@ -118,8 +120,28 @@ class Defaults(_message.Message):
     num_images: int
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., num_images: _Optional[int] = ...) -> None: ...
 
+class Term(_message.Message):
+    __slots__ = ("en", "zh")
+    EN_FIELD_NUMBER: _ClassVar[int]
+    ZH_FIELD_NUMBER: _ClassVar[int]
+    en: str
+    zh: str
+    def __init__(self, en: _Optional[str] = ..., zh: _Optional[str] = ...) -> None: ...
+
+class Vocabulary(_message.Message):
+    __slots__ = ("colors", "shapes", "sizes", "positions")
+    COLORS_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    colors: _containers.RepeatedCompositeFieldContainer[Term]
+    shapes: _containers.RepeatedCompositeFieldContainer[Term]
+    sizes: _containers.RepeatedCompositeFieldContainer[Term]
+    positions: _containers.RepeatedCompositeFieldContainer[Term]
+    def __init__(self, colors: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., shapes: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., positions: _Optional[_Iterable[_Union[Term, _Mapping]]] = ...) -> None: ...
+
 class ServerInfo(_message.Message):
-    __slots__ = ("model_name", "image_width", "image_height", "text_context", "limits", "defaults", "version")
+    __slots__ = ("model_name", "image_width", "image_height", "text_context", "limits", "defaults", "version", "vocabulary")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +149,7 @@ class ServerInfo(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     image_width: int
     image_height: int
@@ -134,4 +157,5 @@ class ServerInfo(_message.Message):
     limits: Limits
     defaults: Defaults
     version: str
-    def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
+    vocabulary: Vocabulary
+    def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ...) -> None: ...

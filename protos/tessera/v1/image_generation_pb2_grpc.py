@@ -69,7 +69,7 @@ class ImageGenerationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetInfo(self, request, context):
-        """The model, its image size, text context, limits and defaults.
+        """The model, its image size, text context, vocabulary, limits and defaults.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

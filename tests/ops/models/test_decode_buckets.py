@@ -7,6 +7,7 @@ import torch
 import tessera.ops.shared as shared
 from tessera.ops.models.transformer import BucketedDecoder, KVCache
 from tessera.ops.sample import SampleOp
+from tessera.server.engine import ConfigError
 from tests.ops.models.test_transformer import _Bundle, row, run_to_end, tiny
 
 T1, T2 = [3, 7, 9, 0, 0, 0], [5, 5, 1, 2, 0, 0]
@@ -58,9 +59,12 @@ def test_padding_rows_never_reach_a_live_row():
     assert changed == [model.cfg.text_len + 3]  # only the live row's own new position
 
 
-def test_a_bad_decode_mode_or_bucket_list_is_refused_clearly():
+def test_a_bad_decode_setting_or_bucket_list_is_refused_clearly():
     model = tiny()
-    with pytest.raises(ValueError, match="decode_mode 'fast'"):
-        sampler(model, 4, decode_mode="fast")
+    with pytest.raises(ConfigError, match="decode_mode: must be one of auto, off, padded") as err:
+        SampleOp(decode_mode="fast")
+    assert err.value.key == "decode_mode"
+    with pytest.raises(ConfigError, match="decode_buckets: must be positive"):
+        SampleOp(decode_buckets=[4, 0])
     with pytest.raises(ValueError, match="no decode bucket fits"):
         BucketedDecoder(model, KVCache(model.cfg, 4), [8, 16], "padded")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from tessera.ops.messages import CandidateRow, Sampling
 from tessera.ops.models.sampling import row_uniforms, sample_tokens
 from tessera.ops.models.transformer import ImageGPT, KVCache, TransformerConfig
 from tessera.ops.sample import SampleOp
@@ -82,8 +83,7 @@ def sampler(model, capacity=8):
 
 
 def row(key, text, seed, guidance=1.0, temperature=1.0, top_k=0, top_p=1.0, index=0):
-    return StepRow(key, {"text": text, "seed": seed, "candidate_index": index, "temperature": temperature,
-                         "top_k": top_k, "top_p": top_p, "guidance_scale": guidance, "preview_every": 0})
+    return StepRow(key, CandidateRow(text, seed, index, Sampling(temperature, top_k, top_p, guidance)))
 
 
 def run_to_end(op, rows_by_step):
@@ -92,7 +92,7 @@ def run_to_end(op, rows_by_step):
     while i < len(rows_by_step) or op.active:
         if i < len(rows_by_step) and rows_by_step[i]:
             op.admit(rows_by_step[i])
-        out.update({k: v["tokens"].tolist() for k, v in op.step().finished.items()})
+        out.update({k: v.tokens.tolist() for k, v in op.step().finished.items()})
         i += 1
     return out
 

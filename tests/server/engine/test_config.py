@@ -31,6 +31,22 @@ def base(**ops_override):
     ({**base(), "max_inflight": -1}, "max_inflight", "between"),
     ({**base(), "extra": 1}, "extra", "unknown key"),
     ({"ops": {}, "output": "a"}, "ops", "mapping"),
+    # inputs by name: a fan-in OP's declared names are checked
+    (base(b={"type": T + "Difference", "inputs": {"minuend": "a", "subtrahnd": "request"}}),
+     "ops.b.inputs.subtrahnd", "unknown input"),
+    (base(b={"type": T + "Difference", "inputs": {"minuend": "a"}}), "ops.b.inputs.subtrahend", "required"),
+    (base(b={"type": T + "Difference", "inputs": ["a", "request"]}), "ops.b.inputs", "by name"),
+    (base(b={"type": T + "Difference", "inputs": {"minuend": "a", "subtrahend": "zz"}}),
+     "ops.b.inputs", "no OP named 'zz'"),
+    (base(b={"type": T + "Double", "inputs": ["a", "a"]}), "ops.b.inputs", "twice"),
+    (base(b={"type": T + "Double", "inputs": "a"}), "ops.b.inputs", "list of OP names"),
+    # settings: the OP's Settings dataclass
+    (base(a={"type": T + "Counter", "inputs": ["request"], "settings": {"slep": 1}}),
+     "ops.a.settings.slep", "unknown key; expected one of ['sleep']"),
+    (base(a={"type": T + "Counter", "inputs": ["request"], "settings": {"sleep": "1s"}}),
+     "ops.a.settings.sleep", "must be a number"),
+    (base(a={"type": T + "AddOne", "inputs": ["request"], "settings": {"x": 1}}),
+     "ops.a.settings.x", "takes no settings"),
 ])
 def test_bad_configuration_names_the_key(raw, key, words):
     with pytest.raises(ConfigError) as info:
@@ -43,3 +59,18 @@ def test_bad_configuration_names_the_key(raw, key, words):
 def test_good_configuration_builds_typed_ops():
     cfg = GraphConfig.from_dict(base())
     assert cfg.ops["a"].batch_size == 1 and cfg.consumers("a") == ["b"]
+
+
+def test_fan_in_inputs_map_to_the_declared_names():
+    raw = base(b={"type": T + "Difference", "inputs": {"subtrahend": "request", "minuend": "a"}})
+    cfg = GraphConfig.from_dict(raw)
+    assert list(cfg.ops["b"].inputs) == ["request", "a"] and "a" in cfg.ops["b"].inputs
+    assert cfg.ops["b"].inputs.join({"a": 5, "request": 2}).minuend == 5
+    assert cfg.consumers("a") == ["b"]
+
+
+def test_settings_are_typed_on_the_op():
+    from tests.server.engine.toy_ops import Counter
+    cfg = GraphConfig.from_dict(base(a={"type": T + "Counter", "inputs": ["request"], "settings": {"sleep": 1}}))
+    op = cfg.ops["a"].op_class(**cfg.ops["a"].settings)
+    assert isinstance(op.settings, Counter.Settings) and op.settings.sleep == 1

@@ -29,6 +29,28 @@ async def test_fan_out_and_fan_in_join_per_request():
     assert len(calls("join").rows) == 50
 
 
+def named_diamond(left: str, right: str) -> GraphConfig:
+    """Difference takes (minuend, subtrahend) by its own names, whatever its feeders are called."""
+    return GraphConfig.from_dict({
+        "output": "diff",
+        "ops": {
+            "src": {"type": T + "AddOne", "inputs": ["request"]},
+            left: {"type": T + "Double", "inputs": ["src"]},
+            right: {"type": T + "AddOne", "inputs": ["src"]},
+            "diff": {"type": T + "Difference", "inputs": {"minuend": left, "subtrahend": right},
+                     "batch_size": 8, "batch_timeout_ms": 5},
+        },
+    })
+
+
+async def test_fan_in_receives_inputs_by_its_declared_names_whatever_the_feeders_are_called():
+    for left, right in (("double", "add"), ("twice", "plus_one")):
+        async with running(named_diamond(left, right)) as engine:
+            results = await asyncio.gather(*(engine.submit(i).result() for i in range(10)))
+        # minuend 2(i+1) - subtrahend (i+2) = i
+        assert [r.value for r in results] == list(range(10))
+
+
 async def test_result_carries_timing_per_stage():
     async with running(diamond()) as engine:
         result = await engine.submit(1).result()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from tessera.server.engine import InvalidInput, Op, SteppingOp, StepProgress, StepResult
 
@@ -35,6 +37,10 @@ def calls(name: str) -> Calls:
 class Echo(Op):
     """Returns each row; a row {"sleep": s, ...} sleeps s seconds first (per batch, max)."""
 
+    @dataclass
+    class Settings:
+        fail_on: Any = None  # a row equal to this fails alone
+
     def setup(self, device):
         calls(self.name).devices.append(device)
 
@@ -43,8 +49,8 @@ class Echo(Op):
         delay = max((r.get("sleep", 0) for r in rows if isinstance(r, dict)), default=0)
         if delay:
             time.sleep(delay)
-        if self.settings.get("fail_on") is not None:
-            return [RuntimeError("boom") if r == self.settings["fail_on"] else r for r in rows]
+        if self.settings.fail_on is not None:
+            return [RuntimeError("boom") if r == self.settings.fail_on else r for r in rows]
         return list(rows)
 
 
@@ -83,7 +89,7 @@ class Double(Op):
 
 
 class Join(Op):
-    """Fan-in: sums its inputs' values."""
+    """Fan-in without declared names: sums its inputs' values (a dict keyed by OP name)."""
 
     def process(self, rows):
         calls(self.name).add(rows)
@@ -109,8 +115,25 @@ class Pid(Op):
         return [os.getpid() for _ in rows]
 
 
+class Difference(Op):
+    """Fan-in by declared names: `minuend - subtrahend`, whatever the OPs feeding them are called."""
+
+    @dataclass
+    class Inputs:
+        minuend: int
+        subtrahend: int
+
+    def process(self, rows):
+        calls(self.name).add(rows)
+        return [r.minuend - r.subtrahend for r in rows]
+
+
 class Counter(SteppingOp):
     """Each row is a step count n; a row finishes after n steps and returns its admission step."""
+
+    @dataclass
+    class Settings:
+        sleep: float = 0.0  # seconds per step
 
     def setup(self, device):
         self.running = {}  # key -> [steps left, total, step admitted]
@@ -129,8 +152,8 @@ class Counter(SteppingOp):
     def step(self):
         self.steps += 1
         self.log.add(sorted(self.running))
-        if self.settings.get("sleep"):
-            time.sleep(self.settings["sleep"])
+        if self.settings.sleep:
+            time.sleep(self.settings.sleep)
         result = StepResult()
         for key, state in list(self.running.items()):
             state[0] -= 1
@@ -156,12 +179,16 @@ class Busy(Op):
     active = 0
     most = 0
 
+    @dataclass
+    class Settings:
+        sleep: float = 0.02
+
     def process(self, rows):
         cls = Busy
         with cls.lock:
             cls.active += 1
             cls.most = max(cls.most, cls.active)
-        time.sleep(self.settings.get("sleep", 0.02))
+        time.sleep(self.settings.sleep)
         with cls.lock:
             cls.active -= 1
         return list(rows)

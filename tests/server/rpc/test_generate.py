@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 from tessera.clients import Generation, ProgressEvent
+from tessera.server.config import AppConfig
+from tessera.server.defaults import DEFAULT_CONFIG
+from tests.server.rpc.conftest import serving
 
 PROMPT = "a small red circle in the top left on a blue background"
 
@@ -77,3 +81,30 @@ async def test_get_info_describes_model_limits_and_defaults(served):
     assert info.text_context == 32
     assert info.limits["max_num_candidates"] == 64 and info.limits["max_num_images"] == 16
     assert info.defaults["temperature"] > 0
+    assert ("red", "红色") in info.vocabulary["colors"] and ("circle", "圆形") in info.vocabulary["shapes"]
+    assert ("small", "小的") in info.vocabulary["sizes"] and ("in the top left", "左上角") in info.vocabulary["positions"]
+
+
+async def test_response_names_the_prompt_words_the_model_does_not_know(served):
+    _, client = served
+    gen = await client.generate("a photo of a red cat", seed=3)
+    assert gen.unknown_words == ["photo", "of", "cat"] and len(gen.images) == 1
+    assert (await client.generate(PROMPT, seed=3)).unknown_words == []
+    events = [e async for e in client.generate_stream("一只红色的猫", seed=3)]
+    assert events[-1].unknown_words == ["一只", "的猫"]
+
+
+async def test_renaming_an_op_in_the_yaml_keeps_the_graph_and_its_images(tiny_model_dir, served):
+    """rerank takes `images` and `text_embedding` by its own names: `decode` may be called anything."""
+    _, client = served
+    before = await client.generate(PROMPT, num_images=2, num_candidates=3, seed=21)
+    raw = copy.deepcopy(DEFAULT_CONFIG)
+    raw["model_dir"] = str(tiny_model_dir)
+    raw["server"].update(port=0, metrics_port=0)
+    ops = raw["graph"]["ops"]
+    ops["vq_decode"] = ops.pop("decode")
+    ops["rerank"]["inputs"]["images"] = "vq_decode"
+    async with serving(AppConfig.from_dict(raw)) as (_, renamed):
+        after = await renamed.generate(PROMPT, num_images=2, num_candidates=3, seed=21)
+    assert [im.png for im in after.images] == [im.png for im in before.images]
+    assert {t.stage for t in after.timings} == {"tokenize", "sample", "vq_decode", "clip_text", "rerank"}

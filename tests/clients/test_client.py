@@ -1,0 +1,57 @@
+"""The shipped client spreads calls over several front ends with gRPC's round_robin."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tessera.clients import AsyncTesseraClient, TesseraClient
+from tessera.clients.client import channel_target
+from tests.server.rpc.conftest import app_config, serving
+
+
+def finished(server) -> float:
+    return server.engine.metrics.registry.get_sample_value("tessera_requests_total", {"outcome": "ok"}) or 0.0
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("127.0.0.1:50051", "127.0.0.1:50051"),
+    ("dns:///tessera.svc.cluster.local:50051", "dns:///tessera.svc.cluster.local:50051"),
+    ("10.0.0.5:1,10.0.0.6:2", "ipv4:10.0.0.5:1,10.0.0.6:2"),
+    ("10.0.0.5:1, localhost:2", "ipv4:10.0.0.5:1,127.0.0.1:2"),
+    ("[::1]:1,[fe80::1]:2", "ipv6:[::1]:1,[fe80::1]:2"),
+    ("ipv4:10.0.0.5:1,10.0.0.6:2", "ipv4:10.0.0.5:1,10.0.0.6:2"),
+])
+def test_a_comma_list_becomes_grpcs_multi_address_target(target, expected):
+    assert channel_target(target) == expected
+
+
+@pytest.mark.parametrize("target", ["10.0.0.5,10.0.0.6:2", "10.0.0.5:1,[::1]:2"])
+def test_a_list_gRPC_cannot_take_is_refused_with_the_reason(target):
+    with pytest.raises(ValueError, match="host:port|mixes"):
+        channel_target(target)
+
+
+async def test_calls_land_on_every_front_end_in_the_list(tiny_model_dir):
+    async with serving(app_config(tiny_model_dir)) as (a, _), serving(app_config(tiny_model_dir)) as (b, _):
+        before = [finished(a), finished(b)]
+        async with AsyncTesseraClient(f"127.0.0.1:{a.port},127.0.0.1:{b.port}", timeout=60) as client:
+            for sent in range(1, 41):  # a bound, not an expectation: both connect at once
+                await client.generate("a red circle", num_candidates=1, seed=sent)
+                if finished(a) > before[0] and finished(b) > before[1]:
+                    break
+        assert finished(a) > before[0] and finished(b) > before[1]
+        assert finished(a) + finished(b) - sum(before) == sent
+
+        def blocking() -> int:
+            with TesseraClient(f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}", timeout=60) as client:
+                for sent in range(1, 41):
+                    client.generate("a red circle", num_candidates=1, seed=100 + sent)
+                    if finished(a) > before[0] and finished(b) > before[1]:
+                        return sent
+            return sent
+
+        before = [finished(a), finished(b)]
+        sent = await asyncio.to_thread(blocking)
+        assert finished(a) > before[0] and finished(b) > before[1]
+        assert finished(a) + finished(b) - sum(before) == sent
