@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default=None, help="device of the model OPs, e.g. cuda:0 (default: the config's)")
     ap.add_argument("--half", default=None, choices=["fp16", "bf16"], help="the model OPs' half precision (CUDA)")
+    ap.add_argument("--decode-mode", default=None, help="the sampler's decode_mode (default: its own, auto)")
     ap.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 3 x concurrency))")
     ap.add_argument("--warmup", type=int, default=4)
@@ -299,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from tessera.clients.bench_servers import ServerProcess, bench_configs
         op_settings = {"half": args.half} if args.half else {}
-        configs = bench_configs(args.model_dir, args.device, op_settings)
+        sample_settings = {"decode_mode": args.decode_mode} if args.decode_mode else {}
+        configs = bench_configs(args.model_dir, args.device, op_settings, sample_settings)
         names = [n for n in args.compare.split(",") if n]
         for i in range(max(1, args.rounds)):
             if args.rounds > 1:
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows += [r | tag | {"started": started, "ended": time.time()} for r in offline_run(
                         prompts, levels, args.requests or 64, params, args.model_dir,
                         configs["default"]["graph"]["ops"]["sample"]["batch_size"], args.device or "cpu",
-                        op_settings)]
+                        {**op_settings, **sample_settings})]
                     continue
                 with ServerProcess(name, configs[name]) as server:
                     sweep(name, server.target, server.metrics_url)

@@ -85,12 +85,30 @@ def _pixels(png: bytes):
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
+MODE: dict = {}  # the sampler's decode_mode for every section: {} (its default), or off after a failed probe
+
+
+def probe_capture(device: str) -> dict:
+    """Capture the bundled model's decode step once; if it fails, the other sections run eagerly."""
+    import torch
+
+    from tessera.ops.models.loading import load_model_dir
+    from tessera.ops.models.transformer import BucketedDecoder, KVCache
+    model = load_model_dir(None, device=device, dtype=torch.float32).transformer
+    try:
+        BucketedDecoder(model, KVCache(model.cfg, 8, device), [4, 8], "cuda_graph")
+    except Exception:
+        MODE["decode_mode"] = "off"
+        return {"captured": False, "error": traceback.format_exc()[-3000:], "sections_use": "decode_mode off"}
+    return {"captured": True, "sections_use": "the sampler's default (auto: cuda_graph)"}
+
+
 def check_serve(device: str, reference: Path) -> dict:
     """1. The served images for each reference prompt and seed against the CPU's."""
     from tessera.clients.bench_servers import ServerProcess, bench_configs
     from tessera.clients.client import AsyncTesseraClient
     ref = json.loads(reference.read_text())
-    config = bench_configs(None, device)["default"]
+    config = bench_configs(None, device, sample_settings=MODE)["default"]
 
     async def fetch(target):
         async with AsyncTesseraClient(target, timeout=300, retries=0) as client:
@@ -157,7 +175,7 @@ def _images_per_s(pipe, prompts: list[str], rounds: int = 3) -> list[float]:
 def check_half(device: str, prompts: list[str]) -> dict:
     """2. Half-precision tokens against fp32 (64 prompts x 4 candidates), and images/s of each."""
     from tessera.ops.pipeline import LocalPipeline
-    pipes = {name: LocalPipeline(None, device, capacity=64, half=half)
+    pipes = {name: LocalPipeline(None, device, capacity=64, half=half, **MODE)
              for name, half in (("fp32", False), ("fp16", "fp16"), ("bf16", "bf16"))}
     rows = _rows(pipes["fp32"], prompts, 4)
     tokens = {name: _tokens(p, rows) for name, p in pipes.items()}
@@ -216,9 +234,45 @@ def check_graphs(device: str, prompts: list[str]) -> dict:
     return out
 
 
+def check_step_split(device: str, prompts: list[str]) -> dict:
+    """Where a 64-row sampler step goes on the GPU: the decode step against the token sampling."""
+    import torch
+
+    from tessera.ops.pipeline import LocalPipeline
+    from tessera.server.engine import StepRow
+    pipe = LocalPipeline(None, device, capacity=64, **MODE)
+    op = pipe.sample
+    op.admit([StepRow(i, r) for i, r in enumerate(_rows(pipe, prompts[:16], 4))])
+    n = len(op.slots)
+    tokens = torch.zeros(n, dtype=torch.long, device=device)
+    index = torch.full((n,), 5, dtype=torch.long, device=device)
+    logits = torch.randn(len(op.rows), op.cfg.image_vocab, device=device)
+    parts = {"step": op.step, "decode_step": lambda: op.decoder(tokens, index),
+             "decode_step_eager": lambda: op.model.decode_step(tokens, index, op.cache),
+             "sample_tokens": lambda: op._sample(op.rows, logits, logits, [1] * len(op.rows))}
+    times: dict = {}
+    with torch.inference_mode():  # as the sampler's own calls run
+        _time_parts(parts, times, device)
+    return {"rows": len(op.rows), "slots": n, "decode_mode": op.decode_mode, "ms_per_call": times}
+
+
+def _time_parts(parts: dict, times: dict, device: str) -> None:
+    for _ in range(3):
+        for name, fn in parts.items():
+            fn()
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(10):
+                fn()
+            _sync(device)
+            times.setdefault(name, []).append(1000 * (time.perf_counter() - t) / 10)
+
+
 def run_bench(out: Path, device: str, name: str, args: list[str], timeout: float) -> dict:
     """4. `tessera bench` in a child process (its servers are its children)."""
     cmd = [sys.executable, "-m", "tessera.clients.cli", "bench", "--device", device, "--out", str(out / name), *args]
+    if MODE:
+        cmd += ["--decode-mode", MODE["decode_mode"]]
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     (out / f"{name}.log").write_text(proc.stdout[-20000:] + "\n--- stderr\n" + proc.stderr[-20000:])
@@ -285,10 +339,14 @@ def main(argv: list[str] | None = None) -> int:
                            "python": sys.version.split()[0], "cpu_threads": torch.get_num_threads()})
     prompts = shapes_prompts(args.prompts, seed=1)
     try:
+        if cuda:
+            section(report, "0_capture_probe", probe_capture, args.device)
         if "serve" not in skip:
             section(report, "1_serve", check_serve, args.device, args.reference)
         if "half" not in skip:
             section(report, "2_half", check_half, args.device, prompts)
+        if "split" not in skip:
+            section(report, "3_step_split", check_step_split, args.device, prompts)
         if "graphs" not in skip:
             section(report, "3_graphs", check_graphs, args.device, prompts)
         if "bench" not in skip:
