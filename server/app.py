@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from prometheus_client import start_http_server
 from tessera.server.config import AppConfig
 from tessera.server.engine import Engine
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
+from tessera.server.rpc.interceptors import CallCounter, FrontDoorInterceptor
 from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.servicer import ImageGenerationServicer
 from tessera.v1 import image_generation_pb2 as pb
@@ -28,11 +30,21 @@ log = logging.getLogger("tessera.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["ImageGeneration"].full_name
 
 
+class PortInUse(Exception):
+    """A port the server was told to bind is taken (or cannot be bound)."""
+
+    def __init__(self, host: str, port: int, what: str, cause: BaseException):
+        super().__init__(f"cannot listen for {what} on {host}:{port}: the port is in use or not available "
+                         f"({cause}); stop the other server or choose another port")
+        self.host, self.port = host, port
+
+
 class TesseraServer:
     def __init__(self, config: AppConfig):
         self.config = config
         self.engine: Engine | None = None
         self.service: GenerationService | None = None
+        self.calls: CallCounter | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -45,15 +57,24 @@ class TesseraServer:
         return describe_model(next((d for d in dirs if d), self.config.model_dir))
 
     async def start(self) -> int:
+        """Bind the port, load the OPs, serve; PortInUse or ConfigError before any model loads."""
         s = self.config.server
         token = load_token(s.token_file, s.token_env)
         self.engine = Engine(self.config.graph)
+        limit = s.limits.max_message_bytes
+        self.calls = CallCounter(self.engine.metrics.registry)
+        interceptors = [FrontDoorInterceptor(self.calls, limit)]  # outermost: sees every call's end
+        if token:
+            interceptors.append(BearerTokenInterceptor(token, exempt_health=s.auth_exempt_health))
+        self._grpc = grpc.aio.server(
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     # gRPC sets SO_REUSEPORT by default: a second server on a busy port would
+                     # share it silently. Off, binding a port in use fails and says so.
+                     ("grpc.so_reuseport", 0)])
+        self.port = self._bind(s)
         await self.engine.start()
         gc.freeze()  # models and modules loaded: later collections skip them
-        limit = s.limits.max_message_bytes
-        self._grpc = grpc.aio.server(
-            interceptors=[BearerTokenInterceptor(token)] if token else [],
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
         info = self.model_info()
         self.service = GenerationService(self.engine, s.limits, info)
         pb_grpc.add_ImageGenerationServicer_to_server(ImageGenerationServicer(self.service), self._grpc)
@@ -61,31 +82,56 @@ class TesseraServer:
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._grpc)
-        address = f"{s.host}:{s.port}"
-        if s.tls_cert_file:
-            creds = grpc.ssl_server_credentials(
-                [(Path(s.tls_key_file).read_bytes(), Path(s.tls_cert_file).read_bytes())])
-            self.port = self._grpc.add_secure_port(address, creds)
-        else:
-            self.port = self._grpc.add_insecure_port(address)
         await self._grpc.start()
         for name in ("", SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port >= 0:
-            self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host,
-                                                      registry=self.engine.metrics.registry)
+            try:
+                self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host,
+                                                          registry=self.engine.metrics.registry)
+            except OSError as exc:
+                raise PortInUse(s.host, s.metrics_port, "metrics", exc) from None
             self.metrics_port = self._metrics_http.server_port
         log.info("serving %s on %s:%d (auth %s, tls %s)", info["name"], s.host, self.port,
                  "on" if token else "off", "on" if s.tls_cert_file else "off")
         return self.port
 
+    def _bind(self, s) -> int:
+        address = f"{s.host}:{s.port}"
+        _check_free(s.host, s.port)  # grpc would say it too, but in a C-core log line of its own
+        try:
+            if s.tls_cert_file:
+                creds = grpc.ssl_server_credentials(
+                    [(Path(s.tls_key_file).read_bytes(), Path(s.tls_cert_file).read_bytes())])
+                return self._grpc.add_secure_port(address, creds)
+            return self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+            raise PortInUse(s.host, s.port, "gRPC", exc) from None
+
     async def stop(self, grace_s: float | None = None) -> None:
         """SIGTERM's path: report NOT_SERVING, refuse new work, drain in-flight, close."""
         await self._health.enter_graceful_shutdown()
-        if self.engine is not None:
+        if self.engine is not None and self.engine.stages:  # started: drain it
             await self.engine.stop(grace_s)  # None: the graph's shutdown_grace_s
         if self._grpc is not None:
             await self._grpc.stop(1.0)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+
+
+def _check_free(host: str, port: int) -> None:
+    """PortInUse when something already listens on host:port (port 0 picks a free one)."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # grpc reports a name it cannot resolve
+    for family, kind, proto, _, sockaddr in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds: TIME_WAIT is free
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                raise PortInUse(host, port, "gRPC", exc) from None

@@ -31,6 +31,7 @@ class ServerConfig:
     metrics_port: int = 9090        # 0 picks a free port; -1 turns metrics off
     token_file: str | None = None   # bearer-token auth, off unless one of these is set
     token_env: str | None = None
+    auth_exempt_health: bool = True  # health checks need no token (Kubernetes probes send none)
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     limits: Limits = field(default_factory=Limits)
@@ -61,6 +62,13 @@ class AppConfig:
         server = ServerConfig(**{**s, "limits": limits})
         _int_range("server.port", server.port, 0, 65535)
         _int_range("server.metrics_port", server.metrics_port, -1, 65535)
+        for key in ("token_file", "token_env", "tls_cert_file", "tls_key_file"):
+            value = getattr(server, key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"server.{key}", f"must be a non-empty string (leave it out to turn it off), "
+                                                   f"got {value!r}")
+        if not isinstance(server.auth_exempt_health, bool):
+            raise ConfigError("server.auth_exempt_health", f"must be true or false, got {server.auth_exempt_health!r}")
         if (server.tls_cert_file is None) != (server.tls_key_file is None):
             raise ConfigError("server.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file")
         model_dir = raw.get("model_dir")

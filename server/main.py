@@ -13,10 +13,16 @@ import yaml
 
 from tessera.server.config import AppConfig
 from tessera.server.defaults import DEFAULT_CONFIG
-from tessera.server.engine import ConfigError, run
+from tessera.server.engine import ConfigError
+from tessera.server.engine import run as run_event_loop
 from tessera.server.engine.logs import configure_logging
 
 log = logging.getLogger("tessera.server")
+
+# Exit codes: 0 stopped cleanly, 1 could not start (a model that fails to load...),
+# 2 a configuration mistake (the line names the key), 3 a port in use (the line names it).
+EXIT_CONFIG = 2
+EXIT_PORT_IN_USE = 3
 
 
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None) -> AppConfig:
@@ -39,11 +45,19 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
 
 
 async def _serve(config: AppConfig) -> int:
-    from tessera.server.app import TesseraServer
+    from tessera.server.app import PortInUse, TesseraServer
 
     server = TesseraServer(config)
     try:
         port = await server.start()
+    except ConfigError as exc:  # e.g. token_env names an empty variable: found only now
+        print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
+        await server.stop(0)
+        return EXIT_CONFIG
+    except PortInUse as exc:
+        print(f"tessera serve: {exc}", file=sys.stderr)
+        await server.stop(0)
+        return EXIT_PORT_IN_USE
     except Exception as exc:  # noqa: BLE001 - a start-up failure is one clear line, not a traceback
         print(f"tessera serve: could not start: {exc}", file=sys.stderr)
         await server.stop(0)
@@ -61,18 +75,26 @@ async def _serve(config: AppConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC.")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`tessera serve`'s arguments (the command line is tessera.server.cli)."""
     ap.add_argument("--config", help="YAML configuration (default: the bundled model on the CPU)")
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
     ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
         config = load_config(args.config, args.host, args.port, args.metrics_port)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
-        return 2
-    return run(_serve(config))
+        return EXIT_CONFIG
+    return run_event_loop(_serve(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC.")
+    add_arguments(ap)
+    return run(ap.parse_args(argv))

@@ -11,6 +11,7 @@ from tests.server.engine import toy_ops
 def _fresh_toy_calls():
     toy_ops.CALLS.clear()
     yield
+    toy_ops.release_all()
 
 
 @pytest.fixture(scope="session")

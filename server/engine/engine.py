@@ -71,7 +71,9 @@ class Engine:
                              "retry later")
         rid = request_id or uuid.uuid4().hex
         if rid in self.requests:
-            raise InvalidInput(f"request id {rid!r} is already in flight")
+            self.metrics.requests.labels("invalid_input").inc()
+            shown = rid if len(rid) <= 64 else rid[:64] + "…"  # never echo unbounded input
+            raise InvalidInput(f"request id {shown!r} is already in flight; use a new one per request")
         loop = asyncio.get_running_loop()
         timeout = timeout_s if timeout_s is not None else self.config.default_deadline_ms / 1000
         request = Request(rid, payload, loop.time() + timeout, events)

@@ -11,7 +11,10 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("tessera_requests", "Requests by outcome.", ["outcome"], registry=r)
+        # The engine's view: requests it refused at admission or finished, by outcome. The
+        # front door's tessera_requests_total counts every call, those the engine never sees too.
+        self.requests = Counter("tessera_engine_requests", "Engine requests by outcome (admission refusals included).",
+                                ["outcome"], registry=r)
         self.latency = Histogram("tessera_request_latency_seconds",
                                  "End-to-end latency of finished requests.", buckets=_LATENCY, registry=r)
         self.queue = Histogram("tessera_op_queue_seconds", "Time a row waited before its batch ran.",

@@ -56,7 +56,12 @@ class Request:
         self.created = time.monotonic()
         self.stages: dict[str, StageState] = {}
         self.future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self.events: asyncio.Queue[Progress] | None = asyncio.Queue() if want_events else None
+        self.events: asyncio.Queue[Progress | asyncio.Future] | None = None
+        if want_events:
+            self.events = asyncio.Queue()
+            # The end goes into the same queue as the progress: a stream waits on one thing,
+            # and leaves no helper task behind when its reader goes away.
+            self.future.add_done_callback(self.events.put_nowait)
         self.timer: asyncio.TimerHandle | None = None
         self._engine_cancel = None  # set by the engine
 
@@ -77,13 +82,8 @@ class Request:
         if self.events is None:
             raise RuntimeError("submit(..., events=True) to stream progress")
         while True:
-            get = asyncio.ensure_future(self.events.get())
-            await asyncio.wait({get, self.future}, return_when=asyncio.FIRST_COMPLETED)
-            if get.done():
-                yield get.result()
-                continue
-            get.cancel()
-            while not self.events.empty():
-                yield self.events.get_nowait()
-            yield self.future.result()
-            return
+            event = await self.events.get()
+            if event is self.future:
+                yield self.future.result()
+                return
+            yield event

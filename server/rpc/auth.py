@@ -41,31 +41,45 @@ class BearerToken:
         return hmac.compare_digest(sent, self._expected)
 
 
+HEALTH = "/grpc.health.v1.Health/"
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str):
+    """Checks the token before anything else: a refused call's body is never parsed.
+
+    Two `authorization` headers are refused whatever they hold (which one a proxy or a
+    library reads is not ours to guess). Health checks pass without a token when
+    `exempt_health` (the default: Kubernetes probes carry no credentials).
+    """
+
+    def __init__(self, token: str, exempt_health: bool = True):
         self._token = BearerToken(token)
+        self._exempt_health = exempt_health
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        if handler is None or self._token.accepts(sent):
+        if handler is None or (self._exempt_health and details.method.startswith(HEALTH)):
             return handler
-        return _deny(handler)
+        sent = [v for k, v in (details.invocation_metadata or ()) if k == "authorization"]
+        if len(sent) == 1 and self._token.accepts(sent[0]):
+            return handler
+        return _deny(handler, MESSAGE if len(sent) <= 1 else TWO_HEADERS)
 
 
 MESSAGE = "missing or wrong bearer token (send the header 'authorization: Bearer <token>')"
+TWO_HEADERS = "more than one 'authorization' header; send exactly one"
 
 
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape that refuses; it takes the body as raw bytes, unparsed."""
     async def unary(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     async def stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
+    kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary, **kw)
     if handler.unary_stream:

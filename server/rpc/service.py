@@ -20,7 +20,7 @@ from tessera.ops.messages import RankedImages
 from tessera.server.config import Limits
 from tessera.server.engine import Engine, Progress, Request, Result
 from tessera.server.engine.logs import request_id as request_id_var
-from tessera.server.rpc.validation import to_payload
+from tessera.server.rpc.validation import check_request_id, to_payload
 from tessera.v1 import image_generation_pb2 as pb
 
 log = logging.getLogger("tessera.rpc")
@@ -32,6 +32,7 @@ class GenerationService:
 
     def submit(self, request: pb.GenerateRequest, *, streaming: bool, timeout_s: float | None) -> Request:
         """Validate and admit, or raise InvalidRequest / Overloaded / ShuttingDown at once."""
+        check_request_id(request.request_id)
         rid = request.request_id or uuid.uuid4().hex
         request_id_var.set(rid)
         payload = to_payload(request, self.limits, streaming=streaming)

@@ -44,6 +44,23 @@ _HTTP: dict[grpc.StatusCode, int] = {
 }
 
 
+# The status a caller got -> tessera_requests_total's outcome label.
+_OUTCOMES: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.OK: "ok",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
+    grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
+    grpc.StatusCode.CANCELLED: "cancelled",
+    grpc.StatusCode.UNAVAILABLE: "shutting_down",
+}
+
+
+def outcome_for(code: grpc.StatusCode | None) -> str:
+    """The outcome label for a call that ended with `code` (anything unexpected: failed)."""
+    return _OUTCOMES.get(code, "failed")
+
+
 def status_for(error: BaseException) -> grpc.StatusCode:
     for kind, code in _CODES:
         if isinstance(error, kind):

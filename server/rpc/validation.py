@@ -10,6 +10,18 @@ from tessera.server.config import Limits
 from tessera.server.rpc.status import InvalidRequest
 
 
+# Long enough for a UUID, a trace id or a client's own scheme; short enough to log and echo.
+MAX_REQUEST_ID_CHARS = 128
+
+
+def check_request_id(request_id: str) -> None:
+    """At most MAX_REQUEST_ID_CHARS printable characters (refused without echoing it)."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequest(f"request_id is {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}")
+    if not request_id.isprintable():
+        raise InvalidRequest("request_id must be printable characters (no control characters or line breaks)")
+
+
 def to_payload(req: Any, limits: Limits, *, streaming: bool) -> GenerateParams:
     prompt = req.prompt
     if not prompt.strip():

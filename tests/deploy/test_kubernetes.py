@@ -128,7 +128,7 @@ def test_the_dockerfile_copies_every_package_and_serves_the_mounted_config():
 
 
 def test_the_ray_configuration_loads():
-    pytest.importorskip("ray", reason="mode: ray needs the ray extra: pip install 'tessera[ray]'")
+    pytest.importorskip("ray", reason="mode: ray needs the ray extra: pip install -e ./clients -e '.[ray]'")
     from tessera.server.main import load_config
     config = load_config(str(ROOT / "deploy" / "ray.yaml"), None, None, None)
     assert config.graph.ray_address == "ray://tessera-ray-head-svc:10001"

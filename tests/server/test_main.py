@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tessera(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "tessera.clients.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tessera.server.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, **kw)
 
 
@@ -63,7 +63,7 @@ def test_serve_on_port_zero_prints_the_port_and_drains_on_sigterm(tiny_model_dir
     cfg["model_dir"] = str(tiny_model_dir)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "tessera.clients.cli", "serve", "--config", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.server.cli", "serve", "--config", str(path),
                              "--port", "0", "--metrics-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -78,3 +78,52 @@ def test_serve_on_port_zero_prints_the_port_and_drains_on_sigterm(tiny_model_dir
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _write(tmp_path, cfg) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_a_busy_port_is_one_line_naming_it_and_exit_3(tmp_path):
+    import socket
+    with socket.socket() as taken:  # a listener without SO_REUSEPORT, as another server would hold it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = tessera("serve", "--port", str(port), "--metrics-port", "-1")
+    assert proc.returncode == 3
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+async def test_a_second_server_on_the_same_port_fails_instead_of_sharing_it(tiny_model_dir):
+    from tessera.server.app import PortInUse, TesseraServer
+    from tests.server.rpc.conftest import app_config
+
+    first = TesseraServer(app_config(tiny_model_dir, metrics_port=-1))
+    port = await first.start()
+    try:
+        second = TesseraServer(app_config(tiny_model_dir, port=port, metrics_port=-1))
+        with pytest.raises(PortInUse, match=f":{port}"):
+            await second.start()
+        await second.stop(0)
+    finally:
+        await first.stop(0)
+
+
+@pytest.mark.parametrize("server, env, key", [
+    ({"token_env": "TESSERA_EMPTY_TOKEN"}, {"TESSERA_EMPTY_TOKEN": ""}, "server.token_env"),
+    ({"token_env": ""}, {}, "server.token_env"),
+    ({"token_file": ""}, {}, "server.token_file"),
+    ({"auth_exempt_health": "yes"}, {}, "server.auth_exempt_health"),
+])
+def test_auth_configuration_mistakes_exit_2_naming_the_key(tmp_path, server, env, key):
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg["server"].update(server, port=0, metrics_port=-1)
+    proc = tessera("serve", "--config", _write(tmp_path, cfg), env={**os.environ, **env})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in proc.stderr

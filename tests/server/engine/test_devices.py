@@ -8,16 +8,21 @@ import pytest
 from tessera.server.engine import ConfigError, GraphConfig
 from tests.server.engine.helpers import T, running
 from tests.server.engine import toy_ops
-from tests.server.engine.toy_ops import Busy
+from tests.server.engine.toy_ops import Busy, calls, pace, until
 
 
-def fan_out(turns: bool, right_device: str = "cpu") -> GraphConfig:
-    """request -> left and right in parallel (each sleeping per call) -> join."""
+def fan_out(turns: bool, right_device: str = "cpu", meet: bool = False) -> GraphConfig:
+    """request -> left and right in parallel -> join.
+
+    meet: each side's calls wait until a call of the other side's has started, which only
+    happens when the two can compute at the same time (it would wait forever for a turn)."""
     return GraphConfig.from_dict({
         "output": "join", "device_turns": turns,
         "ops": {
-            "left": {"type": T + "Busy", "inputs": ["request"], "concurrency": 2},
-            "right": {"type": T + "Busy", "inputs": ["request"], "devices": [right_device]},
+            "left": {"type": T + "Busy", "inputs": ["request"], "concurrency": 2,
+                     "settings": {"open": "left ran", "wait_for": "right ran"} if meet else {}},
+            "right": {"type": T + "Busy", "inputs": ["request"], "devices": [right_device],
+                      "settings": {"open": "right ran", "wait_for": "left ran"} if meet else {}},
             "join": {"type": T + "Join", "inputs": ["left", "right"]},
         },
     })
@@ -38,19 +43,26 @@ async def _run(config: GraphConfig, n: int = 8):
 
 
 async def test_workers_on_one_device_take_turns():
-    waits = await _run(fan_out(turns=True))
+    config = fan_out(turns=True)
+    waits = await _run(config)
     assert Busy.most == 1
     assert waits == 8  # every call waited for its turn, and the wait was measured
 
 
+async def test_workers_on_one_device_share_its_one_compute_thread():
+    async with running(fan_out(turns=True)) as engine:
+        threads = {w.shared for name in ("left", "right") for w in engine.stages[name].workers}
+        assert threads == {engine.device_thread("cpu")}
+
+
 async def test_without_turns_workers_on_one_device_overlap():
-    waits = await _run(fan_out(turns=False))
-    assert Busy.most >= 2
+    waits = await _run(fan_out(turns=False, meet=True))
+    assert Busy.most >= 2  # the first calls of left and right ran at the same time
     assert not waits
 
 
 async def test_workers_on_different_devices_do_not_wait_for_each_other():
-    await _run(fan_out(turns=True, right_device="cuda:0"))
+    await _run(fan_out(turns=True, right_device="cuda:0", meet=True))
     assert Busy.most == 2  # left's two workers share cpu's turn; right runs beside them
 
 
@@ -67,19 +79,24 @@ async def test_a_stepping_op_yields_the_device_to_a_waiting_call_between_steps(m
         "output": "join",
         "ops": {
             "count": {"type": T + "Counter", "inputs": ["request"], "batch_size": 4,
-                      "settings": {"sleep": 0.01}},
-            "busy": {"type": T + "Busy", "inputs": ["request"], "settings": {"sleep": 0.001}},
+                      "settings": {"pace": "count"}},
+            "busy": {"type": T + "Busy", "inputs": ["request"]},
             "join": {"type": T + "Echo", "inputs": ["count", "busy"]},
         },
     })
+    steps = pace("count")
     async with running(config) as engine:
-        first = engine.submit(40)           # 40 steps of 10 ms on the cpu thread
-        await asyncio.sleep(0.1)            # busy's call for it is done; the stepper runs on
-        before = engine.metrics.registry.get_sample_value("tessera_op_device_wait_seconds_sum", {"op": "busy"})
+        first = engine.submit(40)           # 40 steps on the cpu thread
+        steps.allow(3)
+        await until(lambda: len(calls("busy").rows) == 1, "busy's call for the first request")
+        await steps.taken_at_least(3)       # the stepper is inside a multi-step call, held at step 4
         second = engine.submit(3)           # its busy call queues behind the stepper
+        stepper = engine.stages["count"].workers[0]
+        await until(stepper.others_waiting, "busy's call waits for the device")
+        steps.free()
         await asyncio.gather(first.result(), second.result())
-        after = engine.metrics.registry.get_sample_value("tessera_op_device_wait_seconds_sum", {"op": "busy"})
-    assert after - before < 0.06  # a step or two, not the rest of a 16-step run (up to 160 ms)
+    ran_at = [at for at, _ in calls("busy").rows]
+    assert ran_at[1] <= 4  # after the step it was held in, not the rest of a 16-step run
 
 
 async def test_an_op_that_uses_no_device_keeps_its_own_thread():
@@ -87,8 +104,10 @@ async def test_an_op_that_uses_no_device_keeps_its_own_thread():
     config = GraphConfig.from_dict({
         "output": "join",
         "ops": {
-            "left": {"type": T + "Busy", "inputs": ["request"]},
-            "right": {"type": T + "OffDevice", "inputs": ["request"]},
+            "left": {"type": T + "Busy", "inputs": ["request"],
+                     "settings": {"open": "left ran", "wait_for": "right ran"}},
+            "right": {"type": T + "OffDevice", "inputs": ["request"],
+                      "settings": {"open": "right ran", "wait_for": "left ran"}},
             "join": {"type": T + "Join", "inputs": ["left", "right"]},
         },
     })

@@ -80,7 +80,7 @@ async def test_metrics_count_outcomes_batches_and_depth():
     async with running(diamond()) as engine:
         await asyncio.gather(*(engine.submit(i).result() for i in range(10)))
         reg = engine.metrics.registry
-        assert reg.get_sample_value("tessera_requests_total", {"outcome": "ok"}) == 10
+        assert reg.get_sample_value("tessera_engine_requests_total", {"outcome": "ok"}) == 10
         assert reg.get_sample_value("tessera_request_latency_seconds_count") == 10
         assert reg.get_sample_value("tessera_op_batch_rows_sum", {"op": "join"}) == 10
         assert reg.get_sample_value("tessera_op_compute_seconds_count", {"op": "left"}) >= 1

@@ -7,7 +7,7 @@ import pytest
 
 from tessera.server.engine import Cancelled, InvalidInput
 from tests.server.engine.helpers import chain, running
-from tests.server.engine.toy_ops import calls
+from tests.server.engine.toy_ops import calls, pace, until
 
 
 def counter(**extra):
@@ -15,10 +15,14 @@ def counter(**extra):
 
 
 async def test_new_rows_join_mid_run_and_finished_rows_leave_at_once():
-    async with running(counter(settings={"sleep": 0.01})) as engine:
+    steps = pace("count")
+    async with running(counter(settings={"pace": "count"})) as engine:
         long = engine.submit(30)
-        await asyncio.sleep(0.08)  # the long row is a few steps in
+        steps.allow(3)
+        await steps.taken_at_least(3)  # the long row is a few steps in, the fourth waits
         short = engine.submit(3)
+        await until(lambda: "count" in short.stages, "the short row reaches the sampler's queue")
+        steps.free()
         short_result = await short.result()
         assert not long.done  # the short row finished while the long one still runs
         long_result = await long.result()
@@ -37,18 +41,23 @@ async def test_running_batch_never_exceeds_capacity():
 
 
 async def test_cancelled_row_leaves_the_running_batch():
-    async with running(counter(settings={"sleep": 0.01})) as engine:
+    steps = pace("count")
+    async with running(counter(settings={"pace": "count"})) as engine:
         doomed = engine.submit(1000)
-        await asyncio.sleep(0.05)
+        steps.allow(5)
+        await steps.taken_at_least(5)  # the sixth step waits
         doomed.cancel()
         with pytest.raises(Cancelled):
             await doomed.result()
         steps_at_cancel = len(calls("count").batches)
-        await asyncio.sleep(0.1)
+        steps.free()
+        later = await engine.submit(2).result()  # has passed every step the doomed row could see
         key = (doomed.id, 0)
         after = [b for b in calls("count").batches[steps_at_cancel + 1:] if key in b]
         assert after == []  # evicted by the next step at the latest
-        assert len(calls("count").batches) <= steps_at_cancel + 1  # idle: no rows, no steps
+        # Idle after that: no steps for no rows; then the later request's two steps.
+        assert len(calls("count").batches) <= steps_at_cancel + 1 + 2
+        assert later.value["finished_at"] - later.value["admitted_at"] == 2
 
 
 async def test_progress_events_count_steps():
@@ -82,10 +91,14 @@ async def test_row_refused_at_admission_fails_alone():
 async def test_static_batching_runs_a_batch_to_completion_before_new_rows_join(monkeypatch):
     from tests.server.engine.toy_ops import Counter
     monkeypatch.setattr(Counter, "joins_mid_run", False)
-    async with running(counter(settings={"sleep": 0.005})) as engine:
+    steps = pace("count")
+    async with running(counter(settings={"pace": "count"})) as engine:
         first = engine.submit(10)
-        await asyncio.sleep(0.02)
+        steps.allow(2)
+        await steps.taken_at_least(2)
         late = engine.submit(2)
+        await until(lambda: "count" in late.stages, "the late row reaches the sampler's queue")
+        steps.free()
         a, b = await first.result(), await late.result()
     assert a.value["finished_at"] == 10
     assert b.value["admitted_at"] >= 10  # waited for the running batch to drain

@@ -1,9 +1,9 @@
 """Toy OPs for engine tests: no torch, observable from the test."""
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,102 @@ def calls(name: str) -> Calls:
     return CALLS.setdefault(name, Calls())
 
 
+# Long enough never to matter when things work, short enough that a broken test fails
+# instead of hanging the suite. Never a measurement: nothing asserts how long anything took.
+STUCK_S = 30.0
+
+
+class Gate:
+    """A point where an OP's worker thread stops until the test opens it.
+
+        gate("slow")            # rows {"gate": "slow"} stop in Echo until...
+        await gate("slow").reached()
+        gate("slow").open()
+    """
+
+    def __init__(self):
+        self._reached = threading.Event()
+        self._opened = threading.Event()
+
+    def pass_through(self) -> None:  # on the worker thread
+        self._reached.set()
+        if not self._opened.wait(STUCK_S):
+            raise TimeoutError("the test never opened this gate")
+
+    async def reached(self) -> None:
+        if not await asyncio.to_thread(self._reached.wait, STUCK_S):
+            raise TimeoutError("no worker reached the gate")
+
+    def open(self) -> None:
+        self._opened.set()
+
+
+class Pace:
+    """Lets a stepping OP take only the steps the test allows (settings {"pace": name})."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.allowed = 0
+        self.taken = 0
+
+    def take(self) -> None:  # on the worker thread, at the start of each step
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.taken < self.allowed, STUCK_S):
+                raise TimeoutError("the test never allowed this step")
+            self.taken += 1
+            self._cond.notify_all()
+
+    def allow(self, steps: int = 1) -> None:
+        with self._cond:
+            self.allowed += steps
+            self._cond.notify_all()
+
+    def free(self) -> None:
+        self.allow(10**9)
+
+    async def taken_at_least(self, steps: int) -> None:
+        def wait() -> bool:
+            with self._cond:
+                return self._cond.wait_for(lambda: self.taken >= steps, STUCK_S)
+        if not await asyncio.to_thread(wait):
+            raise TimeoutError(f"the OP never took {steps} steps")
+
+
+GATES: dict[str, Gate] = {}
+PACES: dict[str, Pace] = {}
+
+
+def gate(name: str) -> Gate:
+    return GATES.setdefault(name, Gate())
+
+
+def pace(name: str) -> Pace:
+    return PACES.setdefault(name, Pace())
+
+
+def release_all() -> None:
+    """Test teardown: nothing stays blocked after its test."""
+    for g in GATES.values():
+        g.open()
+    for p in PACES.values():
+        p.free()
+    GATES.clear()
+    PACES.clear()
+
+
+async def until(condition, what: str) -> None:
+    """Yield to the event loop until `condition()` holds: a check after each turn of the
+    loop, for state that has no event of its own to wait on."""
+    loop = asyncio.get_running_loop()
+    stuck = loop.time() + STUCK_S
+    while not condition():
+        if loop.time() > stuck:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0)
+
+
 class Echo(Op):
-    """Returns each row; a row {"sleep": s, ...} sleeps s seconds first (per batch, max)."""
+    """Returns each row; a row {"gate": name, ...} first waits at gate(name)."""
 
     @dataclass
     class Settings:
@@ -46,9 +140,8 @@ class Echo(Op):
 
     def process(self, rows):
         calls(self.name).add(rows)
-        delay = max((r.get("sleep", 0) for r in rows if isinstance(r, dict)), default=0)
-        if delay:
-            time.sleep(delay)
+        for name in {r["gate"] for r in rows if isinstance(r, dict) and "gate" in r}:
+            gate(name).pass_through()
         if self.settings.fail_on is not None:
             return [RuntimeError("boom") if r == self.settings.fail_on else r for r in rows]
         return list(rows)
@@ -128,12 +221,15 @@ class Difference(Op):
         return [r.minuend - r.subtrahend for r in rows]
 
 
+STEPS = 0  # every Counter step so far, for OPs that note when they ran
+
+
 class Counter(SteppingOp):
     """Each row is a step count n; a row finishes after n steps and returns its admission step."""
 
     @dataclass
     class Settings:
-        sleep: float = 0.0  # seconds per step
+        pace: str = ""  # take each step only as pace(name) allows
 
     def setup(self, device):
         self.running = {}  # key -> [steps left, total, step admitted]
@@ -150,10 +246,12 @@ class Counter(SteppingOp):
         return bad
 
     def step(self):
+        global STEPS
+        if self.settings.pace:
+            pace(self.settings.pace).take()
         self.steps += 1
+        STEPS += 1
         self.log.add(sorted(self.running))
-        if self.settings.sleep:
-            time.sleep(self.settings.sleep)
         result = StepResult()
         for key, state in list(self.running.items()):
             state[0] -= 1
@@ -173,7 +271,11 @@ class Counter(SteppingOp):
 
 
 class Busy(Op):
-    """Sleeps `sleep` seconds per call, recording how many Busy calls ran at once."""
+    """Records how many Busy calls ran at once, and at which Counter step each ran.
+
+    settings {"open": name} opens gate(name), then {"wait_for": name} holds the call at
+    gate(name): two OPs that each open one gate and wait for the other's prove that they
+    can compute at the same time by meeting."""
 
     lock = threading.Lock()
     active = 0
@@ -181,14 +283,19 @@ class Busy(Op):
 
     @dataclass
     class Settings:
-        sleep: float = 0.02
+        open: str = ""      # opens gate(open) on each call...
+        wait_for: str = ""  # ...then waits at gate(wait_for)
 
     def process(self, rows):
         cls = Busy
         with cls.lock:
             cls.active += 1
             cls.most = max(cls.most, cls.active)
-        time.sleep(self.settings.sleep)
+        calls(self.name).add([(STEPS, r) for r in rows])
+        if self.settings.open:
+            gate(self.settings.open).open()
+        if self.settings.wait_for:
+            gate(self.settings.wait_for).pass_through()
         with cls.lock:
             cls.active -= 1
         return list(rows)

@@ -8,8 +8,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tessera.clients import TesseraError
+from tessera.clients import AsyncTesseraClient, TesseraError
 from tessera.ops.sample import SampleOp
+from tessera.server.engine import DeadlineExceeded
+from tests.server.engine.toy_ops import Pace, pace, until
 from tests.server.rpc.conftest import app_config, serving
 
 PROMPT = "a red circle"
@@ -53,31 +55,46 @@ async def test_invalid_argument_on_the_stream_too(served):
     assert (await code_of(drain()))[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_deadline_exceeded(served):
-    _, client = served
-    code, _ = await code_of(client.generate(PROMPT, num_candidates=64, timeout=0.001))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+def paced_sampler(monkeypatch) -> Pace:
+    """The sampler takes only the steps the test allows."""
+    steps, step = pace("sample"), SampleOp.step
 
-
-def slow_steps(monkeypatch, seconds=0.02):
-    step = SampleOp.step
-
-    def slow(self):
-        import time
-        time.sleep(seconds)
+    def paced(self):
+        steps.take()
         return step(self)
-    monkeypatch.setattr(SampleOp, "step", slow)
+    monkeypatch.setattr(SampleOp, "step", paced)
+    return steps
+
+
+async def test_deadline_exceeded_on_the_server(tiny_model_dir, monkeypatch):
+    """The request is held in the sampler and the client sets no deadline, so only the
+    server's own (graph.default_deadline_ms) can end it: its path, its message, its count."""
+    paced_sampler(monkeypatch)
+    config = app_config(tiny_model_dir)
+    config.graph.default_deadline_ms = 300
+    async with serving(config) as (server, _), \
+            AsyncTesseraClient(f"127.0.0.1:{server.port}", timeout=None) as client:
+        call = asyncio.create_task(client.generate(PROMPT))
+        await until(lambda: server.engine.requests, "the request is admitted")
+        (held,) = server.engine.requests.values()
+        with pytest.raises(DeadlineExceeded):
+            await held.result()
+        code, details = await code_of(call)
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline of 300 ms" in details
+        assert server.engine.metrics.registry.get_sample_value(
+            "tessera_requests_total", {"outcome": "deadline_exceeded"}) == 1
 
 
 async def test_overload_is_refused_at_once(tiny_model_dir, monkeypatch):
-    slow_steps(monkeypatch)
+    steps = paced_sampler(monkeypatch)
     config = app_config(tiny_model_dir)
     config.graph.max_inflight = 2
-    async with serving(config) as (_, client):
+    async with serving(config) as (server, client):
         busy = [asyncio.create_task(client.generate(PROMPT, seed=i + 1)) for i in range(2)]
-        await asyncio.sleep(0.2)
+        await until(lambda: len(server.engine.requests) == 2, "both requests are admitted")
         code, details = await code_of(client.generate(PROMPT))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "capacity" in details
+        steps.free()
         assert [len((await b).images) for b in busy] == [1, 1]  # the admitted ones still finish
 
 
@@ -93,7 +110,8 @@ async def test_stage_failure_is_internal_and_names_the_stage(served, monkeypatch
 
 
 async def test_cancelled_stream_leaves_the_running_batch(tiny_model_dir, monkeypatch):
-    slow_steps(monkeypatch)
+    steps = paced_sampler(monkeypatch)
+    steps.allow(1)  # the first step's progress goes out; the second waits
     async with serving(app_config(tiny_model_dir)) as (server, client):
         call = client._stub.GenerateStream(
             __import__("tessera.v1.image_generation_pb2", fromlist=["x"]).GenerateRequest(
@@ -102,18 +120,14 @@ async def test_cancelled_stream_leaves_the_running_batch(tiny_model_dir, monkeyp
             if event.HasField("progress") and event.progress.stage == "sample":
                 break
         call.cancel()
-        stage = server.engine.stages["sample"]
-        sampler = stage.workers[0].op
-        for _ in range(100):
-            if sampler.active == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert sampler.active == 0
         reg = server.engine.metrics.registry
-        assert reg.get_sample_value("tessera_requests_total", {"outcome": "cancelled"}) == 1
-        steps = reg.get_sample_value("tessera_op_compute_seconds_count", {"op": "sample"})
-        await asyncio.sleep(0.2)
-        assert reg.get_sample_value("tessera_op_compute_seconds_count", {"op": "sample"}) == steps
+        await until(lambda: reg.get_sample_value("tessera_requests_total", {"outcome": "cancelled"}) == 1,
+                    "the server sees the cancellation")
+        taken = steps.taken
+        steps.free()
+        sampler = server.engine.stages["sample"].workers[0].op
+        await until(lambda: sampler.active == 0, "the sampler evicts the rows")
+        assert steps.taken <= taken + 1  # the step under way when it left, no more
 
 
 async def test_shutting_down_is_unavailable(served):
@@ -135,7 +149,6 @@ async def test_token_is_enforced_on_every_rpc(tiny_model_dir, monkeypatch):
             async for _ in anonymous.generate_stream(PROMPT):
                 pass
         assert (await code_of(drain()))[0] == grpc.StatusCode.UNAUTHENTICATED
-        from tessera.clients import AsyncTesseraClient
         async with AsyncTesseraClient(f"127.0.0.1:{server.port}", token="wrong") as wrong:
             assert (await code_of(wrong.generate(PROMPT)))[0] == grpc.StatusCode.UNAUTHENTICATED
         async with AsyncTesseraClient(f"127.0.0.1:{server.port}", token="s3cret") as good:

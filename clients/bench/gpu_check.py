@@ -1,7 +1,7 @@
 """The GPU checklist (docs: README, Performance on a GPU) in one run, on a machine with CUDA.
 
-    python -m tessera.clients.gpu_check --out OUT             # on the GPU machine
-    python -m tessera.clients.gpu_check --make-reference       # on a CPU: the images to compare with
+    python -m tessera.bench.gpu_check --out OUT             # on the GPU machine
+    python -m tessera.bench.gpu_check --make-reference       # on a CPU: the images to compare with
 
 1. serve: `tessera serve` with the model OPs on cuda:0; each reference prompt's images
    against the CPU's (docs/performance/gpu/cpu_reference.json, made on the CPU).
@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "performance" / "gpu" / "cpu_reference.json"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "performance" / "gpu" / "cpu_reference.json"
 # Fixed: prompts of the shapes world (both languages), one seed each, num_candidates 4.
 PROMPTS = [("a small red circle in the top left on a blue background", 7),
            ("a large green square in the center on a white background", 11),
@@ -105,7 +105,7 @@ def probe_capture(device: str) -> dict:
 
 def check_serve(device: str, reference: Path) -> dict:
     """1. The served images for each reference prompt and seed against the CPU's."""
-    from tessera.clients.bench_servers import ServerProcess, bench_configs
+    from tessera.bench.servers import ServerProcess, bench_configs
     from tessera.clients.client import AsyncTesseraClient
     ref = json.loads(reference.read_text())
     config = bench_configs(None, device, sample_settings=MODE)["default"]
@@ -270,7 +270,7 @@ def _time_parts(parts: dict, times: dict, device: str) -> None:
 
 def run_bench(out: Path, device: str, name: str, args: list[str], timeout: float) -> dict:
     """4. `tessera bench` in a child process (its servers are its children)."""
-    cmd = [sys.executable, "-m", "tessera.clients.cli", "bench", "--device", device, "--out", str(out / name), *args]
+    cmd = [sys.executable, "-m", "tessera.server.cli", "bench", "--device", device, "--out", str(out / name), *args]
     if MODE:
         cmd += ["--decode-mode", MODE["decode_mode"]]
     t = time.time()
@@ -305,7 +305,7 @@ def read_smi(path: Path) -> list[tuple[float, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tessera.clients.gpu_check", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tessera.bench.gpu_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/gpu")
     ap.add_argument("--device", default="cuda:0")
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from tessera.clients.bench import shapes_prompts
+    from tessera.bench.run import shapes_prompts
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     skip = set(args.skip.split(","))

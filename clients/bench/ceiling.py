@@ -33,7 +33,7 @@ def ceiling_run(prompts: list[str], levels: list[int], requests: int, params: di
         job = {"prompts": prompts, "levels": levels[:1] or [1], "requests": requests, "params": params,
                "model_dir": model_dir, "capacity": capacity, "device": device, "settings": settings}
         env = {**os.environ, **THREADINGS[name]}
-        proc = subprocess.run([sys.executable, "-m", "tessera.clients.bench_ceiling"], input=json.dumps(job),
+        proc = subprocess.run([sys.executable, "-m", "tessera.bench.ceiling"], input=json.dumps(job),
                               capture_output=True, text=True, env=env, timeout=1800)
         if proc.returncode:
             raise RuntimeError(f"ceiling {name}: {proc.stderr.strip()[-2000:]}")
@@ -53,7 +53,7 @@ def ceiling_run(prompts: list[str], levels: list[int], requests: int, params: di
 
 
 def _child() -> None:
-    from tessera.clients.bench import offline_run
+    from tessera.bench.run import offline_run
     job = json.loads(sys.stdin.read())
     rows = offline_run(job["prompts"], job["levels"], job["requests"], job["params"], job["model_dir"],
                        job["capacity"], job["device"], job["settings"])

@@ -22,9 +22,36 @@ import sys
 import time
 from pathlib import Path
 
-from tessera.clients.bench_report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
-                                  table)
-from tessera.clients.cli import ProgressBar
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tessera.bench.report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
+                                          table)
+
+
+class LoadProgress:
+    """rich's progress bars on stderr, one per load (its label), fed as requests answer;
+    `close` ends the sweep's display. Quiet when stderr is no terminal."""
+
+    def __init__(self):
+        self._console = Console(stderr=True)
+        self._progress: Progress | None = None
+        self._tasks: dict[str, int] = {}
+
+    def update(self, label: str, completed: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = Progress(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), console=self._console,
+                                      disable=not self._console.is_terminal)
+            self._progress.start()
+        if label not in self._tasks:
+            self._tasks[label] = self._progress.add_task(label, total=total)
+        self._progress.update(self._tasks[label], completed=completed, total=total)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress, self._tasks = None, {}
 
 
 def shapes_prompts(n: int, seed: int = 0) -> list[str]:
@@ -53,7 +80,7 @@ async def _one(client, prompt: str, params: dict, seed: int) -> dict:
 
 
 async def closed_loop(target: str, prompts: list[str], concurrency: int, requests: int, params: dict,
-                      bar: ProgressBar | None = None, label: str = "") -> tuple[list[dict], float]:
+                      bar: LoadProgress | None = None, label: str = "") -> tuple[list[dict], float]:
     from tessera.clients.client import AsyncTesseraClient
     samples: list[dict] = []
     counter = iter(range(requests))
@@ -69,7 +96,7 @@ async def closed_loop(target: str, prompts: list[str], concurrency: int, request
 
 
 async def open_loop(target: str, prompts: list[str], rate: float, requests: int, params: dict,
-                    bursty: bool, seed: int = 0, bar: ProgressBar | None = None,
+                    bursty: bool, seed: int = 0, bar: LoadProgress | None = None,
                     label: str = "", duration: float = 0) -> tuple[list[dict], float]:
     """Poisson arrivals; `bursty` sends them in clumps of 1-8 with the same mean rate.
 
@@ -108,7 +135,7 @@ def _pipeline(model_dir: str | None, capacity: int, device: str = "cpu", setting
 
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
                 model_dir: str | None, capacity: int, device: str = "cpu", settings: dict | None = None) -> list[dict]:
-    """The same OPs called in process at the sampler's full batch: the ceiling."""
+    """The same OPs called in process at the sampler's full batch (`settings`: half, decode_mode)."""
     from tessera.ops.messages import GenerateParams
     pipe = _pipeline(model_dir, capacity, device, tuple(sorted((settings or {}).items())))
     reqs = [GenerateParams(prompts[i % len(prompts)], seed=1 + i, **{k: v for k, v in params.items() if v})
@@ -142,7 +169,7 @@ def engine_only(concurrency_levels: list[int], requests: int) -> list[dict]:
 
     ops, prev = {}, "request"
     for i in range(4):
-        ops[f"noop{i}"] = {"type": "tessera.clients.noop:NoopOp", "inputs": [prev], "batch_size": 64,
+        ops[f"noop{i}"] = {"type": "tessera.bench.noop:NoopOp", "inputs": [prev], "batch_size": 64,
                            "channel_capacity": 4096}
         prev = f"noop{i}"
     cfg = GraphConfig.from_dict({"ops": ops, "output": prev, "max_inflight": 8192})
@@ -202,9 +229,8 @@ def kv_profile(model_dir: str | None, rows: int) -> dict:
             "ratio": last / first}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tessera bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`tessera bench`'s arguments (the command line is tessera.server.cli)."""
     ap.add_argument("--server", help="benchmark a running server (else --compare starts its own)")
     ap.add_argument("--metrics", help="that server's metrics URL, for the server-side split")
     ap.add_argument("--compare", default="serial,static,default,offline",
@@ -213,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="device of the model OPs, e.g. cuda:0 (default: the config's)")
     ap.add_argument("--half", default=None, choices=["fp16", "bf16"], help="the model OPs' half precision (CUDA)")
     ap.add_argument("--decode-mode", default=None, help="the sampler's decode_mode (default: its own, auto)")
+    ap.add_argument("--threadings", default="omp1,omp-all",
+                    help="the `ceiling` config's threading settings (bench/ceiling.py THREADINGS), best kept")
+    ap.add_argument("--contend", type=int, default=0,
+                    help="keep this many cores busy with unrelated spinning processes for the whole run")
     ap.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 3 x concurrency))")
     ap.add_argument("--warmup", type=int, default=4)
@@ -235,17 +265,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the whole comparison, configs interleaved, and report each round's ratios")
     ap.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.png")
-    args = ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tessera bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    args.command_line = argv
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The run, with --contend's background load (if any) kept up from start to end."""
+    from tessera.bench.ceiling import CpuHog
+    with CpuHog(args.contend):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    argv = getattr(args, "command_line", None)
+    console = Console()
     levels = [int(x) for x in args.concurrency.split(",") if x]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"command": "tessera bench " + " ".join(sys.argv[2:] if argv is None else argv),
-                    "date": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
+                    "date": time.strftime("%Y-%m-%d %H:%M"), "rows": [], "contend": args.contend}
     if args.engine_only:
         rows = engine_only(levels, args.requests or 5000)
         report["rows"] = rows
-        print(table(rows))
+        console.print(table(rows))
         return _write(report, out, rows)
     if args.kv:
         report["kv"] = kv_profile(args.model_dir, 64)
@@ -258,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"num_candidates": args.num_candidates, "num_images": args.num_images,
               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
               "guidance_scale": args.guidance_scale}
-    bar = ProgressBar()
+    bar = LoadProgress()
     rows: list[dict] = []
     tag: dict = {}  # {"round": i} when several rounds run
 
@@ -298,22 +347,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.rate:
             open_sweep("server", args.server, args.rate, args.metrics)
     else:
-        from tessera.clients.bench_servers import ServerProcess, bench_configs
+        from tessera.bench.ceiling import ceiling_run
+        from tessera.bench.servers import ServerProcess, bench_configs
         op_settings = {"half": args.half} if args.half else {}
         sample_settings = {"decode_mode": args.decode_mode} if args.decode_mode else {}
         configs = bench_configs(args.model_dir, args.device, op_settings, sample_settings)
+        capacity_rows = configs["default"]["graph"]["ops"]["sample"]["batch_size"]
         names = [n for n in args.compare.split(",") if n]
         for i in range(max(1, args.rounds)):
             if args.rounds > 1:
                 tag = {"round": i}
             first = len(rows)
             for name in names:
-                if name == "offline":
+                if name in ("offline", "ceiling"):
                     started = time.time()
-                    rows += [r | tag | {"started": started, "ended": time.time()} for r in offline_run(
-                        prompts, levels, args.requests or 64, params, args.model_dir,
-                        configs["default"]["graph"]["ops"]["sample"]["batch_size"], args.device or "cpu",
-                        {**op_settings, **sample_settings})]
+                    if name == "offline":
+                        new = offline_run(prompts, levels, args.requests or 64, params, args.model_dir, capacity_rows,
+                                          args.device or "cpu", {**op_settings, **sample_settings})
+                    else:
+                        new = ceiling_run(prompts, levels, args.requests or 64, params, args.model_dir, capacity_rows,
+                                          args.device or "cpu", {**op_settings, **sample_settings},
+                                          [t for t in args.threadings.split(",") if t])
+                    rows += [r | tag | {"started": started, "ended": time.time()} for r in new]
                     continue
                 with ServerProcess(name, configs[name]) as server:
                     sweep(name, server.target, server.metrics_url)
@@ -323,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                     rate = args.rate_fraction * capacity(args.rate_of, first)
                     report.setdefault("open_loop_rate", []).append(
                         {"of": args.rate_of, "fraction": args.rate_fraction, "rate": rate, **tag})
-                for name in [n for n in names if n != "offline"]:
+                for name in [n for n in names if n not in ("offline", "ceiling")]:
                     best = capacity(name, first) if levels else float("inf")  # no closed loop: unknown
                     if best < rate:  # its queue would only grow: no steady state to measure
                         print(f"{name}: no open loop at {rate:.2f} req/s, above its measured capacity of "
@@ -333,30 +388,30 @@ def main(argv: list[str] | None = None) -> int:
                         open_sweep(name, server.target, rate, server.metrics_url)
             report.setdefault("ratios", []).append(bar_ratios(rows[first:]))
     report["rows"] = rows
-    print(table(rows))
+    console.print(table(rows))
     for r in rows:
         if r.get("server"):
             split = ", ".join(f"{op}: {s['mean_rows_per_batch']:.1f} rows, q {s['mean_queue_ms']:.1f} ms, "
                               f"wait {s['mean_device_wait_ms']:.1f} ms, c {s['mean_compute_ms']:.1f} ms" for op, s in r["server"].items())
             print(f"  {r['config']} {r['mode']}: {split}")
     if any(report.get("ratios", [])):
-        print("side-by-side ratios, one column per round (bench_report.bar_ratios says which is which):")
+        print("side-by-side ratios, one column per round (bench.report.bar_ratios says which is which):")
         print(ratio_table(report["ratios"]))
     return _write(report, out, rows)
 
 
 def _write(report: dict, out: Path, rows: list[dict]) -> int:
     (out / "bench.json").write_text(json.dumps(report, indent=2))
-    points: dict[tuple[str, int], list] = {}  # several rounds: their median per point
+    points: dict[tuple[str, int], tuple[list, list]] = {}  # each round's throughput and p99 per point
     for r in rows:
         if "concurrency" in r:
             s = r["summary"]
-            points.setdefault((r["config"], r["concurrency"]), []).append(
-                (s["images_per_s"] if r["config"] != "engine" else s["requests_per_s"], s["latency_ms"]["p99"]))
+            thru, p99 = points.setdefault((r["config"], r["concurrency"]), ([], []))
+            thru.append(s["images_per_s"] if r["config"] != "engine" else s["requests_per_s"])
+            p99.append(s["latency_ms"]["p99"])
     series: dict[str, list] = {}
-    for (config, c), values in points.items():
-        series.setdefault(config, []).append(
-            (c, statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)))
+    for (config, c), (thru, p99) in points.items():
+        series.setdefault(config, []).append((c, thru, p99))
     plot(series, str(out / "bench.png"))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return 0
