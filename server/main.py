@@ -25,7 +25,8 @@ EXIT_CONFIG = 2
 EXIT_PORT_IN_USE = 3
 
 
-def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None) -> AppConfig:
+def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
+                ray_address: str | None = None) -> AppConfig:
     if path:
         try:
             raw = yaml.safe_load(Path(path).read_text())
@@ -41,6 +42,8 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
         for key, value in (("host", host), ("port", port), ("metrics_port", metrics_port)):
             if value is not None:
                 server[key] = value
+        if ray_address is not None and isinstance(raw.get("graph"), dict):
+            raw["graph"]["ray_address"] = ray_address
     return AppConfig.from_dict(raw)
 
 
@@ -81,13 +84,15 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
+    ap.add_argument("--ray-address", help="join this Ray cluster for mode: ray OPs (graph.ray_address; "
+                                           "default: start a local Ray when an OP needs one)")
     ap.add_argument("--log-level", default="INFO")
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
-        config = load_config(args.config, args.host, args.port, args.metrics_port)
+        config = load_config(args.config, args.host, args.port, args.metrics_port, args.ray_address)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
