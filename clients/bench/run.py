@@ -3,8 +3,13 @@
     tessera bench --compare serial,static,default,offline --concurrency 1,8,32 --num-candidates 4
     tessera bench --compare default,offline --concurrency 1,32 --rounds 5   # each round's ratios, median
     tessera bench --server 127.0.0.1:50051 --metrics http://127.0.0.1:9090/metrics
+    tessera bench --compare default,ceiling --concurrency 1,32 --contend 1  # one core kept busy meanwhile
+    tessera bench --compare default,offline --device cuda:0 --half fp16      # the model OPs on a GPU
     tessera bench --engine-only
     tessera bench --kv
+
+`ceiling` is the offline pipeline once per --threadings setting, each in a fresh process,
+keeping the best throughput and the best single-request latency (bench/ceiling.py).
 
 Closed loop: `c` clients, each sending its next request when the last one returns.
 Open loop: Poisson arrivals at --rate (optionally bursty). Benchmarks measure; tests
