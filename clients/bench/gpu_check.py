@@ -1,7 +1,11 @@
 """The GPU checklist (docs: README, Performance on a GPU) in one run, on a machine with CUDA.
 
-    python -m tessera.bench.gpu_check --out OUT             # on the GPU machine
+    python -m tessera.bench.gpu_check --out OUT              # on the GPU machine
     python -m tessera.bench.gpu_check --make-reference       # on a CPU: the images to compare with
+
+Installed there with both distributions (`pip install ./clients .`, or `--target DIR` and
+PYTHONPATH=DIR where the tree is copied in; `--reference` then points at the tree's
+docs/performance/gpu/cpu_reference.json).
 
 1. serve: `tessera serve` with the model OPs on cuda:0; each reference prompt's images
    against the CPU's (docs/performance/gpu/cpu_reference.json, made on the CPU).
