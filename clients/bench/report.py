@@ -77,6 +77,7 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
     offline's single-request p50; open_p50 and open_p99: default / static in the open loop;
     ceiling_c32 and ceiling_c1: default's c=32 images/s and c=1 p50 against the `ceiling`
     config's best throughput and best single-request p50 (best threading, see bench/ceiling.py).
+    ray_vs_thread_c{N}: ray (sample and decode as Ray actors) / default images/s.
     """
     closed = {(r["config"], r.get("concurrency")): r["summary"] for r in rows if "concurrency" in r}
     opened = {r["config"]: r["summary"] for r in rows if "rate" in r}
@@ -96,6 +97,10 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
         out["ceiling_c32"] = closed[("default", 32)]["images_per_s"] / ceiling["images_per_s"]
     if ceiling and ("default", 1) in closed:
         out["ceiling_c1"] = closed[("default", 1)]["latency_ms"]["p50"] / ceiling["latency_ms"]["p50"]
+    on_ray = sorted(c for (n, c) in closed if n == "ray" and ("default", c) in closed)
+    if on_ray:  # mode: ray against thread mode (default), at the highest concurrency both ran
+        c = on_ray[-1]
+        out[f"ray_vs_thread_c{c}"] = closed[("ray", c)]["images_per_s"] / closed[("default", c)]["images_per_s"]
     if "default" in opened and "static" in opened:
         for q in ("p50", "p99"):
             out[f"open_{q}"] = opened["default"]["latency_ms"][q] / opened["static"]["latency_ms"][q]
