@@ -17,6 +17,7 @@ commands:
   serve      serve text-to-image over gRPC (tessera serve --help)
   generate   generate images from a prompt through a running server
   bench      measure throughput and latency
+  reliability  soak, burst, SIGTERM, fuzz and auth checks against servers it starts
   train      train the DALL·E models from scratch
   evaluate   measure a model directory against the pixel checker
 """
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "bench":
         from tessera.clients.bench import main as bench
         return bench(rest)
+    if command == "reliability":
+        from tessera.clients.reliability import main as reliability
+        return reliability(rest)
     if command == "train":
         from tessera.ops.training.train import main as train
         return train(rest)
