@@ -1,49 +1,72 @@
-"""The `tessera` command: serve, generate, bench, train, evaluate.
+"""`tessera-client`: generate images through a running server, or ask what it serves.
 
-    tessera serve                          # the bundled model on 127.0.0.1:50051
-    tessera generate "a red circle" -n 4   # from a second terminal
+    tessera-client generate "a red circle" -n 4 --seed 7 -o out   # the server at $TESSERA_SERVER or 127.0.0.1:50051
+    tessera-client info
+
+Beside the server, `tessera generate` and `tessera info` are these same commands
+(tessera.server.cli). Every command's arguments come from its own module's
+`add_arguments`, so `--help` is argparse's and cannot drift from the code.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-USAGE = """usage: tessera COMMAND [ARGS]
 
-commands:
-  serve      serve text-to-image over gRPC (tessera serve --help)
-  generate   generate images from a prompt through a running server
-  bench      measure throughput and latency
-  reliability  soak, burst, SIGTERM, fuzz and auth checks against servers it starts
-  train      train the DALL·E models from scratch
-  evaluate   measure a model directory against the pixel checker
-"""
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: the module with its `add_arguments(parser)` and `run(args) -> int`."""
+    name: str
+    module: str
+    help: str
 
 
-class ProgressBar:
-    """One line on stderr, redrawn in place; quiet when stderr is not a terminal."""
+COMMANDS = (
+    Command("generate", "tessera.clients.cli", "generate images from a prompt through a running server"),
+    Command("info", "tessera.clients.cli", "what the server serves: its model, image size, limits, defaults"),
+)
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
-        self.live = stream.isatty()
-        self.started = time.monotonic()
 
-    def update(self, stage: str, completed: int, total: int) -> None:
-        if not self.live or total <= 0:
-            return
-        filled = int(self.width * completed / total)
-        elapsed = time.monotonic() - self.started
-        self.stream.write(f"\r{stage:>10} [{'#' * filled}{'.' * (self.width - filled)}] "
-                          f"{completed}/{total} {elapsed:5.1f}s")
-        self.stream.flush()
+def build_parser(prog: str, description: str, commands: tuple[Command, ...], chosen: str | None) -> argparse.ArgumentParser:
+    """A parser with one subcommand per entry; only the chosen one's module is imported
+    (so `tessera generate` never loads torch for `tessera train`'s arguments)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in commands:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if cmd.name != chosen:
+            continue
+        module = importlib.import_module(cmd.module)
+        if hasattr(module, "add_arguments"):  # a module of one command: its docstring describes it
+            p.description = module.__doc__ or cmd.help
+            module.add_arguments(p)
+            p.set_defaults(run=module.run, prog=p.prog)
+        else:  # a module of several: add_<name>_arguments and run_<name>
+            getattr(module, f"add_{cmd.name}_arguments")(p)
+            p.set_defaults(run=getattr(module, f"run_{cmd.name}"), prog=p.prog)
+    return ap
 
-    def close(self) -> None:
-        if self.live:
-            self.stream.write("\n")
-            self.stream.flush()
+
+def dispatch(prog: str, description: str, commands: tuple[Command, ...], argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((c.name for c in commands if argv and argv[0] == c.name), None)
+    args = build_parser(prog, description, commands, chosen).parse_args(argv)
+    return args.run(args)
+
+
+def _connection_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--server", default=os.environ.get("TESSERA_SERVER", "127.0.0.1:50051"),
+                    help="HOST:PORT of the server (default: $TESSERA_SERVER or 127.0.0.1:50051)")
+    ap.add_argument("--token-file", help="a file holding the bearer token")
+    ap.add_argument("--token-env", help="environment variable holding the bearer token")
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--ca-file", help="root certificates for TLS")
 
 
 def _token(args) -> str | None:
@@ -54,55 +77,70 @@ def _token(args) -> str | None:
     return None
 
 
-def generate(argv: list[str]) -> int:
-    from tessera.clients.client import Generation, TesseraClient, TesseraError
+def _client(args):
+    from tessera.clients.client import TesseraClient
+    return TesseraClient(args.server, token=_token(args), tls=args.tls, root_certificates=args.ca_file, retries=2)
+
+
+def _refused(prog: str, server: str, exc) -> int:
+    if exc.code.name == "UNAVAILABLE":
+        print(f"{prog}: cannot reach the server at {server} ({exc.details}). "
+              "Is `tessera serve` running there?", file=sys.stderr)
+    else:
+        print(f"{prog}: the server refused the request: {exc}", file=sys.stderr)
+    return 1
+
+
+def add_generate_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("prompt", help="English or Chinese")
+    ap.add_argument("-n", "--num-images", type=int, default=1, help="images returned, best CLIP score first")
+    ap.add_argument("--candidates", type=int, default=0, help="sampled then reranked (default: -n)")
+    ap.add_argument("--seed", type=int, default=0, help="0: the server picks; the same seed gives the same images")
+    ap.add_argument("--temperature", type=float, default=0, help="0: the model's default")
+    ap.add_argument("--top-k", type=int, default=0, help="0: the model's default")
+    ap.add_argument("--top-p", type=float, default=0, help="0: the model's default")
+    ap.add_argument("--guidance-scale", type=float, default=0, help="0: the model's default")
+    ap.add_argument("-o", "--out", default="tessera-out", help="directory for the PNGs and the contact sheet")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds")
+    _connection_arguments(ap)
+
+
+def _progress():
+    """rich's progress bars on stderr, one per stage, fed by the stream; quiet when stderr is no terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=not console.is_terminal)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    prog = args.prog
+    from tessera.clients.client import Generation, TesseraError
     from tessera.clients.sheet import contact_sheet
 
-    ap = argparse.ArgumentParser(prog="tessera generate", description="Generate images from a prompt.")
-    ap.add_argument("prompt")
-    ap.add_argument("-n", "--num-images", type=int, default=1)
-    ap.add_argument("--candidates", type=int, default=0, help="sampled then reranked (default: -n)")
-    ap.add_argument("--seed", type=int, default=0, help="0: the server picks")
-    ap.add_argument("--temperature", type=float, default=0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=0)
-    ap.add_argument("--guidance-scale", type=float, default=0)
-    ap.add_argument("-o", "--out", default="tessera-out", help="directory for the PNGs")
-    ap.add_argument("--server", default=os.environ.get("TESSERA_SERVER", "127.0.0.1:50051"))
-    ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--token-file")
-    ap.add_argument("--token-env", help="environment variable holding the bearer token")
-    ap.add_argument("--tls", action="store_true")
-    ap.add_argument("--ca-file", help="root certificates for TLS")
-    args = ap.parse_args(argv)
-    bar = ProgressBar()
     result = None
     try:
-        with TesseraClient(args.server, token=_token(args), tls=args.tls, root_certificates=args.ca_file,
-                           retries=2) as client:
+        with _client(args) as client, _progress() as progress:
+            tasks: dict[str, int] = {}
             for event in client.generate_stream(
                     args.prompt, timeout=args.timeout, num_images=args.num_images,
                     num_candidates=args.candidates, seed=args.seed, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale):
                 if isinstance(event, Generation):
                     result = event
-                else:
-                    bar.update(event.stage, event.completed, event.total)
+                elif event.total > 0:
+                    if event.stage not in tasks:
+                        tasks[event.stage] = progress.add_task(event.stage, total=event.total)
+                    progress.update(tasks[event.stage], completed=event.completed, total=event.total)
     except TesseraError as exc:
-        bar.close()
-        if exc.code.name == "UNAVAILABLE":
-            print(f"tessera generate: cannot reach the server at {args.server} ({exc.details}). "
-                  "Is `tessera serve` running there?", file=sys.stderr)
-        else:
-            print(f"tessera generate: the server refused the request: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"tessera generate: {exc}", file=sys.stderr)
-        return 1
-    bar.close()
+        return _refused(prog, args.server, exc)
+    except (OSError, ValueError) as exc:  # an unreadable token file, a token gRPC cannot carry
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
     if result.unknown_words:
-        print(f"tessera generate: the model does not know {', '.join(map(repr, result.unknown_words))}; "
-              "the images ignore them (the server's GetInfo lists the words it knows)", file=sys.stderr)
+        print(f"{prog}: the model does not know {', '.join(map(repr, result.unknown_words))}; "
+              "the images ignore them (`tessera info` lists the words it knows)", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -112,37 +150,40 @@ def generate(argv: list[str]) -> int:
         paths.append(path)
         print(f"{path}  clip_score={im.clip_score:.3f} seed={im.seed}")
     sheet = out / f"{result.request_id[:8]}_contact_sheet.png"
-    contact_sheet([[im.image for im in result.images]], [args.prompt if args.prompt.isascii() else ""]).save(sheet)
+    contact_sheet([[im.image for im in result.images]], [args.prompt]).save(sheet)
     stages = ", ".join(f"{t.stage} {t.queue_ms:.0f}+{t.compute_ms:.0f} ms" for t in result.timings)
     print(f"wrote {len(paths)} image(s) and {sheet} in {result.total_ms:.0f} ms ({stages})")
     return 0
 
 
+def add_info_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--timeout", type=float, default=10, help="seconds")
+    _connection_arguments(ap)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    prog = args.prog
+    from tessera.clients.client import TesseraError
+    try:
+        with _client(args) as client:
+            info = client.info(timeout=args.timeout)
+    except TesseraError as exc:
+        return _refused(prog, args.server, exc)
+    except (OSError, ValueError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    print(f"model      {info.model_name} {info.version}".rstrip())
+    print(f"images     {info.image_width} x {info.image_height}")
+    print(f"prompt     up to {info.text_context} tokens")
+    print("limits     " + ", ".join(f"{k} {v}" for k, v in info.limits.items()))
+    print("defaults   " + ", ".join(f"{k} {v:g}" for k, v in info.defaults.items()))
+    for kind, words in info.vocabulary.items():  # what the model can draw, English / Chinese
+        print(f"{kind:<10} " + ", ".join(f"{en} / {zh}" for en, zh in words))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "serve":
-        from tessera.server.main import main as serve
-        return serve(rest)
-    if command == "generate":
-        return generate(rest)
-    if command == "bench":
-        from tessera.clients.bench import main as bench
-        return bench(rest)
-    if command == "reliability":
-        from tessera.clients.reliability import main as reliability
-        return reliability(rest)
-    if command == "train":
-        from tessera.ops.training.train import main as train
-        return train(rest)
-    if command == "evaluate":
-        from tessera.ops.training.evaluate import main as evaluate
-        return evaluate(rest)
-    print(f"tessera: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    return dispatch("tessera-client", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@
         gen = client.generate("a small red circle in the top left on a blue background", num_images=2)
         gen.images[0].image.save("best.png")
 
-    async with AsyncTesseraClient("127.0.0.1:50051") as client:
-        async for event in client.generate_stream("a red circle", preview_every=16):
-            ...   # ProgressEvent(s), then one Generation
+    async def main():
+        async with AsyncTesseraClient("127.0.0.1:50051") as client:
+            async for event in client.generate_stream("a red circle", preview_every=16):
+                ...   # ProgressEvent(s), then one Generation
+    asyncio.run(main())
 
 Calls that fail with UNAVAILABLE are retried by gRPC's own retry policy; every other
-failure raises TesseraError with the status code and the server's message.
+failure raises TesseraError with the status code and the server's message. A token that
+gRPC metadata cannot carry (not printable ASCII, or with whitespace) is a ValueError at
+construction, before any call.
 
 Several front ends: the channel balances calls over every address its target resolves to
 with gRPC's own `round_robin` policy. Give a DNS name with one record per front end
@@ -176,12 +180,22 @@ def _info(i: pb.ServerInfo) -> ServerInfo:
                       vocabulary)
 
 
+def _checked_token(token: str) -> str:
+    """A bearer token travels in an HTTP/2 header: printable ASCII, no whitespace. Anything
+    else would fail inside gRPC as INTERNAL on every call, so it is refused here, at once."""
+    bad = next((c for c in token if not ("!" <= c <= "~")), None)
+    if bad is not None:
+        raise ValueError(f"the token holds {bad!r} (U+{ord(bad):04X}); a bearer token must be printable "
+                         "ASCII without spaces")
+    return token
+
+
 class _Base:
     def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None, tls: bool = False,
                  root_certificates: str | None = None, timeout: float | None = 300.0, retries: int = 3,
                  max_message_bytes: int = 64 * 1024 * 1024):
         self.target, self.timeout = target, timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (("authorization", f"Bearer {_checked_token(token)}"),) if token else ()
         self._creds = _credentials(tls, root_certificates)
         self._options = _options(retries, max_message_bytes)
 

@@ -47,12 +47,15 @@ class SampleSettings(ModelSettings):
 class SampleOp(SteppingOp, ModelOp):
     Settings = SampleSettings
 
+    @property
+    def joins_mid_run(self) -> bool:  # read by the engine's scheduler on its own instance
+        return not self.settings.static_batching
+
     def setup(self, device: str) -> None:
         super().setup(device)
         self.model = self.bundle.transformer
         self.cfg = self.model.cfg
         self.dtype = next(self.model.parameters()).dtype
-        self.joins_mid_run = not self.settings.static_batching
         self.cache: KVCache | None = None
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)

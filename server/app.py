@@ -53,6 +53,7 @@ class TesseraServer:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http = None
+        self._health_tasks: set[asyncio.Task] = set()
 
     def model_info(self) -> dict:
         from tessera.ops.info import describe_model  # reads config.json only
@@ -87,8 +88,10 @@ class TesseraServer:
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._grpc)
         await self._grpc.start()
-        for name in ("", SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # NOT_SERVING while some OP has no live worker (one died and its replacement is
+        # starting); SERVING again once it is back.
+        self.engine.on_health_change(self._on_engine_health)
+        await self._set_health(self.engine.serving)
         if s.metrics_port >= 0:
             try:
                 self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host,
@@ -110,6 +113,16 @@ class TesseraServer:
         while (time.monotonic() < start + at_most_s
                and time.monotonic() - max(start, self._front.last_call) < quiet_s):
             await asyncio.sleep(quiet_s / 2)
+
+    def _on_engine_health(self, serving: bool) -> None:
+        task = asyncio.ensure_future(self._set_health(serving))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            await self._health.set(name, status)
 
     def _bind(self, s) -> int:
         address = f"{s.host}:{s.port}"

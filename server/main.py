@@ -13,7 +13,8 @@ import yaml
 
 from tessera.server.config import AppConfig
 from tessera.server.defaults import DEFAULT_CONFIG
-from tessera.server.engine import ConfigError, run
+from tessera.server.engine import ConfigError
+from tessera.server.engine import run as run_event_loop
 from tessera.server.engine.logs import configure_logging
 
 log = logging.getLogger("tessera.server")
@@ -24,7 +25,8 @@ EXIT_CONFIG = 2
 EXIT_PORT_IN_USE = 3
 
 
-def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None) -> AppConfig:
+def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
+                ray_address: str | None = None) -> AppConfig:
     if path:
         try:
             raw = yaml.safe_load(Path(path).read_text())
@@ -40,6 +42,8 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
         for key, value in (("host", host), ("port", port), ("metrics_port", metrics_port)):
             if value is not None:
                 server[key] = value
+        if ray_address is not None and isinstance(raw.get("graph"), dict):
+            raw["graph"]["ray_address"] = ray_address
     return AppConfig.from_dict(raw)
 
 
@@ -74,18 +78,28 @@ async def _serve(config: AppConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC.")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`tessera serve`'s arguments (the command line is tessera.server.cli)."""
     ap.add_argument("--config", help="YAML configuration (default: the bundled model on the CPU)")
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
+    ap.add_argument("--ray-address", help="join this Ray cluster for mode: ray OPs (graph.ray_address; "
+                                           "default: start a local Ray when an OP needs one)")
     ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
-        config = load_config(args.config, args.host, args.port, args.metrics_port)
+        config = load_config(args.config, args.host, args.port, args.metrics_port, args.ray_address)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return run(_serve(config))
+    return run_event_loop(_serve(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tessera serve", description="Serve text-to-image over gRPC.")
+    add_arguments(ap)
+    return run(ap.parse_args(argv))

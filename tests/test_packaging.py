@@ -1,35 +1,133 @@
-"""The install puts everything under one `tessera` namespace, and leaves no folder out."""
+"""Two distributions under one `tessera` namespace: the server (pyproject.toml) and the
+client (clients/pyproject.toml), no folder left out, no file in both, and a client that
+installs and runs without torch."""
 from __future__ import annotations
 
 import importlib
+import shutil
+import subprocess
 import sys
+import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+SERVER, CLIENT = ROOT / "pyproject.toml", ROOT / "clients" / "pyproject.toml"
+# What the client must never pull in: the server side and its libraries.
+SERVER_ONLY = ("torch", "numpy", "yaml", "prometheus_client", "matplotlib", "tokenizers", "safetensors",
+               "tessera.server", "tessera.ops", "tessera.bench")
 
 
-def _project() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+def _project(path: Path) -> dict:
+    return tomllib.loads(path.read_text())
 
 
-def test_every_python_folder_is_an_installed_package():
-    setup = _project()["tool"]["setuptools"]
+@pytest.mark.parametrize("pyproject", [SERVER, CLIENT], ids=["server", "client"])
+def test_every_python_folder_is_an_installed_package(pyproject):
+    setup = _project(pyproject)["tool"]["setuptools"]
     listed = set(setup["packages"])
-    dirs = setup["package-dir"]
-    for pkg, folder in dirs.items():
-        for sub in (ROOT / folder).rglob("*.py"):
-            rel = sub.parent.relative_to(ROOT / folder)
-            if any(part.startswith((".", "_")) or part == "bundled" for part in rel.parts):
+    mapped = {pkg: (pyproject.parent / folder).resolve() for pkg, folder in setup["package-dir"].items()}
+    for pkg, folder in mapped.items():
+        for sub in folder.rglob("*.py"):
+            rel = sub.parent.relative_to(folder)
+            if any(part.startswith((".", "_")) or part in ("bundled", "node_modules", "build") for part in rel.parts):
                 continue
             name = ".".join([pkg, *rel.parts])
-            assert name in listed, f"{sub.parent} holds Python but {name} is not in pyproject's packages"
+            if pyproject == CLIENT and name != pkg:
+                continue  # the client ships only the top of clients/; bench/ is the server's tessera.bench
+            assert name in listed, f"{sub.parent} holds Python but {name} is not in {pyproject.name}'s packages"
             assert (sub.parent / "__init__.py").exists(), f"{sub.parent} needs an __init__.py to be installed"
+
+
+def test_the_two_distributions_share_the_namespace_and_no_package():
+    server = set(_project(SERVER)["tool"]["setuptools"]["packages"])
+    client = set(_project(CLIENT)["tool"]["setuptools"]["packages"])
+    assert not server & client, f"both distributions install {server & client}"
+    assert "tessera" not in server | client and not (ROOT / "protos" / "tessera" / "__init__.py").exists(), \
+        "tessera is a namespace package: neither distribution may own tessera/__init__.py"
+    assert client == {"tessera.clients", "tessera.v1"}
+    scripts = _project(SERVER)["project"]["scripts"], _project(CLIENT)["project"]["scripts"]
+    assert scripts == ({"tessera": "tessera.server.cli:main"}, {"tessera-client": "tessera.clients.cli:main"})
+    client_name = _project(CLIENT)["project"]["name"]
+    assert f"{client_name}=={_project(CLIENT)['project']['version']}" in _project(SERVER)["project"]["dependencies"]
 
 
 def test_no_top_level_server_ops_or_clients_module():
     """Imports go through `tessera.`; a bare `server` or `ops` would clash in site-packages."""
-    for name in ("tessera.server.engine", "tessera.ops.sample", "tessera.clients", "tessera.v1.image_generation_pb2"):
+    for name in ("tessera.server.engine", "tessera.ops.sample", "tessera.clients", "tessera.bench",
+                 "tessera.v1.image_generation_pb2"):
         importlib.import_module(name)
-    for bare in ("server", "ops", "clients"):
+    for bare in ("server", "ops", "clients", "bench"):
         assert bare not in sys.modules, f"something imported the bare top-level package {bare!r}"
+
+
+def test_client_wheel_needs_no_torch_and_holds_only_the_client(tmp_path):
+    # Built from a copy (clients/ beside protos/, as the pyproject expects), so the build
+    # leaves no build/ or egg-info in the checkout.
+    skip = shutil.ignore_patterns("node_modules", "build", "*.egg-info", "__pycache__")
+    for folder in ("clients", "protos"):
+        shutil.copytree(ROOT / folder, tmp_path / "src" / folder, ignore=skip)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(tmp_path / "src" / "clients")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("tessera_serving_client-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    requires = sorted(line.split(":", 1)[1].strip().split(">")[0].split("=")[0]
+                      for line in metadata.splitlines() if line.startswith("Requires-Dist:"))
+    assert requires == ["grpcio", "pillow", "protobuf", "rich"]
+    code = [n for n in names if ".dist-info/" not in n]
+    assert all(n.startswith(("tessera/clients/", "tessera/v1/")) for n in code), code
+    assert "tessera/__init__.py" not in names and not any(n.startswith("tessera/clients/bench/") for n in names)
+    assert {"tessera/v1/image_generation_pb2.py", "tessera/v1/image_generation_pb2_grpc.py",
+            "tessera/clients/client.py", "tessera/clients/cli.py"} <= set(names)
+    assert "tessera-client = tessera.clients.cli:main" in entry_points
+
+
+BLOCKER = textwrap.dedent('''
+    import importlib.abc, sys
+    BLOCKED = {blocked!r}
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                raise ImportError(f"the client imported {{name}}, which is server-side")
+    sys.meta_path.insert(0, Block())
+''').format(blocked=SERVER_ONLY)
+
+
+async def test_client_and_its_command_run_with_torch_and_the_server_side_blocked(tiny_model_dir, tmp_path):
+    """What `pip install ./clients` gives, run against a live server in a process where
+    importing torch, numpy or any server-side package raises."""
+    from tests.server.rpc.conftest import app_config, serving
+    program = BLOCKER + textwrap.dedent('''
+        import asyncio, sys
+        from tessera.clients import AsyncTesseraClient, TesseraClient
+        from tessera.clients.cli import main
+        target, out = sys.argv[1], sys.argv[2]
+        with TesseraClient(target) as client:
+            assert len(client.generate("a red circle", num_images=2, seed=5).images) == 2
+            assert client.info().image_width == 64
+        async def stream():
+            async with AsyncTesseraClient(target) as client:
+                return [e async for e in client.generate_stream("a blue square", preview_every=8)]
+        assert asyncio.run(stream())[-1].images
+        assert main(["generate", "蓝色背景上的红色圆形", "-n", "1", "--seed", "3", "-o", out, "--server", target]) == 0
+        print("torch" in sys.modules, "numpy" in sys.modules)
+    ''')
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        proc = await _run_python(program, f"127.0.0.1:{server.port}", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["False", "False"]
+    assert len(list(tmp_path.glob("*.png"))) == 2  # the image and its contact sheet
+
+
+async def _run_python(program: str, *args: str):
+    import asyncio
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-c", program, *args], capture_output=True,
+                                   text=True, timeout=120, cwd=ROOT / "tests")

@@ -237,15 +237,17 @@ def train(preset: str, work: Path, out: Path, seed: int = 0, name: str = "shapes
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`tessera train`'s arguments (the command line is tessera.server.cli)."""
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
     ap.add_argument("--work", type=Path, default=Path("runs/default"), help="checkpoints (resumable)")
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--no-bf16", action="store_true", help="train in fp32 (no bf16 autocast)")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     global BF16
     BF16 = not args.no_bf16
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -253,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     train(args.preset, args.work, args.out, args.seed)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

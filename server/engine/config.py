@@ -8,6 +8,7 @@ Every mistake is a ConfigError whose message starts with the key at fault, e.g.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -17,7 +18,12 @@ from tessera.server.engine.op import Op, SteppingOp
 from tessera.server.engine.settings import parse_settings
 
 REQUEST = "request"  # the pseudo-input that names the caller's payload
-_MODES = ("thread", "process")
+_MODES = ("thread", "process", "ray")
+# The Ray actor options an OP may set, named and meant as Ray Serve's ray_actor_options
+# (plus max_restarts): each worker of a `mode: ray` OP is an actor created with them.
+RAY_ACTOR_OPTIONS = {"num_cpus": (int, float), "num_gpus": (int, float), "memory": (int, float),
+                     "object_store_memory": (int, float), "resources": dict, "accelerator_type": str,
+                     "runtime_env": dict, "max_restarts": int}
 
 
 def resolve_op_type(key: str, spec: str) -> type[Op]:
@@ -121,6 +127,7 @@ class OpConfig:
     retry: int = 0                   # extra attempts for a row whose call failed
     channel_capacity: int = 256      # requests waiting at this OP's input
     settings: dict[str, Any] = field(default_factory=dict)  # checked against op_class.Settings
+    ray_actor_options: dict[str, Any] = field(default_factory=dict)  # mode: ray only
     op_class: type[Op] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +148,7 @@ class OpConfig:
                 raise ConfigError(f"{key}.devices", f"unknown device {device!r}; use cpu or cuda:N")
         if not isinstance(self.settings, dict):
             raise ConfigError(f"{key}.settings", "must be a mapping")
+        self._check_ray(key)
         self.op_class = resolve_op_type(f"{key}.type", self.type)
         self.inputs = InputMap.parse(f"{key}.inputs", self.inputs, self.op_class)
         try:  # the OP's own Settings dataclass; workers build it again from this mapping
@@ -148,8 +156,30 @@ class OpConfig:
         except ConfigError as exc:
             where = f"{key}.settings" + ("" if exc.key == "settings" else f".{exc.key}")
             raise ConfigError(where, str(exc).split(": ", 1)[1]) from None
-        if issubclass(self.op_class, SteppingOp) and self.mode != "thread":
-            raise ConfigError(f"{key}.mode", "a stepping OP runs in thread mode only")
+
+    def _check_ray(self, key: str) -> None:
+        opts = self.ray_actor_options
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{key}.ray_actor_options", "must be a mapping")
+        if opts and self.mode != "ray":
+            raise ConfigError(f"{key}.ray_actor_options", f"applies to mode: ray only (mode is {self.mode!r})")
+        for name, value in opts.items():
+            want = RAY_ACTOR_OPTIONS.get(name)
+            if want is None:
+                raise ConfigError(f"{key}.ray_actor_options.{name}",
+                                  f"unknown option; expected one of {sorted(RAY_ACTOR_OPTIONS)}")
+            if isinstance(value, bool) or not isinstance(value, want):
+                raise ConfigError(f"{key}.ray_actor_options.{name}", f"has the wrong type: {value!r}")
+            if isinstance(value, (int, float)) and value < (-1 if name == "max_restarts" else 0):
+                raise ConfigError(f"{key}.ray_actor_options.{name}", f"must not be negative, got {value!r}")
+        resources = opts.get("resources", {})
+        for res, amount in resources.items():
+            if not isinstance(res, str) or isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+                raise ConfigError(f"{key}.ray_actor_options.resources",
+                                  f"must map resource names to amounts, got {res!r}: {amount!r}")
+        if self.mode == "ray" and importlib.util.find_spec("ray") is None:
+            raise ConfigError(f"{key}.mode", "mode: ray needs Ray, which is not installed: "
+                                             "pip install 'tessera[ray]'")
 
     @property
     def stepping(self) -> bool:
@@ -171,8 +201,13 @@ class GraphConfig:
     # A stepping OP reports a request's progress at most this often (0: every step); its
     # first step, its last and any step carrying a preview always go out.
     progress_interval_ms: float = 100.0
+    # The Ray cluster that `mode: ray` OPs' actors join ("ray://host:10001", "host:6379",
+    # "auto"); None starts a local Ray when some OP needs it.
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
+            raise ConfigError("ray_address", f"must be an address such as ray://head:10001, got {self.ray_address!r}")
         if not isinstance(self.device_turns, bool):
             raise ConfigError("device_turns", f"must be true or false, got {self.device_turns!r}")
         _at_least("default_deadline_ms", self.default_deadline_ms, 1, 86_400_000)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 from tessera.server.engine.config import REQUEST, GraphConfig
@@ -23,6 +23,7 @@ from tessera.server.engine.errors import (Cancelled, DeadlineExceeded, EngineErr
 from tessera.server.engine.metrics import EngineMetrics
 from tessera.server.engine.request import Request, Result, StageTiming
 from tessera.server.engine.stage import OpStage
+from tessera.server.engine.workers import ComputeThread
 
 log = logging.getLogger("tessera.engine")
 
@@ -40,19 +41,49 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.accepting = False
         self._idle = asyncio.Event()
-        self._device_threads: dict[str, ThreadPoolExecutor] = {}
+        self._device_threads: dict[str, ComputeThread] = {}
+        self._health_listeners: list[Callable[[bool], None]] = []
+        self._serving = False
+        self._ray = None  # the Ray connection, when an OP runs in mode: ray
 
-    def device_thread(self, device: str) -> ThreadPoolExecutor | None:
+    def device_thread(self, device: str) -> ComputeThread | None:
         """The one compute thread that thread workers on `device` share (None: each has its own)."""
         if not self.config.device_turns:
             return None
         if device not in self._device_threads:
-            self._device_threads[device] = ThreadPoolExecutor(1, thread_name_prefix=f"device-{device}")
+            self._device_threads[device] = ComputeThread(f"device-{device}")
         return self._device_threads[device]
 
+    # -- health ----------------------------------------------------------------------------
+    @property
+    def serving(self) -> bool:
+        """True while every OP has a live worker (the engine can finish a request)."""
+        return self._serving
+
+    def on_health_change(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(serving)` on the event loop whenever `serving` flips."""
+        self._health_listeners.append(listener)
+
+    def health_changed(self) -> None:
+        serving = bool(self.stages) and len(self.stages) == len(self.config.ops) and all(
+            stage.supervisor.live > 0 for stage in self.stages.values())
+        if serving == self._serving:
+            return
+        self._serving = serving
+        log.log(logging.INFO if serving else logging.WARNING, "engine %s",
+                "serving: every OP has a live worker" if serving else
+                "not serving: an OP has no live worker; its rows wait for a replacement")
+        for listener in self._health_listeners:
+            listener(serving)
+
     async def start(self) -> None:
+        if any(op.mode == "ray" for op in self.config.ops.values()):
+            from tessera.server.engine.workers.ray import RayConnection
+            self._ray = RayConnection(self.config.ray_address)
+            await asyncio.get_running_loop().run_in_executor(None, self._ray.open)
         self.stages = {name: OpStage(self, cfg) for name, cfg in self.config.ops.items()}
         await asyncio.gather(*(stage.start() for stage in self.stages.values()))
+        self.health_changed()
         self.accepting = True
         self._idle.set()
         log.info("engine started: %s", ", ".join(
@@ -147,8 +178,11 @@ class Engine:
         for request in list(self.requests.values()):
             self.fail(request, ShuttingDown("the server shut down before the request finished"))
         await asyncio.gather(*(stage.stop() for stage in self.stages.values()))
-        for executor in self._device_threads.values():
-            executor.shutdown(wait=False, cancel_futures=True)
+        for thread in self._device_threads.values():
+            thread.close()
+        if self._ray is not None:
+            self._ray.close()
+        self._serving = False
 
 
 def _retrieve(future: asyncio.Future) -> None:

@@ -27,4 +27,10 @@ class EngineMetrics:
         self.batch_rows = Histogram("tessera_op_batch_rows", "Rows in one batch call (or step).",
                                     ["op"], buckets=_ROWS, registry=r)
         self.depth = Gauge("tessera_channel_depth", "Requests waiting in an OP's channel.", ["op"], registry=r)
+        self.live_workers = Gauge("tessera_op_live_workers", "An OP's workers that are up (of its concurrency).",
+                                  ["op"], registry=r)
+        self.worker_restarts = Counter("tessera_op_worker_restarts",
+                                       "Workers replaced after they died or were abandoned.", ["op"], registry=r)
+        self.rows_retried = Counter("tessera_op_rows_retried",
+                                    "Rows given back to the queue when their worker was lost.", ["op"], registry=r)
         self.inflight = Gauge("tessera_inflight_requests", "Admitted requests not yet finished.", registry=r)

@@ -98,6 +98,8 @@ class SteppingOp(Op):
     capacity: int = 1
     # False: "static" batching, where a running batch finishes before new rows join
     # (only for comparison; iteration-level batching is the point of a stepping OP).
+    # The scheduler reads it on the event loop's own instance (built with the settings,
+    # never set up), so it must follow from the class or the settings, not from setup.
     joins_mid_run: bool = True
 
     def admit(self, rows: list[StepRow]) -> dict[Hashable, BaseException] | None:

@@ -1,10 +1,14 @@
-"""One OP at run time: its channel, its pending rows, and the loops of its workers.
+"""One OP at run time: its channel, its pending rows, its workers and their supervision.
 
-Batch collection is one deadline loop on a monotonic clock: a worker takes up to
-`batch_size` rows, waiting at most `batch_timeout_ms` after the oldest row arrived for a
-fuller batch. A stepping OP's worker instead admits rows into its running batch
-between steps and hands back each row the moment it finishes; it runs several steps per
-call while no row finishes, joins or leaves and no progress event is due.
+Packets from the channel become rows (`split`), rows wait in `pending` for a worker,
+and each row's result goes back to its request; when a request's rows are all done,
+`merge` makes its output and the engine routes it on. How a worker gets its rows is the
+runner's concern: `batching.BatchRunner` for batch OPs, `stepping.StepScheduler` for
+stepping OPs. Every scheduling decision is taken here, on the event loop.
+
+A worker that is lost (dead, or abandoned after a call ran past timeout_ms) gives its
+rows back to the front of `pending`, where the OP's live workers take them, and is
+replaced; the engine hears when the OP's count of live workers reaches or leaves zero.
 """
 from __future__ import annotations
 
@@ -17,20 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from tessera.server.engine.channel import Channel
 from tessera.server.engine.config import OpConfig
-from tessera.server.engine.errors import EngineError, InvalidInput, OpFailed
-from tessera.server.engine.op import StepResult, StepRow
+from tessera.server.engine.errors import EngineError, OpFailed
 from tessera.server.engine.request import Progress, Request, StageState
-from tessera.server.engine.worker import Worker
+from tessera.server.engine.workers import Supervisor, Worker, WorkerLost, WorkerSpec, make_worker
 
 if TYPE_CHECKING:
     from tessera.server.engine.engine import Engine
 
 log = logging.getLogger("tessera.engine")
-
-# A stepping OP's worker runs up to this many steps per call while nothing needs the
-# event loop (a row finished, a row waits to join, a request left, a preview is due) or
-# the device (another OP's call waits for its turn): one hand-off per several steps.
-MAX_STEPS_PER_CALL = 16
 
 
 @dataclass(slots=True)
@@ -40,6 +38,10 @@ class RowTask:
     value: Any
     enqueued: float
     attempts: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.request.id, self.index)
 
 
 def as_engine_error(exc: BaseException, op: str, request_id: str) -> EngineError:
@@ -52,51 +54,103 @@ def as_engine_error(exc: BaseException, op: str, request_id: str) -> EngineError
     return OpFailed(op, f"{type(exc).__name__}: {exc}")
 
 
+class CallTimedOut(OpFailed):
+    """A worker call ran past timeout_ms; the worker was abandoned and is being replaced."""
+
+
 class OpStage:
     def __init__(self, engine: Engine, cfg: OpConfig):
         self.engine, self.cfg, self.name = engine, cfg, cfg.name
         self.front = cfg.op_class(**cfg.settings)  # split/merge run here, on the loop
         self.front.name = cfg.name
-        depth = engine.metrics.depth.labels(cfg.name)
-        self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, depth.set)
+        m = engine.metrics
+        self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, m.depth.labels(cfg.name).set)
         self.pending: deque[RowTask] = deque()
         self.upcoming = 0  # requests in flight that have yet to reach this OP (kept by the engine)
-        wait = engine.metrics.device_wait.labels(cfg.name).observe
-        self.workers = []
+        self.supervisor = Supervisor(cfg.name, m, engine.health_changed)
+        wait = m.device_wait.labels(cfg.name).observe
+        self.workers: list[Worker] = []
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
-            self.workers.append(Worker(cfg.op_class, cfg.settings, cfg.name, device, cfg.mode, i,
-                                       engine.device_thread(device) if cfg.op_class.uses_device else None,
-                                       wait))
+            spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size)
+            shared = engine.device_thread(device) if cfg.mode == "thread" and cfg.op_class.uses_device else None
+            worker = make_worker(spec, cfg.mode, shared=shared, on_wait=wait,
+                                 ray_actor_options=cfg.ray_actor_options)
+            worker.on_lost = self._on_lost
+            self.workers.append(worker)
         self.high_water = cfg.batch_size * cfg.concurrency  # rows pulled ahead of the workers
         self._rows_event = asyncio.Event()
         self._room_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        m = engine.metrics
-        self._queue_hist, self._compute_hist = m.queue.labels(self.name), m.compute.labels(self.name)
-        self._rows_hist = m.batch_rows.labels(self.name)
-        self._progress_every = engine.config.progress_interval_ms / 1000
+        self.queue_hist, self.compute_hist = m.queue.labels(self.name), m.compute.labels(self.name)
+        self.rows_hist = m.batch_rows.labels(self.name)
+        if cfg.stepping:
+            from tessera.server.engine.stepping import StepScheduler
+            self.runner = StepScheduler(self)
+        else:
+            from tessera.server.engine.batching import BatchRunner
+            self.runner = BatchRunner(self)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.gather(*(w.start() for w in self.workers))
-        self._tasks.append(asyncio.create_task(self._feed(), name=f"{self.name}-feed"))
-        loop = self._run_steps if self.cfg.stepping else self._run_batches
         for w in self.workers:
-            self._tasks.append(asyncio.create_task(loop(w), name=f"{self.name}-{w.index}"))
+            self.supervisor.up(w)
+        self._tasks.append(asyncio.create_task(self._feed(), name=f"{self.name}-feed"))
+        for w in self.workers:
+            self._tasks.append(asyncio.create_task(self._serve(w), name=f"{self.name}-{w.index}"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for w in self.workers:
-            w.close()
+        await asyncio.gather(*(w.close() for w in self.workers), return_exceptions=True)
+
+    async def _serve(self, worker: Worker) -> None:
+        """Run the worker's loop; when the worker is lost, replace it and go on."""
+        while True:
+            try:
+                await self.runner.run(worker)
+            except WorkerLost as lost:
+                self.lose(worker, getattr(lost, "rows", []))
+            await self.supervisor.replace(worker)
+
+    @staticmethod
+    def lost_with(worker: Worker, tasks: list[RowTask]) -> WorkerLost:
+        """The error a runner raises when its worker is lost holding `tasks`."""
+        error = WorkerLost(worker.spec.label)
+        error.rows = tasks
+        return error
+
+    def lose(self, worker: Worker, tasks: list[RowTask]) -> None:
+        """The worker is gone with these rows: they go first in line for the live workers
+        (attempts unchanged: a lost worker is not the row's fault; a stepping row restarts
+        from its seed)."""
+        tasks = [t for t in tasks if not t.request.done]
+        self.pending.extendleft(reversed(tasks))
+        self.supervisor.down(worker, len(tasks))
+        if tasks:
+            self._signal_rows()
+
+    def _on_lost(self, worker: Worker) -> None:
+        self._signal_rows()  # an idle runner wakes, sees it, and hands the worker over
 
     def forget(self, request: Request) -> None:
         self.channel.remove(request.id)
         if any(t.request is request for t in self.pending):
             self.pending = deque(t for t in self.pending if t.request is not request)
             self._signal_room()
+        self.runner.request_left(request)
+
+    async def timed(self, worker: Worker, awaitable):
+        """Await a worker call under timeout_ms; past it the worker is abandoned."""
+        if self.cfg.timeout_ms <= 0:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, self.cfg.timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            worker.abandon()
+            raise CallTimedOut(self.name, f"a call took longer than timeout_ms={self.cfg.timeout_ms:g}") from None
 
     # -- signalling (notify-all events: waiters hold the event they saw) --------------------
     def _signal_rows(self) -> None:
@@ -107,13 +161,18 @@ class OpStage:
         ev, self._room_event = self._room_event, asyncio.Event()
         ev.set()
 
-    async def _wait_rows(self, timeout: float | None = None) -> bool:
+    async def wait_rows(self, worker: Worker, timeout: float | None = None) -> bool:
+        """Wait for new rows (or a lost worker, which raises WorkerLost); False on timeout."""
+        if worker.lost.is_set():
+            raise WorkerLost(worker.spec.label)
         ev = self._rows_event
         try:
             await asyncio.wait_for(ev.wait(), timeout)
-            return True
         except asyncio.TimeoutError:
             return False
+        if worker.lost.is_set():
+            raise WorkerLost(worker.spec.label)
+        return True
 
     # -- packets become rows ---------------------------------------------------------------
     async def _feed(self) -> None:
@@ -135,13 +194,14 @@ class OpStage:
             self.upcoming -= 1
             if not rows:
                 state.first_start = time.monotonic()
-                await self._complete(request, state)
+                await self.complete(request, state)
                 continue
             now = time.monotonic()
             self.pending.extend(RowTask(request, i, row, now) for i, row in enumerate(rows))
             self._signal_rows()
+            self.runner.rows_arrived()
 
-    def _take(self, limit: int) -> list[RowTask]:
+    def take(self, limit: int) -> list[RowTask]:
         out = []
         while self.pending and len(out) < limit:
             task = self.pending.popleft()
@@ -150,18 +210,7 @@ class OpStage:
         self._signal_room()
         return out
 
-    # -- batch OPs -------------------------------------------------------------------------
-    async def _run_batches(self, worker: Worker) -> None:
-        size = self.cfg.batch_size
-        while True:
-            while not self.pending:
-                await self._wait_rows()
-            await self._fill_or_timeout(size)
-            batch = self._take(size)
-            if batch:
-                await self._execute(worker, batch)
-
-    async def _fill_or_timeout(self, size: int) -> None:
+    async def fill_or_timeout(self, worker: Worker, size: int) -> None:
         """Wait for `size` rows, at most batch_timeout_ms after the oldest arrived, and only
         while a request in flight has yet to bring its rows here (alone, a row never waits)."""
         wait = self.cfg.batch_timeout_ms / 1000
@@ -170,173 +219,27 @@ class OpStage:
         deadline = self.pending[0].enqueued + wait
         while self.pending and len(self.pending) < size and self.upcoming > 0:
             left = deadline - time.monotonic()
-            if left <= 0 or not await self._wait_rows(left):
+            if left <= 0 or not await self.wait_rows(worker, left):
                 break
 
-    async def _execute(self, worker: Worker, batch: list[RowTask]) -> None:
-        start = time.monotonic()
-        for task in batch:
-            self._mark_start(task, start)
-        self._rows_hist.observe(len(batch))
-        outcomes = await self._isolate(worker, [t.value for t in batch])
-        for task, out in zip(batch, outcomes):
-            if task.request.done:
-                continue
-            if isinstance(out, BaseException):
-                if not isinstance(out, InvalidInput) and task.attempts < self.cfg.retry:
-                    task.attempts += 1
-                    self.pending.appendleft(task)
-                    self._signal_rows()
-                    continue
-                self.engine.fail(task.request, as_engine_error(out, self.name, task.request.id))
-                continue
-            await self._row_done(task, out)
-
-    async def _isolate(self, worker: Worker, values: list) -> list:
-        """Run a batch; if it raises, split it to find the rows at fault (batch-mates live)."""
-        start = time.monotonic()
-        try:
-            out = await self._timed(worker.process(values))
-            if not isinstance(out, list) or len(out) != len(values):
-                raise OpFailed(self.name, f"process() returned {len(out) if isinstance(out, list) else type(out).__name__}"
-                                          f" results for {len(values)} rows")
-            return out
-        except Exception as exc:  # noqa: BLE001 - isolated below, reported per row
-            if len(values) == 1 or isinstance(exc, (asyncio.TimeoutError, OpFailed)):
-                return [exc] * len(values)
-            half = len(values) // 2
-            return await self._isolate(worker, values[:half]) + await self._isolate(worker, values[half:])
-        finally:
-            self._compute_hist.observe(time.monotonic() - start)
-
-    async def _timed(self, awaitable):
-        if self.cfg.timeout_ms <= 0:
-            return await awaitable
-        try:
-            return await asyncio.wait_for(awaitable, self.cfg.timeout_ms / 1000)
-        except asyncio.TimeoutError:
-            raise OpFailed(self.name, f"a call took longer than timeout_ms={self.cfg.timeout_ms:g}") from None
-
-    # -- stepping OPs ----------------------------------------------------------------------
-    async def _run_steps(self, worker: Worker) -> None:
-        op = worker.op
-        op.capacity = self.cfg.batch_size
-        live: dict[tuple, RowTask] = {}
-        broken: list[tuple] = []
-        while True:
-            if not live:
-                while not self.pending:
-                    await self._wait_rows()
-                await self._fill_or_timeout(self.cfg.batch_size)
-            evict = broken + [k for k, t in live.items() if t.request.done]
-            broken = []
-            for key in evict:
-                live.pop(key, None)
-            room = self.cfg.batch_size - len(live) if (op.joins_mid_run or not live) else 0
-            admit = self._take(room)
-            rows = [StepRow((t.request.id, t.index), t.value) for t in admit]
-            watch = list(live.values()) + admit  # what the worker checks between steps
-
-            def run(evict=evict, rows=rows, watch=watch):
-                if evict:
-                    op.evict(evict)
-                failed = op.admit(rows) if rows else None
-                if not op.active:
-                    return failed or {}, StepResult(), 0
-                result, steps = op.step(), 1
-                # Keep stepping on the worker while nothing needs the loop or the device: no
-                # row finished or failed, no preview or progress due, no request left, no
-                # row to join, no other OP's call waiting for this device's turn.
-                while (steps < MAX_STEPS_PER_CALL and op.active and not failed and not result.finished
-                       and not worker.others_waiting()
-                       and not any(p.preview is not None for p in result.progress.values())
-                       and not (op.joins_mid_run and self.pending)
-                       and not any(t.request.done or self._progress_due(t) for t in watch)):
-                    more = op.step()
-                    result.progress.update(more.progress)
-                    result.finished.update(more.finished)
-                    steps += 1
-                return failed or {}, result, steps
-
-            start = time.monotonic()
-            for task, row in zip(admit, rows):
-                live[row.key] = task
-                self._mark_start(task, start)
-            try:
-                failed, result, steps = await self._timed(worker.call(run))
-            except Exception as exc:  # noqa: BLE001 - the running batch is lost; its rows fail
-                for key, task in live.items():
-                    self.engine.fail(task.request, as_engine_error(exc, self.name, task.request.id))
-                broken, live = list(live), {}
-                continue
-            per_step = (time.monotonic() - start) / max(1, steps)
-            for _ in range(steps):  # the metrics stay per step
-                self._compute_hist.observe(per_step)
-                self._rows_hist.observe(len(live))
-            for key, exc in failed.items():
-                task = live.pop(key, None)
-                if task is not None:
-                    self.engine.fail(task.request, as_engine_error(exc, self.name, task.request.id))
-            self._report_progress(live, result)
-            for key, out in result.finished.items():
-                task = live.pop(key, None)
-                if task is None or task.request.done:
-                    continue
-                if isinstance(out, BaseException):
-                    self.engine.fail(task.request, as_engine_error(out, self.name, task.request.id))
-                else:
-                    await self._row_done(task, out)
-
-    def _progress_due(self, task: RowTask) -> bool:
-        """Whether this row's request is owed a Progress event (read from the worker too)."""
-        return task.request.events is not None and self._interval_passed(
-            task.request.stages[self.name], time.monotonic())
-
-    def _interval_passed(self, state: StageState, now: float) -> bool:
-        return state.progress_sent is None or now - state.progress_sent >= self._progress_every
-
-    def _report_progress(self, live: dict[tuple, RowTask], result: StepResult) -> None:
-        touched: dict[str, Request] = {}
-        previews: set[str] = set()
-        for key, prog in result.progress.items():
-            task = live.get(key)
-            if task is None or task.request.events is None:
-                continue
-            state = task.request.stages[self.name]
-            if state.progress is None:
-                state.progress = {}
-            state.progress[task.index] = prog
-            touched[task.request.id] = task.request
-            if prog.preview is not None:
-                previews.add(task.request.id)
-        now = time.monotonic()
-        for request in touched.values():
-            state = request.stages[self.name]
-            rows = len(state.outputs)
-            per_row = max(p.total for p in state.progress.values())
-            done = sum(p.completed for p in state.progress.values()) + per_row * sum(
-                1 for i in range(rows) if i not in state.progress and state.outputs[i] is not None)
-            if not (done >= per_row * rows or request.id in previews or self._interval_passed(state, now)):
-                continue
-            state.progress_sent = now
-            preview = state.progress.get(0).preview if 0 in state.progress else None
-            request.events.put_nowait(Progress(request.id, self.name, done, per_row * rows, preview))
-
     # -- rows become outputs ---------------------------------------------------------------
-    def _mark_start(self, task: RowTask, start: float) -> None:
+    def mark_start(self, task: RowTask, start: float) -> None:
         state = task.request.stages[self.name]
         if state.first_start is None:
             state.first_start = start
-        self._queue_hist.observe(start - task.enqueued)
+        self.queue_hist.observe(start - task.enqueued)
 
-    async def _row_done(self, task: RowTask, out: Any) -> None:
+    def fail_row(self, task: RowTask, exc: BaseException) -> None:
+        self.engine.fail(task.request, as_engine_error(exc, self.name, task.request.id))
+
+    async def row_done(self, task: RowTask, out: Any) -> None:
         state = task.request.stages[self.name]
         state.outputs[task.index] = out
         state.remaining -= 1
         if state.remaining == 0:
-            await self._complete(task.request, state)
+            await self.complete(task.request, state)
 
-    async def _complete(self, request: Request, state: StageState) -> None:
+    async def complete(self, request: Request, state: StageState) -> None:
         state.finished = time.monotonic()
         try:
             value = self.front.merge(state.value, state.outputs)

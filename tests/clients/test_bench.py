@@ -1,15 +1,16 @@
-"""The benchmark's arithmetic and its engine-only mode (no timing is asserted)."""
+"""The benchmark's arithmetic, its plot and its engine-only mode (no timing is asserted)."""
 from __future__ import annotations
 
 import math
 import time
 
-from tessera.clients.bench import engine_only
-from tessera.clients.bench_report import bar_ratios, percentile, plot, ratio_table, server_split, summarize
+from tessera.bench import engine_only
+from tessera.bench.report import bar_ratios, figure, percentile, plot, ratio_table, server_split, summarize, table
 
 
 def test_percentiles_interpolate():
     assert percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert percentile([10, 20, 30, 40, 50], 0.9) == 46.0
     assert percentile([5], 0.99) == 5
     assert math.isnan(percentile([], 0.5))
 
@@ -39,12 +40,33 @@ def test_server_split_is_the_difference_over_the_run():
 def test_engine_only_mode_answers_every_request(tmp_path):
     rows = engine_only([1, 8], requests=200)
     assert [r["summary"]["ok"] for r in rows] == [200, 200]
-    plot({"engine": [(1, 1.0, 2.0), (8, 3.0, 4.0)]}, str(tmp_path / "p.png"))
-    assert (tmp_path / "p.png").stat().st_size > 0
+    t = table(rows)
+    assert [c.header for c in t.columns][:3] == ["config", "mode", "img/s"] and t.row_count == 2
+
+
+def test_plot_labels_its_axes_logs_latency_and_spans_the_rounds(tmp_path):
+    series = {"default": [(1, [3.0, 3.5, 4.0], [300.0, 280.0, 320.0]), (32, [15.0, 16.0, 17.0], [2000, 2100, 2500])],
+              "serial": [(1, [1.2, 1.3, 1.4], [800.0, 850.0, 900.0]), (32, [1.2, 1.3, 1.25], [25000, 26000, 27000])]}
+    fig = figure(series)
+    thru, lat = fig.axes
+    assert thru.get_xlabel().startswith("concurrency") and thru.get_ylabel() == "images/s"
+    assert "p99 latency" in lat.get_ylabel() and lat.get_yscale() == "log" and thru.get_xscale() == "log"
+    (legend,) = fig.legends  # one legend, outside both panels
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(box.x0 >= ax.get_window_extent().x1 for ax in fig.axes)
+    assert [t.get_text() for t in legend.get_texts()] == ["default", "serial"]
+    # the line goes through the medians; the error bar spans the lowest to the highest round
+    line = lat.get_lines()[0]
+    assert list(line.get_ydata()) == [300.0, 2100.0]
+    segments = lat.collections[0].get_segments()
+    assert [(s[0][1], s[1][1]) for s in segments] == [(280.0, 320.0), (2000.0, 2500.0)]
+    plot(series, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_offline_mode_measures_the_in_process_pipeline(tiny_model_dir):
-    from tessera.clients.bench import offline_run, shapes_prompts
+    from tessera.bench import offline_run, shapes_prompts
     rows = offline_run(shapes_prompts(4), [1, 8], 3, {"num_candidates": 2}, str(tiny_model_dir), 8)
     assert [r["concurrency"] for r in rows] == [1, 8]
     s = rows[0]["summary"]
@@ -71,7 +93,7 @@ def test_bar_ratios_pair_the_configs_of_one_round():
 
 def test_rounds_repeat_the_comparison_and_keep_each_rounds_rows_apart(tiny_model_dir, tmp_path):
     import json
-    from tessera.clients.bench import main
+    from tessera.bench import main
     assert main(["--compare", "offline", "--concurrency", "1", "--requests", "2", "--num-candidates", "2",
                  "--rounds", "2", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -81,7 +103,7 @@ def test_rounds_repeat_the_comparison_and_keep_each_rounds_rows_apart(tiny_model
 
 
 async def test_closed_and_open_loops_count_every_request_they_send(tiny_model_dir):
-    from tessera.clients.bench import closed_loop, open_loop
+    from tessera.bench import closed_loop, open_loop
     from tests.server.rpc.conftest import app_config, serving
     params = {"num_candidates": 2, "num_images": 1}
     async with serving(app_config(tiny_model_dir)) as (server, _):

@@ -1,9 +1,10 @@
-"""`tessera generate` against a real server, and when there is none."""
+"""`tessera generate` and `tessera info` against a real server, when there is none, and the commands' help."""
 from __future__ import annotations
 
 import asyncio
 import socket
 
+import pytest
 from PIL import Image
 
 from tessera.clients.cli import main
@@ -40,6 +41,38 @@ async def test_refused_request_is_a_clear_message(tiny_model_dir, tmp_path, caps
             "generate", "a red circle", "-n", "3", "--candidates", "2", "--server", f"127.0.0.1:{server.port}"])
     err = capsys.readouterr().err
     assert code == 1 and "INVALID_ARGUMENT" in err and "num_images" in err
+
+
+async def test_info_prints_what_the_server_serves(tiny_model_dir, capsys):
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        code = await asyncio.to_thread(main, ["info", "--server", f"127.0.0.1:{server.port}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "64 x 64" in out and "max_num_images 16" in out
+    assert "red / 红色" in out  # what the model can draw, in both languages
+
+
+def test_a_token_grpc_cannot_carry_is_refused_before_any_call(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TESSERA_TOKEN", "sécret")
+    code = main(["generate", "a red circle", "--server", "127.0.0.1:1", "--token-env", "TESSERA_TOKEN",
+                 "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "printable ASCII" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_each_command_has_its_own_help_and_the_client_command_only_the_clients(capsys):
+    from tessera.server.cli import main as tessera
+    with pytest.raises(SystemExit) as exit_:
+        tessera(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert all(f"    {c}" in out for c in ("serve", "generate", "info", "bench", "train", "evaluate"))
+    with pytest.raises(SystemExit):
+        tessera(["serve", "--help"])
+    assert "--metrics-port" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve"])  # the client's command knows only generate and info
+    assert exit_.value.code == 2 and "invalid choice: 'serve'" in capsys.readouterr().err
 
 
 async def test_generate_warns_about_words_the_model_does_not_know(tiny_model_dir, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The shipped client spreads calls over several front ends with gRPC's round_robin."""
+"""The shipped client spreads calls over several front ends with gRPC's round_robin, and refuses
+at once what gRPC could only fail on later."""
 from __future__ import annotations
 
 import asyncio
@@ -55,3 +56,17 @@ async def test_calls_land_on_every_front_end_in_the_list(tiny_model_dir):
         sent = await asyncio.to_thread(blocking)
         assert finished(a) > before[0] and finished(b) > before[1]
         assert finished(a) + finished(b) - sum(before) == sent
+
+
+@pytest.mark.parametrize("token", ["…", "sécret", "two words", "tab\there", "line\n"])
+async def test_a_token_grpc_metadata_cannot_carry_is_a_value_error_at_once(token):
+    for make in (TesseraClient, AsyncTesseraClient):
+        with pytest.raises(ValueError, match="printable ASCII without spaces"):
+            make("127.0.0.1:1", token=token)
+
+
+async def test_an_ascii_token_is_sent_as_a_bearer_token(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("TESSERA_TEST_TOKEN", "my-secret-token")
+    config = app_config(tiny_model_dir, token_env="TESSERA_TEST_TOKEN")
+    async with serving(config, token="my-secret-token") as (_, client):
+        assert (await client.info()).image_width == 64

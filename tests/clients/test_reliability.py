@@ -6,7 +6,7 @@ first-use caches), so CI reports it and bounds it loosely; the long run holds it
 """
 from __future__ import annotations
 
-from tessera.clients.reliability import run_suite
+from tessera.bench.reliability import run_suite
 
 
 def test_soak_burst_sigterm_fuzz_and_auth_all_hold(tiny_model_dir):

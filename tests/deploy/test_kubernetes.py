@@ -118,17 +118,20 @@ def _containers(doc: dict) -> list[dict]:
 def test_the_dockerfile_copies_every_package_and_serves_the_mounted_config():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
-    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     copied = set(re.findall(r"^COPY (\S+) ", dockerfile, flags=re.M))
-    for folder in package_dirs.values():
-        assert folder.split("/")[0] in copied, f"{folder} is installed but not copied into the image"
+    for project in (ROOT, ROOT / "clients"):  # the server's distribution and the client's
+        package_dirs = tomllib.loads((project / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+        for folder in package_dirs.values():
+            top = (project / folder).resolve().relative_to(ROOT).parts[0]
+            assert top in copied, f"{project / folder} is installed but not copied into the image"
+    assert "pip install --no-cache-dir ./clients '.[ray]'" in dockerfile
     assert 'ENTRYPOINT ["tessera"]' in dockerfile
     assert 'CMD ["serve", "--config", "/etc/tessera/config.yaml", "--host", "0.0.0.0"]' in dockerfile
     assert "torch==2.13.0" in dockerfile
 
 
 def test_the_ray_configuration_loads():
-    pytest.importorskip("ray", reason="mode: ray needs the ray extra: pip install 'tessera[ray]'")
+    pytest.importorskip("ray", reason="mode: ray needs the ray extra: pip install -e ./clients -e '.[ray]'")
     from tessera.server.main import load_config
     config = load_config(str(ROOT / "deploy" / "ray.yaml"), None, None, None)
     assert config.graph.ray_address == "ray://tessera-ray-head-svc:10001"

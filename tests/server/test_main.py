@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tessera(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "tessera.clients.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tessera.server.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, **kw)
 
 
@@ -36,6 +36,8 @@ def test_deploy_default_yaml_is_the_shipped_default():
     # each OP's settings are its own typed dataclass
     (lambda c: c["graph"]["ops"]["sample"].update(settings={"halff": True}),
      "graph.ops.sample.settings.halff: unknown key; expected one of ['half', 'model_dir', 'static_batching']"),
+    (lambda c: c["graph"]["ops"]["decode"].update(settings={"half": "yes"}),
+     "graph.ops.decode.settings.half: must be true or false, got 'yes'"),
     # a fan-in OP's inputs by its own names (tests/server/test_config.py has the other cases)
     (lambda c: c["graph"]["ops"]["rerank"].update(inputs={"images": "decode", "text": "clip_text"}),
      "graph.ops.rerank.inputs.text: unknown input; RerankOp takes ['images', 'text_embedding']"),
@@ -63,7 +65,7 @@ def test_serve_on_port_zero_prints_the_port_and_drains_on_sigterm(tiny_model_dir
     cfg["model_dir"] = str(tiny_model_dir)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "tessera.clients.cli", "serve", "--config", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.server.cli", "serve", "--config", str(path),
                              "--port", "0", "--metrics-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

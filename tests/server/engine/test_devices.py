@@ -92,7 +92,7 @@ async def test_a_stepping_op_yields_the_device_to_a_waiting_call_between_steps(m
         await steps.taken_at_least(3)       # the stepper is inside a multi-step call, held at step 4
         second = engine.submit(3)           # its busy call queues behind the stepper
         stepper = engine.stages["count"].workers[0]
-        await until(stepper.others_waiting, "busy's call waits for the device")
+        await until(lambda: stepper.compute.waiting > 0, "busy's call waits for the device")
         steps.free()
         await asyncio.gather(first.result(), second.result())
     ran_at = [at for at, _ in calls("busy").rows]

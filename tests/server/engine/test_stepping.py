@@ -105,16 +105,16 @@ async def test_static_batching_runs_a_batch_to_completion_before_new_rows_join(m
 
 
 async def test_worker_runs_several_steps_per_call_when_nothing_needs_the_loop(monkeypatch):
-    from tessera.server.engine.stage import MAX_STEPS_PER_CALL
-    from tessera.server.engine.worker import Worker
+    from tessera.server.engine.stepping import MAX_STEPS_PER_CALL
+    from tessera.server.engine.workers import ThreadWorker
     calls_made = []
-    original = Worker.call
+    original = ThreadWorker.step
 
-    async def counting(self, fn, *args):
+    async def counting(self, call):
         calls_made.append(self.name)
-        return await original(self, fn, *args)
+        return await original(self, call)
 
-    monkeypatch.setattr(Worker, "call", counting)
+    monkeypatch.setattr(ThreadWorker, "step", counting)
     async with running(counter()) as engine:
         result = await engine.submit(40).result()
     assert result.value["finished_at"] == 40

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,3 +306,56 @@ class OffDevice(Busy):
     """Busy, declared as work that needs neither the device nor its turn."""
 
     uses_device = False
+
+
+class Faulty(Counter):
+    """A Counter whose step raises while a row with value `fail_on` runs (after
+    `fail_after` such steps), and stops at gate("hang") while a row `hang_on` runs."""
+
+    @dataclass
+    class Settings:
+        pace: str = ""
+        fail_on: Any = None
+        fail_after: int = 0
+        hang_on: Any = None
+
+    def step(self):
+        values = [state[1] for state in self.running.values()]
+        if self.settings.fail_on in values:
+            key = next(k for k, s in self.running.items() if s[1] == self.settings.fail_on)
+            self.hits = getattr(self, "hits", 0) + 1
+            if self.hits > self.settings.fail_after:
+                calls(self.name + ":failed").add(sorted(self.running))
+                raise RuntimeError(f"step broke on {key}")
+        if self.settings.hang_on is not None and self.settings.hang_on in values:
+            gate("hang").pass_through()
+        return super().step()
+
+
+class Hang(Op):
+    """Stops at gate("hang") the first time it sees a row equal to `hang_on`, else echoes."""
+
+    @dataclass
+    class Settings:
+        hang_on: Any = None
+
+    def process(self, rows):
+        first = not calls(self.name).batches
+        calls(self.name).add(rows)
+        if first and self.settings.hang_on in rows:
+            gate("hang").pass_through()
+        return list(rows)
+
+
+class SlowCounter(Counter):
+    """A Counter whose steps take `step_s` seconds of work (for a child process, where the
+    test's gates and paces cannot reach)."""
+
+    @dataclass
+    class Settings:
+        pace: str = ""
+        step_s: float = 0.0
+
+    def step(self):
+        time.sleep(self.settings.step_s)
+        return super().step()

@@ -48,7 +48,7 @@ class ServerProcess:
             yaml.safe_dump(self.config, f)
         self._path = Path(path)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tessera.clients.cli", "serve", "--config", path, "--port", "0",
+            [sys.executable, "-m", "tessera.server.cli", "serve", "--config", path, "--port", "0",
              "--metrics-port", "0", "--log-level", "WARNING"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()

@@ -22,9 +22,36 @@ import sys
 import time
 from pathlib import Path
 
-from tessera.clients.bench_report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
-                                  table)
-from tessera.clients.cli import ProgressBar
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tessera.bench.report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
+                                          table)
+
+
+class LoadProgress:
+    """rich's progress bars on stderr, one per load (its label), fed as requests answer;
+    `close` ends the sweep's display. Quiet when stderr is no terminal."""
+
+    def __init__(self):
+        self._console = Console(stderr=True)
+        self._progress: Progress | None = None
+        self._tasks: dict[str, int] = {}
+
+    def update(self, label: str, completed: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = Progress(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), console=self._console,
+                                      disable=not self._console.is_terminal)
+            self._progress.start()
+        if label not in self._tasks:
+            self._tasks[label] = self._progress.add_task(label, total=total)
+        self._progress.update(self._tasks[label], completed=completed, total=total)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress, self._tasks = None, {}
 
 
 def shapes_prompts(n: int, seed: int = 0) -> list[str]:
@@ -53,7 +80,7 @@ async def _one(client, prompt: str, params: dict, seed: int) -> dict:
 
 
 async def closed_loop(target: str, prompts: list[str], concurrency: int, requests: int, params: dict,
-                      bar: ProgressBar | None = None, label: str = "") -> tuple[list[dict], float]:
+                      bar: LoadProgress | None = None, label: str = "") -> tuple[list[dict], float]:
     from tessera.clients.client import AsyncTesseraClient
     samples: list[dict] = []
     counter = iter(range(requests))
@@ -69,7 +96,7 @@ async def closed_loop(target: str, prompts: list[str], concurrency: int, request
 
 
 async def open_loop(target: str, prompts: list[str], rate: float, requests: int, params: dict,
-                    bursty: bool, seed: int = 0, bar: ProgressBar | None = None,
+                    bursty: bool, seed: int = 0, bar: LoadProgress | None = None,
                     label: str = "", duration: float = 0) -> tuple[list[dict], float]:
     """Poisson arrivals; `bursty` sends them in clumps of 1-8 with the same mean rate.
 
@@ -142,7 +169,7 @@ def engine_only(concurrency_levels: list[int], requests: int) -> list[dict]:
 
     ops, prev = {}, "request"
     for i in range(4):
-        ops[f"noop{i}"] = {"type": "tessera.clients.noop:NoopOp", "inputs": [prev], "batch_size": 64,
+        ops[f"noop{i}"] = {"type": "tessera.bench.noop:NoopOp", "inputs": [prev], "batch_size": 64,
                            "channel_capacity": 4096}
         prev = f"noop{i}"
     cfg = GraphConfig.from_dict({"ops": ops, "output": prev, "max_inflight": 8192})
@@ -202,9 +229,8 @@ def kv_profile(model_dir: str | None, rows: int) -> dict:
             "ratio": last / first}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tessera bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`tessera bench`'s arguments (the command line is tessera.server.cli)."""
     ap.add_argument("--server", help="benchmark a running server (else --compare starts its own)")
     ap.add_argument("--metrics", help="that server's metrics URL, for the server-side split")
     ap.add_argument("--compare", default="serial,static,default,offline",
@@ -232,8 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the whole comparison, configs interleaved, and report each round's ratios")
     ap.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.png")
-    args = ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tessera bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    args.command_line = argv
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = getattr(args, "command_line", None)
+    console = Console()
     levels = [int(x) for x in args.concurrency.split(",") if x]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -242,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine_only:
         rows = engine_only(levels, args.requests or 5000)
         report["rows"] = rows
-        print(table(rows))
+        console.print(table(rows))
         return _write(report, out, rows)
     if args.kv:
         report["kv"] = kv_profile(args.model_dir, 64)
@@ -255,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"num_candidates": args.num_candidates, "num_images": args.num_images,
               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
               "guidance_scale": args.guidance_scale}
-    bar = ProgressBar()
+    bar = LoadProgress()
     rows: list[dict] = []
     tag: dict = {}  # {"round": i} when several rounds run
 
@@ -293,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rate:
             open_sweep("server", args.server, args.rate, args.metrics)
     else:
-        from tessera.clients.bench_servers import ServerProcess, bench_configs
+        from tessera.bench.servers import ServerProcess, bench_configs
         configs = bench_configs(args.model_dir)
         names = [n for n in args.compare.split(",") if n]
         for i in range(max(1, args.rounds)):
@@ -324,30 +362,30 @@ def main(argv: list[str] | None = None) -> int:
                         open_sweep(name, server.target, rate, server.metrics_url)
             report.setdefault("ratios", []).append(bar_ratios(rows[first:]))
     report["rows"] = rows
-    print(table(rows))
+    console.print(table(rows))
     for r in rows:
         if r.get("server"):
             split = ", ".join(f"{op}: {s['mean_rows_per_batch']:.1f} rows, q {s['mean_queue_ms']:.1f} ms, "
                               f"wait {s['mean_device_wait_ms']:.1f} ms, c {s['mean_compute_ms']:.1f} ms" for op, s in r["server"].items())
             print(f"  {r['config']} {r['mode']}: {split}")
     if any(report.get("ratios", [])):
-        print("side-by-side ratios, one column per round (bench_report.bar_ratios says which is which):")
+        print("side-by-side ratios, one column per round (bench.report.bar_ratios says which is which):")
         print(ratio_table(report["ratios"]))
     return _write(report, out, rows)
 
 
 def _write(report: dict, out: Path, rows: list[dict]) -> int:
     (out / "bench.json").write_text(json.dumps(report, indent=2))
-    points: dict[tuple[str, int], list] = {}  # several rounds: their median per point
+    points: dict[tuple[str, int], tuple[list, list]] = {}  # each round's throughput and p99 per point
     for r in rows:
         if "concurrency" in r:
             s = r["summary"]
-            points.setdefault((r["config"], r["concurrency"]), []).append(
-                (s["images_per_s"] if r["config"] != "engine" else s["requests_per_s"], s["latency_ms"]["p99"]))
+            thru, p99 = points.setdefault((r["config"], r["concurrency"]), ([], []))
+            thru.append(s["images_per_s"] if r["config"] != "engine" else s["requests_per_s"])
+            p99.append(s["latency_ms"]["p99"])
     series: dict[str, list] = {}
-    for (config, c), values in points.items():
-        series.setdefault(config, []).append(
-            (c, statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)))
+    for (config, c), (thru, p99) in points.items():
+        series.setdefault(config, []).append((c, thru, p99))
     plot(series, str(out / "bench.png"))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return 0

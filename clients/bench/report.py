@@ -1,22 +1,18 @@
 """Summaries of a benchmark run: percentiles, server-side metrics, the table and the plot."""
 from __future__ import annotations
 
-import math
 import statistics
 import urllib.request
 from collections import Counter
 
-from PIL import Image, ImageDraw
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from rich.table import Table
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    """The q-quantile (0..1), linearly interpolated; NaN when there are no values."""
+    return float(np.percentile(values, 100 * q)) if len(values) else float("nan")
 
 
 def summarize(samples: list[dict], wall_s: float) -> dict:
@@ -109,61 +105,63 @@ def ratio_table(per_round: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def table(rows: list[dict]) -> str:
-    head = f"{'config':<9} {'mode':<12} {'img/s':>7} {'req/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} " \
-           f"{'max ms':>8} {'1st ev ms':>9} {'errors':>8}"
-    lines = [head, "-" * len(head)]
+def table(rows: list[dict]) -> Table:
+    """One line per row: throughput, latency percentiles, first event and errors (print with rich)."""
+    t = Table(show_edge=False, pad_edge=False)
+    for name, justify in (("config", "left"), ("mode", "left"), ("img/s", "right"), ("req/s", "right"),
+                          ("p50 ms", "right"), ("p90 ms", "right"), ("p99 ms", "right"), ("max ms", "right"),
+                          ("1st ev ms", "right"), ("errors", "right")):
+        t.add_column(name, justify=justify)
     for r in rows:
         s = r["summary"]
         lat = s["latency_ms"]
         name = r["config"] + (f"/{r['round'] + 1}" if "round" in r else "")
-        lines.append(f"{name:<9} {r['mode']:<12} {s['images_per_s']:>7.2f} {s['requests_per_s']:>7.2f} "
-                     f"{lat['p50']:>8.1f} {lat['p90']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f} "
-                     f"{s['first_progress_ms_p50']:>9.0f} {sum(s['errors'].values()):>8}")
-    return "\n".join(lines)
+        t.add_row(name, r["mode"], f"{s['images_per_s']:.2f}", f"{s['requests_per_s']:.2f}",
+                  *(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
+                  f"{s['first_progress_ms_p50']:.0f}", str(sum(s["errors"].values())))
+    return t
 
 
-_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+def plot(series: dict[str, list[tuple[int, list[float], list[float]]]], path: str) -> None:
+    """Save `figure(series)` as a PNG."""
+    import matplotlib.pyplot as plt
+    fig = figure(series)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def plot(series: dict[str, list[tuple[int, float, float]]], path: str) -> None:
-    """Two panels against concurrency (log2): images/s and p99 latency; a line per config."""
-    W, H, M = 900, 380, 60
-    img = Image.new("RGB", (W, H), "white")
-    draw = ImageDraw.Draw(img)
-    xs = sorted({c for pts in series.values() for c, _, _ in pts})
-    if not xs:
-        img.save(path)
-        return
-    panels = [("images/s", 1), ("p99 latency (ms)", 2)]
-    pw = (W - 3 * M) // 2
-    for p, (title, idx) in enumerate(panels):
-        x0 = M + p * (pw + M)
-        y0, y1 = 30, H - M
-        top = max((pt[idx] for pts in series.values() for pt in pts if not math.isnan(pt[idx])), default=0) * 1.1
-        top = top or 1.0
-        draw.rectangle((x0, y0, x0 + pw, y1), outline="black")
-        draw.text((x0 + pw // 2 - 40, 8), title, fill="black")
-        for frac in (0, .25, .5, .75, 1):
-            y = y1 - frac * (y1 - y0)
-            draw.line((x0 - 4, y, x0, y), fill="black")
-            draw.text((x0 - 55, y - 6), f"{top * frac:.1f}", fill="black")
+def figure(series: dict[str, list[tuple[int, list[float], list[float]]]]):
+    """Throughput and p99 latency against concurrency, a line per config (a matplotlib Figure).
 
-        def px(c, v):
-            lx = math.log2(c) if len(xs) > 1 else 0
-            span = math.log2(xs[-1]) - math.log2(xs[0]) or 1
-            return x0 + (lx - math.log2(xs[0])) / span * pw, y1 - v / top * (y1 - y0)
-        for c in xs:
-            x, _ = px(c, 0)
-            draw.text((x - 6, y1 + 6), str(c), fill="black")
-        draw.text((x0 + pw // 2 - 30, y1 + 24), "concurrency", fill="black")
-        for k, (name, pts) in enumerate(series.items()):
-            color = _COLORS[k % len(_COLORS)]
-            coords = [px(c, v[idx - 1]) for c, *v in pts if not math.isnan(v[idx - 1])]
-            if len(coords) > 1:
-                draw.line(coords, fill=color, width=2)
-            for x, y in coords:
-                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=color)
-            if p == 0:
-                draw.text((x0 + 8, y0 + 6 + 14 * k), name, fill=color)
-    img.save(path)
+    `series[config]` holds (concurrency, throughput per round, p99 ms per round); a line
+    goes through each point's median, and the error bar spans its rounds' min to max.
+    Both x axes are log2 (concurrency doubles), latency's y axis log10 (it spans decades).
+    """
+    import matplotlib
+    matplotlib.use("Agg")  # files only; no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for name, points in series.items():
+        points = sorted(points)
+        xs = [c for c, _, _ in points]
+        for ax, k in ((left, 1), (right, 2)):
+            values = [np.asarray([v for v in p[k] if v == v] or [np.nan]) for p in points]  # NaN-free per point
+            mid = np.array([np.median(v) for v in values])
+            err = np.array([[m - v.min() for m, v in zip(mid, values)], [v.max() - m for m, v in zip(mid, values)]])
+            ax.errorbar(xs, mid, yerr=err, marker="o", capsize=3, label=name)
+    thru = "requests/s" if set(series) == {"engine"} else "images/s"
+    left.set(xlabel="concurrency (clients in a closed loop)", ylabel=thru, title=f"throughput ({thru})")
+    right.set(xlabel="concurrency (clients in a closed loop)", ylabel="p99 latency (ms, log scale)",
+              title="p99 latency", yscale="log")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 8, 32, not 2^0, 2^3, 2^5
+        ax.grid(True, which="both", alpha=0.3)
+    left.set_ylim(bottom=0)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", title="config")
+    if any(len(p[1]) > 1 for pts in series.values() for p in pts):
+        fig.suptitle("median of the rounds; error bars from the lowest to the highest round")
+    return fig

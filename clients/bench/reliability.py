@@ -86,14 +86,16 @@ class Server:
         self.log_path = Path(self._dir.name) / "server.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tessera.clients.cli", "serve", "--config", str(path), "--port", "0",
+            [sys.executable, "-m", "tessera.server.cli", "serve", "--config", str(path), "--port", "0",
              "--metrics-port", "0", "--log-level", "WARNING"],
             stdout=subprocess.PIPE, stderr=self._log, text=True, env={**os.environ, **(self.env or {})})
         line = self.proc.stdout.readline()
         match = re.search(r":(\d+); metrics on http://[^:]+:(\d+)", line)
         if not match:
+            self.proc.wait(timeout=60)
+            log = self.log()[-2000:]
             self.__exit__()
-            raise RuntimeError(f"the server did not start: {line.strip()} {self.log()[-2000:]}")
+            raise RuntimeError(f"the server did not start: {line.strip()} {log}")
         self.port, self.metrics_port = int(match.group(1)), int(match.group(2))
         return self
 
@@ -428,9 +430,7 @@ def run_suite(model_dir: str | None, *, calls: int, concurrency: int, fuzz_examp
     return checks
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tessera reliability", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model-dir", default=None, help="default: the bundled model")
     ap.add_argument("--calls", type=int, default=1500, help="calls per soak (two soaks)")
     ap.add_argument("--concurrency", type=int, default=48)
@@ -439,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-growth", type=float, default=0.05, help="bound on RSS growth between the soaks")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write every count as JSON here")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     checks = run_suite(args.model_dir, calls=args.calls, concurrency=args.concurrency, fuzz_examples=args.fuzz,
                        burst_calls=args.burst, rss_growth=args.rss_growth, seed=args.seed)
@@ -448,5 +450,13 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "checks": [asdict(c) for c in checks]}, indent=1))
+        options = {k: v for k, v in vars(args).items() if k not in ("run", "prog")}
+        Path(args.out).write_text(json.dumps({"args": options, "checks": [asdict(c) for c in checks]}, indent=1))
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tessera reliability", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))

@@ -1,0 +1,35 @@
+"""`tessera`: serve, and everything else that needs the server side; generate and info too.
+
+    tessera serve                          # the bundled model on 127.0.0.1:50051
+    tessera generate "a red circle" -n 4   # from a second terminal
+    tessera bench --compare default,offline --concurrency 1,8
+    tessera reliability --calls 1500 --concurrency 48
+    tessera train --preset default --work runs/default --out ops/bundled/shapes-dalle
+    tessera evaluate --model ops/bundled/shapes-dalle --out runs/eval --card
+
+`generate` and `info` are the client distribution's commands (tessera.clients.cli), the
+same as `tessera-client generate` and `tessera-client info`; this command adds those that
+load the model or start servers.
+"""
+from __future__ import annotations
+
+from tessera.clients.cli import COMMANDS as CLIENT_COMMANDS
+from tessera.clients.cli import Command, dispatch
+
+COMMANDS = (
+    Command("serve", "tessera.server.main", "serve text-to-image over gRPC"),
+    *CLIENT_COMMANDS,
+    Command("bench", "tessera.bench.run", "measure throughput and latency, configurations side by side"),
+    Command("reliability", "tessera.bench.reliability",
+            "soak, burst, SIGTERM, fuzz and auth checks against servers it starts"),
+    Command("train", "tessera.ops.training.train", "train the DALL·E models from scratch"),
+    Command("evaluate", "tessera.ops.training.evaluate", "measure a model directory against the pixel checker"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch("tessera", __doc__, COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The one interface every worker speaks, wherever it runs (thread, process, Ray actor).
+
+The event loop makes every scheduling decision; a worker only computes. A batch call
+hands over rows and gets one result per row back. A stepping call hands over a plain
+`StepCall` (rows to admit, keys to evict, how many steps it may run) and gets a plain
+`StepReply` (rows refused, rows finished, progress, steps run). While a stepping call
+runs, `stop_early()` asks it to return after the step in progress; the worker polls that
+flag between steps and reads nothing else of the engine's.
+
+    worker = make_worker(spec, placement)     # a ThreadWorker, ProcessWorker or RayWorker
+    await worker.start()                      # creates the OP there and runs its setup
+    reply = await worker.step(StepCall(admit=rows, evict=[], budget=16))
+    await worker.close()
+
+A call raises `WorkerLost` when the worker died under it (a killed process, a lost Ray
+actor or node) or was abandoned after a call ran past `timeout_ms`; `lost` is set the
+moment that is known, whether or not a call was running. `start()` again replaces it.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tessera.server.engine.op import Op, StepResult, StepRow
+
+
+class WorkerLost(Exception):
+    """The worker died or was abandoned; its calls in flight have no result."""
+
+
+@dataclass
+class WorkerSpec:
+    """Everything needed to build one OP instance anywhere (it pickles: the class by name)."""
+    op_class: type[Op]
+    settings: dict[str, Any]
+    name: str
+    device: str
+    index: int
+    capacity: int = 1    # a stepping OP's running batch bound (the OP's batch_size)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.index}"
+
+
+@dataclass
+class StepCall:
+    """The event loop's decision for one stepping call."""
+    admit: list[StepRow] = field(default_factory=list)
+    evict: list[Hashable] = field(default_factory=list)
+    budget: int = 1      # the most steps this call may run
+
+
+@dataclass
+class StepReply:
+    refused: dict[Hashable, BaseException] = field(default_factory=dict)  # rows admit() turned away
+    result: StepResult = field(default_factory=StepResult)
+    steps: int = 0
+    error: BaseException | None = None  # admit/step raised: the running batch was dropped
+
+
+class Worker:
+    """Base of the three placements. Subclasses implement the `_`-less abstract methods."""
+
+    placement = ""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.lost = asyncio.Event()   # set when the worker died; cleared by start()
+        self.on_lost: Callable[[Worker], None] | None = None  # told once per loss, on the loop
+
+    def _set_lost(self) -> None:
+        if not self.lost.is_set():
+            self.lost.set()
+            if self.on_lost is not None:
+                self.on_lost(self)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
+    @property
+    def device(self) -> str:
+        return self.spec.device
+
+    async def start(self) -> None:
+        """Create the OP where this worker runs and call its setup; again to replace it."""
+        raise NotImplementedError
+
+    async def process(self, rows: list[Any]) -> list[Any]:
+        """A batch OP's call: one result (or exception instance) per row."""
+        raise NotImplementedError
+
+    async def step(self, call: StepCall) -> StepReply:
+        """A stepping OP's call: evict, admit, then up to `call.budget` steps."""
+        raise NotImplementedError
+
+    def stop_early(self) -> None:
+        """Ask the stepping call in flight to return after its current step (no-op if none)."""
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """Give up on the call in flight (it ran past timeout_ms): free or replace what it
+        holds so the retry does not queue behind it; marks the worker lost."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,93 @@
+"""The worker side of a call, the same in every placement: one OP instance, its setup,
+its batch calls and its stepping calls. A thread worker calls it on its compute thread,
+a process worker in its child, a Ray worker in its actor.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from tessera.server.engine.op import Op, StepResult, SteppingOp
+from tessera.server.engine.workers.base import StepCall, StepReply, WorkerSpec
+
+log = logging.getLogger("tessera.engine")
+
+
+class OpHost:
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.op: Op | None = None
+        self._keys: set[Hashable] = set()  # rows in a stepping OP's running batch
+
+    def setup(self) -> None:
+        op = self.spec.op_class(**self.spec.settings)
+        op.name = self.spec.name
+        if isinstance(op, SteppingOp):
+            op.capacity = self.spec.capacity
+        op.setup(self.spec.device)
+        self.op, self._keys = op, set()
+
+    def process(self, rows: list[Any]) -> list[Any]:
+        return self.op.process(rows)
+
+    def step(self, call: StepCall, stop: Callable[[], bool]) -> StepReply:
+        """Evict, admit, then step until the budget is spent, `stop()` says so, or a row
+        finishes, fails or carries a preview (each of those the event loop must see)."""
+        op, reply = self.op, StepReply()
+        try:
+            gone = [k for k in call.evict if k in self._keys]
+            if gone:
+                op.evict(gone)
+                self._keys.difference_update(gone)
+            if call.admit:
+                reply.refused = dict(op.admit(call.admit) or {})
+                self._keys.update(r.key for r in call.admit if r.key not in reply.refused)
+            result = reply.result
+            while reply.steps < call.budget and op.active:
+                more = op.step()
+                reply.steps += 1
+                result.progress.update(more.progress)
+                result.finished.update(more.finished)
+                self._keys.difference_update(more.finished)
+                if (reply.refused or result.finished or stop()
+                        or any(p.preview is not None for p in more.progress.values())):
+                    break
+        except Exception as exc:  # noqa: BLE001 - the loop re-runs the rows in smaller groups
+            reply.error = exc
+            reply.result = StepResult()
+            self._reset()
+        return reply
+
+    def _reset(self) -> None:
+        """After a failed step the running batch is unknown: drop it (a new OP if need be)."""
+        keys, self._keys = list(self._keys), set()
+        try:
+            if keys:
+                self.op.evict(keys)
+            if not self.op.active:
+                return
+        except Exception:  # noqa: BLE001 - replaced below
+            pass
+        log.warning("%s: could not drop its running batch after a failed step; setting it up again",
+                    self.spec.label)
+        self.setup()
+
+
+def portable(value: Any) -> Any:
+    """An exception that survives pickling, for replies that cross a process boundary."""
+    if isinstance(value, BaseException):
+        try:
+            pickle.loads(pickle.dumps(value))
+            return value
+        except Exception:  # noqa: BLE001 - replaced by a plain one with the same words
+            return RuntimeError(f"{type(value).__name__}: {value}")
+    return value
+
+
+def portable_reply(reply: StepReply) -> StepReply:
+    reply.refused = {k: portable(v) for k, v in reply.refused.items()}
+    reply.result.finished = {k: portable(v) for k, v in reply.result.finished.items()}
+    reply.error = portable(reply.error) if reply.error is not None else None
+    return reply

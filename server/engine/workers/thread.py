@@ -1,0 +1,201 @@
+"""Thread workers: the OP runs on a compute thread of this process, off the event loop
+(torch releases the GIL, so the loop keeps serving while it computes).
+
+Thread workers on one device can take turns (`graph.device_turns`): they share the
+device's one `ComputeThread`, first come first served, so the OPs of a pipeline compute
+one at a time with every core, and torch keeps a single OpenMP team per device. (One team
+per OP thread oversubscribes a small CPU; libgomp then stops spinning between parallel
+regions and every op pays a wake-up: a 4-row sampler step took 40% longer.) The wait for
+the turn is measured apart from compute, and a stepping call in progress is asked to stop
+after its current step as soon as another call queues for the turn.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.server.engine.workers.base import StepCall, StepReply, Worker, WorkerLost, WorkerSpec
+from tessera.server.engine.workers.host import OpHost
+
+log = logging.getLogger("tessera.engine")
+
+
+@dataclass(eq=False)
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    submitted: float
+    on_start: Callable[[float], None] | None
+    on_contended: Callable[[], None] | None
+
+
+class ComputeThread:
+    """One thread running submitted calls in order. It knows which call runs and how many
+    wait, tells the running one when another queues, and can be replaced when a call hangs
+    (the stuck thread is left to finish alone; the queue moves to a fresh thread)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._current: _Job | None = None
+        self._closed = False
+        self._generation = 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._generation += 1
+        threading.Thread(target=self._run, args=(self._generation,), daemon=True,
+                         name=f"{self.label}-{self._generation}").start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, on_start: Callable[[float], None] | None = None,
+               on_contended: Callable[[], None] | None = None) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, args, loop.create_future(), loop, time.monotonic(), on_start, on_contended)
+        with self._cond:
+            if self._closed:
+                raise WorkerLost(f"{self.label} is closed")
+            self._queue.append(job)
+            running = self._current
+            self._cond.notify()
+        if running is not None and running.on_contended is not None:
+            running.on_contended()
+        return job.future
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def withdraw(self, future: asyncio.Future) -> bool:
+        """Take a call that has not started out of the queue; False if it already runs."""
+        with self._cond:
+            for job in self._queue:
+                if job.future is future:
+                    self._queue.remove(job)
+                    return True
+        return False
+
+    def replace_if_running(self, future: asyncio.Future) -> None:
+        """The call behind `future` hangs: move the queue to a fresh thread."""
+        with self._cond:
+            if self._current is None or self._current.future is not future:
+                return
+            self._current = None
+            log.warning("%s: a call ran past its timeout; its thread is abandoned", self.label)
+            self._spawn()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            left, self._queue = list(self._queue), deque()
+            self._cond.notify_all()
+        for job in left:
+            job.loop.call_soon_threadsafe(_settle, job.future, None, WorkerLost(f"{self.label} closed"))
+
+    def _run(self, generation: int) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed and generation == self._generation:
+                    self._cond.wait()
+                if generation != self._generation or (self._closed and not self._queue):
+                    return
+                job = self._queue.popleft()
+                self._current = job
+                contended = bool(self._queue)
+            if job.on_start is not None:
+                job.on_start(time.monotonic() - job.submitted)
+            if contended and job.on_contended is not None:
+                job.on_contended()
+            try:
+                value, error = job.fn(*job.args), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                value, error = None, exc
+            with self._cond:
+                if self._current is job:
+                    self._current = None
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, value, error)
+            except RuntimeError:  # the loop is closed: nobody awaits this any more
+                return
+
+
+def _settle(future: asyncio.Future, value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class ThreadWorker(Worker):
+    placement = "thread"
+
+    def __init__(self, spec: WorkerSpec, shared: ComputeThread | None = None,
+                 on_wait: Callable[[float], None] | None = None):
+        super().__init__(spec)
+        self.shared = shared              # the device's compute thread, when workers take turns
+        self.on_wait = on_wait if shared is not None else None
+        self._own: ComputeThread | None = None
+        self._stop = threading.Event()
+        self._call: asyncio.Future | None = None
+        self.host: OpHost | None = None
+
+    @property
+    def compute(self) -> ComputeThread:
+        return self.shared or self._own
+
+    @property
+    def op(self):
+        return self.host.op if self.host is not None else None
+
+    async def start(self) -> None:
+        if self.shared is None:
+            if self._own is not None:
+                self._own.close()
+            self._own = ComputeThread(self.spec.label)
+        self.host = OpHost(self.spec)
+        await self._submit(self.host.setup, measured=False)
+        self.lost.clear()
+
+    async def process(self, rows: list[Any]) -> list[Any]:
+        self._check()
+        return await self._submit(self.host.process, rows)
+
+    async def step(self, call: StepCall) -> StepReply:
+        self._check()
+        self._stop.clear()
+        return await self._submit(self.host.step, call, self._stop.is_set, contended=self._stop.set)
+
+    def stop_early(self) -> None:
+        self._stop.set()
+
+    def _check(self) -> None:
+        if self.lost.is_set():
+            raise WorkerLost(f"{self.spec.label} was abandoned")
+
+    def abandon(self) -> None:
+        self._stop.set()
+        if self._call is not None and not self.compute.withdraw(self._call):
+            self.compute.replace_if_running(self._call)
+        self._set_lost()
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._own is not None:
+            self._own.close()
+
+    async def _submit(self, fn: Callable[..., Any], *args: Any, contended: Callable[[], None] | None = None,
+                      measured: bool = True) -> Any:
+        # The last call stays known after it ends or is cancelled: abandon() reads it.
+        self._call = self.compute.submit(fn, *args, on_start=self.on_wait if measured else None,
+                                         on_contended=contended)
+        return await self._call

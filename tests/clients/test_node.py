@@ -1,0 +1,42 @@
+"""The Node.js client (clients/node) against a live server: the same seed, the same PNG bytes
+as the Python client; a refused request is the server's status and message."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+from tessera.clients import TesseraClient
+from tests.clients.conftest import NODE_DIR
+from tests.server.rpc.conftest import app_config, serving
+
+PROMPT = "a small red circle in the top left on a blue background"
+
+
+def _python_pngs(target: str, seed: int) -> list[bytes]:
+    with TesseraClient(target, timeout=60) as client:
+        return [im.png for im in client.generate(PROMPT, num_images=2, num_candidates=4, seed=seed).images]
+
+
+async def test_node_client_writes_the_python_clients_bytes_for_a_seed(tiny_model_dir, node, tmp_path):
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        target = f"127.0.0.1:{server.port}"
+        # The README's example command, with the live server's address.
+        proc = await asyncio.to_thread(subprocess.run, [
+            node, str(NODE_DIR / "generate.js"), PROMPT, "--num-images", "2", "--candidates", "4", "--seed", "11",
+            "--out", str(tmp_path), "--server", target], capture_output=True, text=True, timeout=120)
+        expected = await asyncio.to_thread(_python_pngs, target, 11)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(tmp_path.glob("*.png"))
+    assert [p.name[:2] for p in written] == ["00", "01"]  # rank first: best CLIP score first
+    assert [p.read_bytes() for p in written] == expected
+    assert all("clip_score=" in line for line in proc.stdout.splitlines()) and len(proc.stdout.splitlines()) == 2
+
+
+async def test_node_client_reports_the_servers_refusal(tiny_model_dir, node, tmp_path):
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        proc = await asyncio.to_thread(subprocess.run, [
+            node, str(NODE_DIR / "generate.js"), "a red circle", "--num-images", "3", "--candidates", "2",
+            "--out", str(tmp_path), "--server", f"127.0.0.1:{server.port}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "INVALID_ARGUMENT" in proc.stderr and "num_images" in proc.stderr
+    assert not list(tmp_path.glob("*.png"))
