@@ -1,4 +1,4 @@
-"""The composition root: engine + gRPC server + health + reflection + metrics.
+"""The composition root: engine + gRPC server + HTTP front door + health + reflection + metrics.
 
     server = TesseraServer(AppConfig.from_dict(DEFAULT_CONFIG))
     port = await server.start()
@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 
 from tessera.server.config import AppConfig
 from tessera.server.engine import Engine
+from tessera.server.http import HttpServer, build_app
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
 from tessera.server.rpc.interceptors import CallCounter, FrontDoorInterceptor
 from tessera.server.rpc.service import GenerationService
@@ -50,6 +51,8 @@ class TesseraServer:
         self._front: FrontDoorInterceptor | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
+        self._http: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http = None
@@ -78,6 +81,13 @@ class TesseraServer:
                      # share it silently. Off, binding a port in use fails and says so.
                      ("grpc.so_reuseport", 0)])
         self.port = self._bind(s)
+        if s.http_port >= 0:
+            try:
+                self._http = HttpServer(s.host, s.http_port,
+                                        tls=(s.tls_cert_file, s.tls_key_file) if s.tls_cert_file else None)
+            except OSError as exc:
+                raise PortInUse(s.host, s.http_port, "HTTP", exc) from None
+            self.http_port = self._http.port
         await self.engine.start()
         gc.freeze()  # models and modules loaded: later collections skip them
         info = self.model_info()
@@ -92,6 +102,8 @@ class TesseraServer:
         # starting); SERVING again once it is back.
         self.engine.on_health_change(self._on_engine_health)
         await self._set_health(self.engine.serving)
+        if self._http is not None:
+            await self._http.start(build_app(self.service, token=token, health=self.serving, calls=self.calls))
         if s.metrics_port >= 0:
             try:
                 self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host,
@@ -99,8 +111,9 @@ class TesseraServer:
             except OSError as exc:
                 raise PortInUse(s.host, s.metrics_port, "metrics", exc) from None
             self.metrics_port = self._metrics_http.server_port
-        log.info("serving %s on %s:%d (auth %s, tls %s)", info["name"], s.host, self.port,
-                 "on" if token else "off", "on" if s.tls_cert_file else "off")
+        log.info("serving %s on %s:%d (HTTP %s, auth %s, tls %s)", info["name"], s.host, self.port,
+                 self.http_port if self._http else "off", "on" if token else "off",
+                 "on" if s.tls_cert_file else "off")
         return self.port
 
     async def _lull(self, quiet_s: float = 0.1, at_most_s: float = 2.0) -> None:
@@ -113,6 +126,11 @@ class TesseraServer:
         while (time.monotonic() < start + at_most_s
                and time.monotonic() - max(start, self._front.last_call) < quiet_s):
             await asyncio.sleep(quiet_s / 2)
+
+    def serving(self) -> bool:
+        """What readiness reports on HTTP, as health does on gRPC: the engine admits requests
+        and every OP has a live worker (false while draining or while a worker is replaced)."""
+        return self.engine is not None and self.engine.accepting and self.engine.serving
 
     def _on_engine_health(self, serving: bool) -> None:
         task = asyncio.ensure_future(self._set_health(serving))
@@ -146,6 +164,8 @@ class TesseraServer:
         if self._grpc is not None:
             await self._lull()
             await self._grpc.stop(1.0)
+        if self._http is not None:
+            await self._http.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

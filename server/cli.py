@@ -17,7 +17,7 @@ from tessera.clients.cli import COMMANDS as CLIENT_COMMANDS
 from tessera.clients.cli import Command, dispatch
 
 COMMANDS = (
-    Command("serve", "tessera.server.main", "serve text-to-image over gRPC"),
+    Command("serve", "tessera.server.main", "serve text-to-image over gRPC and HTTP/JSON, with a web page"),
     *CLIENT_COMMANDS,
     Command("bench", "tessera.bench.run", "measure throughput and latency, configurations side by side"),
     Command("reliability", "tessera.bench.reliability",

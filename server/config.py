@@ -29,6 +29,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9090        # 0 picks a free port; -1 turns metrics off
+    http_port: int = 8080           # HTTP/JSON, SSE and the web page; 0 picks, -1 off
     token_file: str | None = None   # bearer-token auth, off unless one of these is set
     token_env: str | None = None
     auth_exempt_health: bool = True  # health checks need no token (Kubernetes probes send none)
@@ -62,6 +63,7 @@ class AppConfig:
         server = ServerConfig(**{**s, "limits": limits})
         _int_range("server.port", server.port, 0, 65535)
         _int_range("server.metrics_port", server.metrics_port, -1, 65535)
+        _int_range("server.http_port", server.http_port, -1, 65535)
         for key in ("token_file", "token_env", "tls_cert_file", "tls_key_file"):
             value = getattr(server, key)
             if value is not None and (not isinstance(value, str) or not value.strip()):

@@ -11,6 +11,7 @@ DEFAULT_CONFIG: dict = {
         "host": "127.0.0.1",
         "port": 50051,
         "metrics_port": 9090,
+        "http_port": 8080,
         "limits": {"max_num_images": 16, "max_num_candidates": 64, "max_prompt_chars": 1000,
                    "max_message_bytes": 16777216},
     },

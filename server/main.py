@@ -26,7 +26,7 @@ EXIT_PORT_IN_USE = 3
 
 
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
-                ray_address: str | None = None) -> AppConfig:
+                ray_address: str | None = None, http_port: int | None = None) -> AppConfig:
     if path:
         try:
             raw = yaml.safe_load(Path(path).read_text())
@@ -39,7 +39,8 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
     if isinstance(raw, dict):
         server = raw.setdefault("server", {}) or {}
         raw["server"] = server
-        for key, value in (("host", host), ("port", port), ("metrics_port", metrics_port)):
+        for key, value in (("host", host), ("port", port), ("metrics_port", metrics_port),
+                           ("http_port", http_port)):
             if value is not None:
                 server[key] = value
         if ray_address is not None and isinstance(raw.get("graph"), dict):
@@ -66,7 +67,10 @@ async def _serve(config: AppConfig) -> int:
         await server.stop(0)
         return 1
     metrics = f"; metrics on http://{config.server.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
-    print(f"tessera: serving '{server.model_info()['name']}' on {config.server.host}:{port}{metrics}", flush=True)
+    scheme = "https" if config.server.tls_cert_file else "http"
+    web = f"; HTTP and the web page on {scheme}://{config.server.host}:{server.http_port}/" if server.http_port is not None else ""
+    print(f"tessera: serving '{server.model_info()['name']}' on {config.server.host}:{port}{metrics}{web}",
+          flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -84,6 +88,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
+    ap.add_argument("--http-port", type=int,
+                    help="HTTP/JSON, SSE and the web page; 0 picks, -1 off (default 8080)")
     ap.add_argument("--ray-address", help="join this Ray cluster for mode: ray OPs (graph.ray_address; "
                                            "default: start a local Ray when an OP needs one)")
     ap.add_argument("--log-level", default="INFO")
@@ -92,7 +98,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
-        config = load_config(args.config, args.host, args.port, args.metrics_port, args.ray_address)
+        config = load_config(args.config, args.host, args.port, args.metrics_port,
+                             ray_address=args.ray_address, http_port=args.http_port)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -258,6 +258,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the whole comparison, configs interleaved, and report each round's ratios")
     ap.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.png")
+    ap.add_argument("--replot", metavar="BENCH_JSON",
+                    help="only redraw bench.png into --out from a saved bench.json (measures nothing)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,6 +277,10 @@ def run(args: argparse.Namespace) -> int:
     levels = [int(x) for x in args.concurrency.split(",") if x]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        plot(_series(json.loads(Path(args.replot).read_text())["rows"]), str(out / "bench.png"))
+        print(f"wrote {out / 'bench.png'} from {args.replot}")
+        return 0
     report: dict = {"command": "tessera bench " + " ".join(sys.argv[2:] if argv is None else argv),
                     "date": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
     if args.engine_only:
@@ -376,6 +382,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _write(report: dict, out: Path, rows: list[dict]) -> int:
     (out / "bench.json").write_text(json.dumps(report, indent=2))
+    plot(_series(rows), str(out / "bench.png"))
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0
+
+
+def _series(rows: list[dict]) -> dict[str, list]:
+    """The plot's points: per config and concurrency, each round's throughput and p99."""
     points: dict[tuple[str, int], tuple[list, list]] = {}  # each round's throughput and p99 per point
     for r in rows:
         if "concurrency" in r:
@@ -386,6 +399,4 @@ def _write(report: dict, out: Path, rows: list[dict]) -> int:
     series: dict[str, list] = {}
     for (config, c), (thru, p99) in points.items():
         series.setdefault(config, []).append((c, thru, p99))
-    plot(series, str(out / "bench.png"))
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
-    return 0
+    return series

@@ -49,7 +49,7 @@ class ServerProcess:
         self._path = Path(path)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tessera.server.cli", "serve", "--config", path, "--port", "0",
-             "--metrics-port", "0", "--log-level", "WARNING"],
+             "--metrics-port", "0", "--http-port", "-1", "--log-level", "WARNING"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         match = re.search(r":(\d+); metrics on http://[^:]+:(\d+)", line)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from tessera.ops.messages import RankedImages
 from tessera.server.config import Limits
@@ -48,6 +49,12 @@ class GenerationService:
     async def generate_stream(self, request: pb.GenerateRequest, *,
                               timeout_s: float | None) -> AsyncIterator[pb.GenerateEvent]:
         engine_request = self.submit(request, streaming=True, timeout_s=timeout_s)
+        async with aclosing(self.events(engine_request)) as events:
+            async for event in events:
+                yield event
+
+    async def events(self, engine_request: Request) -> AsyncIterator[pb.GenerateEvent]:
+        """A submitted streaming request's events; closing this early cancels the request."""
         try:
             async for event in engine_request.stream():
                 yield to_event(event)

@@ -116,3 +116,16 @@ async def test_closed_and_open_loops_count_every_request_they_send(tiny_model_di
         samples, _ = await open_loop(target, ["a blue square"], 40.0, 0, params, bursty=False, duration=0.5)
         assert time.monotonic() - start >= 0.5
         assert samples and all(s["code"] == "OK" for s in samples)  # a duration: all it sent, answered
+
+
+def test_replot_redraws_the_png_from_a_saved_report_and_measures_nothing(tmp_path):
+    import json
+    from tessera.bench import main
+    rows = [{"config": "default", "mode": f"closed c={c}", "concurrency": c, "round": r,
+             "summary": {"images_per_s": c + r, "requests_per_s": c + r, "latency_ms": {"p99": 100.0 * c + r}}}
+            for r in range(2) for c in (1, 8)]
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps({"rows": rows}))
+    assert main(["--replot", str(saved), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["bench.png"]  # no bench.json: nothing was measured

@@ -21,6 +21,8 @@ def test_defaults_serve_the_bundled_model_on_loopback():
 def test_command_line_overrides_the_file():
     cfg = load_config(None, "0.0.0.0", 0, -1)
     assert (cfg.server.host, cfg.server.port, cfg.server.metrics_port) == ("0.0.0.0", 0, -1)
+    assert cfg.server.http_port == 8080  # the default, documented in the README
+    assert load_config(None, None, None, None, http_port=-1).server.http_port == -1
 
 
 def test_model_dir_reaches_every_op_unless_it_sets_its_own():
@@ -37,6 +39,7 @@ def test_model_dir_reaches_every_op_unless_it_sets_its_own():
     (lambda c: c["server"].update(limits={"max_images": 4}), "server.limits.max_images"),
     (lambda c: c["server"].update(tls_cert_file="/x.pem"), "server.tls_cert_file"),
     (lambda c: c["server"].update(colour="red"), "server.colour"),
+    (lambda c: c["server"].update(http_port=-2), "server.http_port"),
     (lambda c: c.pop("graph"), "graph"),
     (lambda c: c["graph"]["ops"]["decode"].update(settings={"half": "yes"}),
      "graph.ops.decode.settings.half: must be true or false, got 'yes'"),

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,13 +68,18 @@ def test_serve_on_port_zero_prints_the_port_and_drains_on_sigterm(tiny_model_dir
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "tessera.server.cli", "serve", "--config", str(path),
-                             "--port", "0", "--metrics-port", "0"],
+                             "--port", "0", "--metrics-port", "0", "--http-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()
         port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
         with TesseraClient(f"127.0.0.1:{port}", timeout=30) as client:
             assert len(client.generate("a blue square", num_images=2).images) == 2
+        web = re.search(r"HTTP and the web page on (http://127\.0\.0\.1:\d+/)", line).group(1)
+        request = urllib.request.Request(web + "v1/generate", data=b'{"prompt": "a blue square", "numImages": 2}',
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert len(json.load(reply)["images"]) == 2
         os.kill(proc.pid, signal.SIGTERM)
         rest = proc.stdout.read()
         assert proc.wait(timeout=30) == 0

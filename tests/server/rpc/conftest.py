@@ -14,7 +14,7 @@ from tessera.server.defaults import DEFAULT_CONFIG
 def app_config(model_dir, **server) -> AppConfig:
     raw = copy.deepcopy(DEFAULT_CONFIG)
     raw["model_dir"] = str(model_dir)
-    raw["server"].update({"port": 0, "metrics_port": 0, **server})
+    raw["server"].update({"port": 0, "metrics_port": 0, "http_port": 0, **server})
     raw["graph"]["shutdown_grace_s"] = 5.0
     return AppConfig.from_dict(raw)
 

@@ -100,7 +100,7 @@ async def test_renaming_an_op_in_the_yaml_keeps_the_graph_and_its_images(tiny_mo
     before = await client.generate(PROMPT, num_images=2, num_candidates=3, seed=21)
     raw = copy.deepcopy(DEFAULT_CONFIG)
     raw["model_dir"] = str(tiny_model_dir)
-    raw["server"].update(port=0, metrics_port=0)
+    raw["server"].update(port=0, metrics_port=0, http_port=0)
     ops = raw["graph"]["ops"]
     ops["vq_decode"] = ops.pop("decode")
     ops["rerank"]["inputs"]["images"] = "vq_decode"

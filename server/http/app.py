@@ -1,0 +1,255 @@
+"""The HTTP/JSON front door: the same GenerationService as gRPC, in proto3 JSON.
+
+    app = build_app(service, token=None, health=lambda: engine.accepting)
+
+POST /v1/generate and /v1/generate:stream (Server-Sent Events) take a GenerateRequest as
+JSON; GET /v1/info answers ServerInfo; /readyz follows the engine; /openapi.json describes
+them; / is the web page. Failures answer google.rpc.Status JSON with the HTTP status that
+rpc.status derives from the gRPC code, and the same message gRPC would send.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from tessera.server.engine import EngineError
+from tessera.server.engine.logs import request_id as request_id_var
+from tessera.server.http.openapi import openapi_document
+from tessera.server.rpc.auth import MESSAGE as AUTH_MESSAGE
+from tessera.server.rpc.auth import BearerToken
+from tessera.server.rpc.service import GenerationService
+from tessera.server.rpc.interceptors import CallCounter
+from tessera.server.rpc.status import InvalidRequest, Unauthenticated, http_status_for, outcome_for, status_for
+from tessera.server.rpc.validation import MAX_REQUEST_ID_CHARS
+from tessera.v1 import image_generation_pb2 as pb
+
+log = logging.getLogger("tessera.http")
+STATIC = Path(__file__).resolve().parent / "static"
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def build_app(service: GenerationService, *, token: str | None, health: Callable[[], bool],
+              calls: CallCounter | None = None) -> Starlette:
+    bearer = BearerToken(token) if token else None
+    count = calls.count if calls is not None else (lambda outcome: None)
+    limit = service.limits.max_message_bytes
+
+    def authorize(request: Request) -> None:
+        if bearer is not None and not bearer.accepts(request.headers.get("authorization")):
+            raise Unauthenticated(AUTH_MESSAGE)
+
+    async def generate(request: Request) -> Response:
+        rid, outcome = "", "cancelled"  # what is left if this task is cancelled: the caller went away
+        try:
+            authorize(request)
+            message = await _parse(request, pb.GenerateRequest, limit)
+            rid = _request_id(message, request)
+            work = asyncio.ensure_future(service.generate(message, timeout_s=_timeout(request)))
+            gone = asyncio.ensure_future(_disconnected(request))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not work.done():  # the caller left: stop the work (service.generate cancels the request)
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+            if work.cancelled():
+                return Response(status_code=http_status_for(grpc.StatusCode.CANCELLED))
+            response = _json(work.result(), rid)
+            outcome = "ok"
+            return response
+        except EngineError as exc:
+            outcome = outcome_for(status_for(exc))
+            return _error(exc, rid)
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            count(outcome)
+
+    async def generate_stream(request: Request) -> Response:
+        rid = ""
+        try:
+            authorize(request)
+            message = await _parse(request, pb.GenerateRequest, limit)
+            rid = _request_id(message, request)
+            engine_request = service.submit(message, streaming=True, timeout_s=_timeout(request))
+        except EngineError as exc:
+            count(outcome_for(status_for(exc)))
+            return _error(exc, rid)
+        # From here the status is 200 and sent; a later failure is an `error` event. The
+        # background task also covers a caller who leaves before the first event.
+        call = _StreamCall(count)
+
+        def finish() -> None:
+            engine_request.cancel()
+            call.end()
+        return StreamingResponse(
+            _sse(service.events(engine_request), call), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_id_header(rid)},
+            background=BackgroundTask(finish))
+
+    async def info(request: Request) -> Response:
+        try:
+            authorize(request)
+        except EngineError as exc:
+            return _error(exc, "")
+        return _json(service.get_info(), "")
+
+    async def ready(request: Request) -> Response:
+        ok = health()
+        return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
+
+    document = openapi_document(version=service.version, auth=bearer is not None, limits=service.limits)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    routes = [
+        Route("/v1/generate", generate, methods=["POST"]),
+        Route("/v1/generate:stream", generate_stream, methods=["POST"]),
+        Route("/v1/info", info, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/", index, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+async def _parse(request: Request, kind: type[Message], limit: int) -> Message:
+    """The body as `kind` in proto3 JSON, or InvalidRequest saying what is wrong with it."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise InvalidRequest(f"the request body is over {limit} bytes (server.limits.max_message_bytes)")
+    name = kind.DESCRIPTOR.name
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"the body is not UTF-8 text; send a JSON {name}") from None
+    try:
+        value = json.loads(text) if text.strip() else None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON ({exc}); send a JSON {name}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"the body must be a JSON object (a {name}), got {_kind(value)}")
+    try:
+        return json_format.ParseDict(value, kind(), ignore_unknown_fields=False)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise InvalidRequest(f"not a valid {name}: {exc}") from None
+
+
+def _kind(value) -> str:
+    return {type(None): "nothing", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _request_id(message: pb.GenerateRequest, request: Request) -> str:
+    """The body's requestId, else an X-Request-Id header, else a new one: echoed either way."""
+    if not message.request_id:
+        message.request_id = request.headers.get("x-request-id", "") or uuid.uuid4().hex
+    request_id_var.set(message.request_id)
+    return message.request_id
+
+
+def _timeout(request: Request) -> float | None:
+    """grpc-gateway's `Grpc-Timeout` header (e.g. 30S, 500m), or None for the server's default."""
+    raw = request.headers.get("grpc-timeout")
+    if raw is None:
+        return None
+    match = re.fullmatch(r"(\d{1,8})([HMSmun])", raw.strip())
+    if not match:
+        raise InvalidRequest(f"Grpc-Timeout {raw!r} is not a number of 1-8 digits and a unit "
+                             "(H, M, S, m, u, n), e.g. 30S or 500m")
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the caller closes the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _StreamCall:
+    """One stream's outcome, counted once whichever way it ends (by default: the caller left)."""
+
+    def __init__(self, count: Callable[[str], None]):
+        self.outcome, self._count, self._counted = "cancelled", count, False
+
+    def end(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self._count(self.outcome)
+
+
+async def _sse(events: AsyncIterator[pb.GenerateEvent], call: _StreamCall) -> AsyncIterator[str]:
+    async with aclosing(events):
+        try:
+            async for event in events:
+                kind = event.WhichOneof("event")
+                yield f"event: {kind}\ndata: {_dumps(event)}\n\n"
+            call.outcome = "ok"
+        except EngineError as exc:
+            code = status_for(exc)
+            call.outcome = outcome_for(code)
+            _log_failure(code, exc)
+            yield f"event: error\ndata: {json.dumps(_status(code, exc))}\n\n"
+        except Exception:
+            call.outcome = "failed"
+            raise
+        finally:
+            call.end()
+
+
+def _dumps(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message), ensure_ascii=False, separators=(",", ":"))
+
+
+def _id_header(rid: str) -> dict[str, str]:
+    """X-Request-Id for an id a header can carry (printable ASCII); the JSON body has any id."""
+    ok = rid and len(rid) <= MAX_REQUEST_ID_CHARS and rid.isascii() and rid.isprintable()
+    return {"X-Request-Id": rid} if ok else {}
+
+
+def _json(message: Message, rid: str) -> Response:
+    headers = _id_header(rid)
+    return Response(_dumps(message), media_type="application/json", headers=headers)
+
+
+def _status(code: grpc.StatusCode, exc: BaseException) -> dict:
+    return {"code": code.value[0], "message": str(exc), "details": []}
+
+
+def _log_failure(code: grpc.StatusCode, exc: BaseException) -> None:
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("request failed: %s", exc)
+
+
+def _error(exc: EngineError, rid: str) -> Response:
+    code = status_for(exc)
+    _log_failure(code, exc)
+    headers = _id_header(rid)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(_status(code, exc), status_code=http_status_for(code), headers=headers)

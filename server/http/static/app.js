@@ -1,0 +1,243 @@
+// Tessera's web page: the same JSON API any client uses (POST /v1/generate:stream, GET /v1/info).
+// Seeds are uint64 and travel as strings; they are never turned into JS numbers.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const form = $("form"), promptBox = $("prompt"), button = $("generate");
+let info = null;
+
+function setState(state) { document.body.dataset.state = state; }
+
+function headers() {
+  const h = { "content-type": "application/json" };
+  const token = $("token").value.trim();
+  if (token) h.authorization = "Bearer " + token;
+  return h;
+}
+
+function showError(text) {
+  const box = $("error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+// A failed response as one sentence: the server's own message when it sent one.
+async function failure(response) {
+  let message = "";
+  try { message = (await response.json()).message || ""; } catch (_) { /* not JSON */ }
+  if (response.status === 401) {
+    $("auth").open = true;
+    return "The server needs an access token: " + (message || "enter it under Access token.");
+  }
+  if (response.status === 429) return "The server is busy right now; try again in a moment. (" + message + ")";
+  if (response.status === 503) return "The server is not taking requests (" + (message || "unavailable") + ").";
+  if (response.status === 504) return "That took longer than the deadline allows: " + message;
+  return message ? capitalize(message) + "." : "The server answered " + response.status + ".";
+}
+
+function capitalize(s) { return s.charAt(0).toUpperCase() + s.slice(1).replace(/\.$/, ""); }
+
+function isChinese(text) { return /[\u3400-\u9fff]/.test(text); }
+
+async function loadInfo() {
+  try {
+    const response = await fetch("/v1/info", { headers: headers() });
+    if (!response.ok) throw new Error(await failure(response));
+    info = await response.json();
+  } catch (e) {
+    $("vocabulary-note").textContent = "Could not ask the server what it can draw: " + e.message;
+    return;
+  }
+  $("model").textContent = `${info.modelName} · ${info.imageWidth}×${info.imageHeight} images`;
+  const limits = info.limits || {};
+  if (limits.maxNumImages) $("num-images").max = limits.maxNumImages;
+  if (limits.maxNumCandidates) $("num-candidates").max = limits.maxNumCandidates;
+  if (limits.maxPromptChars) promptBox.maxLength = limits.maxPromptChars;
+  showVocabulary(info.vocabulary);
+}
+
+function showVocabulary(vocabulary) {
+  const note = $("vocabulary-note"), terms = $("terms");
+  const kinds = vocabulary ? Object.entries(vocabulary).filter(([, list]) => list && list.length) : [];
+  if (!kinds.length) {
+    note.textContent = "This server does not list its vocabulary; describe colours, shapes, sizes and positions.";
+    return;
+  }
+  note.textContent = "Tap a word to add it to the prompt.";
+  terms.replaceChildren();
+  for (const [kind, list] of kinds) {
+    const heading = document.createElement("h3");
+    heading.textContent = kind;
+    const row = document.createElement("div");
+    row.className = "terms";
+    for (const term of list) {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "term";
+      chip.textContent = term.zh ? `${term.en} · ${term.zh}` : term.en;
+      chip.addEventListener("click", () => addWord(term));
+      row.append(chip);
+    }
+    terms.append(heading, row);
+  }
+}
+
+function addWord(term) {
+  const text = promptBox.value;
+  const word = isChinese(text) && term.zh ? term.zh : term.en;
+  const joiner = !text || /\s$/.test(text) || isChinese(word) ? "" : " ";
+  promptBox.value = text + joiner + word;
+  promptBox.focus();
+}
+
+function numberOrError(id, name) {
+  const raw = $(id).value.trim();
+  if (raw === "") return undefined;
+  const value = Number(raw);
+  if (!Number.isFinite(value)) throw new Error(`${name} must be a number.`);
+  return value;
+}
+
+function requestFromForm() {
+  const prompt = promptBox.value.trim();
+  if (!prompt) throw new Error("Describe the image first, e.g. \u201ca red circle\u201d.");
+  const body = { prompt, previewEvery: 8 };
+  const images = numberOrError("num-images", "Images"), candidates = numberOrError("num-candidates", "Candidates");
+  if (images !== undefined) body.numImages = images;
+  if (candidates !== undefined) body.numCandidates = candidates;
+  const guidance = numberOrError("guidance", "Guidance");
+  if (guidance !== undefined) body.guidanceScale = guidance;
+  const seed = $("seed").value.trim();
+  if (seed && !/^[0-9]+$/.test(seed)) throw new Error("The seed is a whole number (or empty for a random one).");
+  if (seed) body.seed = seed;
+  return body;
+}
+
+// POST a GenerateRequest to the SSE endpoint; call onEvent(kind, data) per event.
+async function stream(body, onEvent) {
+  const response = await fetch("/v1/generate:stream", { method: "POST", headers: headers(), body: JSON.stringify(body) });
+  if (!response.ok) throw new Error(await failure(response));
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let kind = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) kind = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      if (data) onEvent(kind, JSON.parse(data));
+    }
+  }
+}
+
+const STAGES = { tokenize: "reading the prompt", clip_text: "reading the prompt", sample: "drawing",
+                 decode: "decoding pixels", rerank: "ranking with CLIP" };
+
+function onProgress(p) {
+  const bar = $("bar");
+  if (p.stage === "sample" && p.total) {
+    bar.max = p.total;
+    bar.value = p.completed || 0;
+  }
+  $("stage").textContent = `${STAGES[p.stage] || p.stage}` + (p.total > 1 ? ` (${p.completed || 0}/${p.total})` : "");
+  if (p.previewPng) $("preview").src = "data:image/png;base64," + p.previewPng;
+}
+
+function card(image, rank, prompt) {
+  const item = document.createElement("figure");
+  item.className = "result";
+  item.dataset.seed = image.seed;
+  const img = document.createElement("img");
+  img.src = "data:image/png;base64," + image.png;
+  img.alt = `${prompt} (seed ${image.seed})`;
+  img.width = image.width || 64;
+  img.height = image.height || 64;
+  const meta = document.createElement("figcaption");
+  meta.className = "meta";
+  meta.innerHTML = '<span class="rank"></span><span class="score"></span>';
+  meta.querySelector(".rank").textContent = `#${rank}`;
+  meta.querySelector(".score").textContent = `CLIP ${(image.clipScore || 0).toFixed(3)}`;
+  const seed = document.createElement("div");
+  seed.className = "meta seed";
+  seed.textContent = `seed ${image.seed}`;
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  const again = document.createElement("button");
+  again.type = "button";
+  again.className = "small regenerate";
+  again.textContent = "Regenerate";
+  again.title = "Sample this image again from its seed";
+  again.addEventListener("click", () => regenerate(item, prompt, image.seed));
+  const keep = document.createElement("button");
+  keep.type = "button";
+  keep.className = "small";
+  keep.textContent = "Use seed";
+  keep.addEventListener("click", () => { $("seed").value = image.seed; $("num-candidates").value = 1; $("num-images").value = 1; });
+  actions.append(again, keep);
+  item.append(img, meta, seed, actions);
+  return item;
+}
+
+function showUnknown(words) {
+  const box = $("unknown");
+  box.hidden = !(words && words.length);
+  if (!box.hidden) box.textContent = `The model never learned: ${words.join(", ")}. The images cannot follow those words.`;
+}
+
+async function run(body, onResult) {
+  showError("");
+  setState("running");
+  button.disabled = true;
+  $("progress").hidden = false;
+  $("bar").value = 0;
+  $("preview").removeAttribute("src");
+  let result = null;
+  try {
+    await stream(body, (kind, data) => {
+      if (kind === "progress") onProgress(data.progress);
+      else if (kind === "result") result = data.result;
+      else if (kind === "error") throw new Error(capitalize(data.message) + ".");
+    });
+    if (!result) throw new Error("The server closed the stream before the result arrived.");
+    onResult(result);
+    setState("done");
+  } catch (e) {
+    showError(e instanceof TypeError ? "Could not reach the server: " + e.message : e.message);
+    setState("error");
+  } finally {
+    button.disabled = false;
+    $("progress").hidden = true;
+  }
+}
+
+async function regenerate(item, prompt, seed) {
+  await run({ prompt, seed, numImages: 1, numCandidates: 1, previewEvery: 8 }, (result) => {
+    const image = result.images[0];
+    item.querySelector("img").src = "data:image/png;base64," + image.png;
+    item.classList.add("regenerated");
+  });
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  let body;
+  try { body = requestFromForm(); } catch (e) { showError(e.message); setState("error"); return; }
+  run(body, (result) => {
+    showUnknown(result.unknownWords);
+    const list = $("results");
+    list.replaceChildren(...result.images.map((im, i) => card(im, i + 1, body.prompt)));
+  });
+});
+
+promptBox.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) form.requestSubmit();
+});
+
+loadInfo();

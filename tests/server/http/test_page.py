@@ -1,0 +1,108 @@
+"""The web page at `/`, driven in Debian's headless chromium by Playwright (no browser download).
+
+Screenshots (desktop and phone-sized) are saved under runs/screenshots/ and printed.
+"""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[3] / "runs" / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PROMPT = "a small red circle in the top left on a blue background"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="Debian's chromium is absent: apt-get install -y chromium (CI installs it)")
+
+
+@pytest.fixture
+async def browser(tmp_path):
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS,
+            viewport={"width": 1200, "height": 900}, service_workers="block")
+        # Offline: any request that leaves the test server fails the page (no CDN, no fonts).
+        outside: list[str] = []
+        await context.route("**/*", lambda route: (route.continue_() if route.request.url.startswith(
+            "http://127.0.0.1:") or route.request.url.startswith("data:") else (
+            outside.append(route.request.url), route.abort())[-1]))
+        yield context
+        await context.close()
+        assert not outside, f"the page reached outside the server: {outside}"
+
+
+def save(path: Path) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+async def test_type_a_prompt_see_previews_then_images_best_first(http_served, browser):
+    server, http = http_served
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"http://127.0.0.1:{server.http_port}/")
+    await page.locator("#terms .term").first.wait_for()          # the vocabulary, from /v1/info
+    assert await page.locator("#terms").get_by_text("red · 红色").count() == 1
+    await page.fill("#prompt", PROMPT)
+    await page.fill("#num-images", "2")
+    await page.fill("#num-candidates", "4")
+    await page.fill("#seed", "7")
+    await page.evaluate("""() => { window.previews = 0; const img = document.getElementById('preview');
+        new MutationObserver(() => { if (img.src.startsWith('data:image/png')) window.previews++; })
+            .observe(img, {attributes: true, attributeFilter: ['src']}); }""")
+    await page.click("#generate")
+    await page.locator("body[data-state=done]").wait_for(timeout=60_000)
+    cards = page.locator("#results .result")
+    assert await cards.count() == 2
+    assert await page.evaluate("window.previews") > 0            # live previews while sampling
+    await page.screenshot(path=save(SHOTS / "web-page.png"), full_page=True)
+
+    # The page shows exactly what the API returns for the same request: best first, seeds, scores.
+    api = (await http.post("/v1/generate", json={"prompt": PROMPT, "numImages": 2, "numCandidates": 4,
+                                                 "seed": "7"})).json()["images"]
+    shown = await cards.evaluate_all("cs => cs.map(c => [c.dataset.seed, c.querySelector('img').src,"
+                                     " c.querySelector('.score').textContent])")
+    assert [s[0] for s in shown] == [im["seed"] for im in api]
+    assert [s[1] for s in shown] == ["data:image/png;base64," + im["png"] for im in api]
+    assert [s[2] for s in shown] == [f"CLIP {im['clipScore']:.3f}" for im in api]
+
+    # Regenerate the second image from its seed: the same picture comes back.
+    before = shown[1][1]
+    await cards.nth(1).locator(".regenerate").click()
+    await page.locator("#results .result.regenerated").wait_for(timeout=60_000)
+    assert await cards.nth(1).locator("img").get_attribute("src") == before
+    assert base64.b64decode(before.split(",", 1)[1]).startswith(b"\x89PNG")
+    assert not errors
+
+
+async def test_chinese_prompt_and_an_error_as_a_sentence_on_a_phone(http_served, browser):
+    server, _ = http_served
+    page = await browser.new_page()
+    await page.set_viewport_size({"width": 390, "height": 844})  # a phone's CSS pixels
+    await page.goto(f"http://127.0.0.1:{server.http_port}/")
+    await page.locator("#terms .term").first.wait_for()
+    await page.fill("#prompt", "!!!")
+    await page.click("#generate")
+    error = page.locator("#error:not([hidden])")
+    await error.wait_for()
+    text = await error.text_content()
+    assert "empty" in text and text.endswith(".") and text[0].isupper()
+
+    await page.fill("#prompt", "蓝色背景上左上角有一个小的红色圆形")
+    await page.fill("#num-images", "1")
+    await page.fill("#num-candidates", "2")
+    await page.click("#generate")
+    await page.locator("body[data-state=done]").wait_for(timeout=60_000)
+    assert await page.locator("#error").is_hidden()
+    assert await page.locator("#results .result img").count() == 1
+    # Nothing wider than the phone's screen.
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await page.screenshot(path=save(SHOTS / "web-page-phone.png"), full_page=True)
