@@ -74,7 +74,8 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
 
     speedup_c{N}: default / serial images/s at the highest concurrency both ran;
     saturation: default's best images/s / offline's; c1_latency: default's p50 at c=1 /
-    offline's single-request p50; open_p50 and open_p99: default / static in the open loop.
+    offline's single-request p50; open_p50 and open_p99: default / static in the open loop;
+    ray_vs_thread_c{N}: ray (sample and decode as Ray actors) / default images/s.
     """
     closed = {(r["config"], r.get("concurrency")): r["summary"] for r in rows if "concurrency" in r}
     opened = {r["config"]: r["summary"] for r in rows if "rate" in r}
@@ -89,6 +90,10 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
         out["saturation"] = max(s["images_per_s"] for s in default) / offline["images_per_s"]
         if ("default", 1) in closed:
             out["c1_latency"] = closed[("default", 1)]["latency_ms"]["p50"] / offline["latency_ms"]["p50"]
+    on_ray = sorted(c for (n, c) in closed if n == "ray" and ("default", c) in closed)
+    if on_ray:  # mode: ray against thread mode (default), at the highest concurrency both ran
+        c = on_ray[-1]
+        out[f"ray_vs_thread_c{c}"] = closed[("ray", c)]["images_per_s"] / closed[("default", c)]["images_per_s"]
     if "default" in opened and "static" in opened:
         for q in ("p50", "p99"):
             out[f"open_{q}"] = opened["default"]["latency_ms"][q] / opened["static"]["latency_ms"][q]

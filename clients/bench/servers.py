@@ -31,7 +31,12 @@ def bench_configs(model_dir: str | None = None) -> dict[str, dict]:
     static = copy.deepcopy(default)
     static["graph"]["ops"]["sample"].setdefault("settings", {})["static_batching"] = True
     static["graph"]["ops"]["sample"]["batch_timeout_ms"] = 5
-    return {"serial": serial, "static": static, "default": default}
+    # The heavy OPs as Ray actors on a local Ray (started by the server), one CPU each as a
+    # Ray Serve replica would ask; everything else as in default.
+    on_ray = copy.deepcopy(default)
+    for name in ("sample", "decode"):
+        on_ray["graph"]["ops"][name].update(mode="ray", ray_actor_options={"num_cpus": 1})
+    return {"serial": serial, "static": static, "default": default, "ray": on_ray}
 
 
 class ServerProcess:

@@ -118,6 +118,8 @@ class RayWorker(Worker):
 
     def _arm(self, handle) -> None:
         self.lost.clear()
+        if self._watch is not None:
+            self._watch.cancel()
         self._watch = asyncio.ensure_future(self._watch_actor(handle))
 
     async def _watch_actor(self, handle) -> None:

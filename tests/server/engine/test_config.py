@@ -79,3 +79,12 @@ def test_settings_are_typed_on_the_op():
     cfg = GraphConfig.from_dict(base(a={"type": T + "Counter", "inputs": ["request"], "settings": {"pace": "p"}}))
     op = cfg.ops["a"].op_class(**cfg.ops["a"].settings)
     assert isinstance(op.settings, Counter.Settings) and op.settings.pace == "p"
+
+
+def test_mode_ray_without_ray_installed_says_what_to_install(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^ops\.a\.mode: .*pip install 'tessera\[ray\]'"):
+        GraphConfig.from_dict({"output": "a", "ops": {"a": {"type": T + "AddOne", "inputs": ["request"],
+                                                            "mode": "ray"}}})
