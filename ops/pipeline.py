@@ -9,6 +9,8 @@ server runs, so the same seeds give the same images.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from tessera.ops.clip_text import ClipTextOp
 from tessera.ops.decode import DecodeOp
 from tessera.ops.messages import (CandidateRow, GenerateParams, RankedImages, RerankInputs, SampledCandidate,
@@ -20,10 +22,14 @@ from tessera.server.engine import StepRow
 
 
 class LocalPipeline:
-    def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int = 64):
-        settings = {"model_dir": model_dir}
-        self.tokenize, self.sample, self.decode = TokenizeOp(**settings), SampleOp(**settings), DecodeOp(**settings)
-        self.clip_text, self.rerank = ClipTextOp(**settings), RerankOp(**settings)
+    def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int = 64,
+                 half: bool | str = False, **sample_settings: Any):
+        """`half` goes to the model OPs and `sample_settings` (`decode_mode`, ...) to the sampler,
+        as a server's configuration would give them."""
+        model = {"model_dir": model_dir, "half": half}
+        self.tokenize, self.decode = TokenizeOp(model_dir=model_dir), DecodeOp(**model)
+        self.sample = SampleOp(**model, **sample_settings)
+        self.clip_text, self.rerank = ClipTextOp(**model), RerankOp(**model)
         self.sample.capacity = capacity
         for op in (self.tokenize, self.sample, self.decode, self.clip_text, self.rerank):
             op.setup(device)

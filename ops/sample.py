@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
-from tessera.ops.models.transformer import KVCache
+from tessera.ops.models.transformer import DECODE_MODES, BucketedDecoder, KVCache
 from tessera.ops.messages import CandidateRow, SampledCandidate, TokenizedPrompt
 from tessera.ops.shared import ModelOp, ModelSettings, candidate_seed, to_png, to_uint8
 from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow
@@ -42,6 +42,17 @@ class _Row:
 class SampleSettings(ModelSettings):
     # True: a running batch finishes before new rows join (for comparison only).
     static_batching: bool = False
+    # The decode step: "off" (eager), "padded", "compile" (torch.compile per bucket) or
+    # "cuda_graph"; "auto" is cuda_graph on a CUDA device and off on a CPU (README, Performance).
+    decode_mode: str = "auto"
+    decode_buckets: list[int] | None = None  # batch sizes (rows); default powers of two up to the cache's slots
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.decode_mode not in ("auto", *DECODE_MODES):
+            raise ValueError(f"decode_mode: must be one of auto, {', '.join(DECODE_MODES)}; got {self.decode_mode!r}")
+        if self.decode_buckets is not None and not all(b > 0 for b in self.decode_buckets):
+            raise ValueError(f"decode_buckets: must be positive row counts, got {self.decode_buckets}")
 
 
 class SampleOp(SteppingOp, ModelOp):
@@ -57,6 +68,9 @@ class SampleOp(SteppingOp, ModelOp):
         self.cfg = self.model.cfg
         self.dtype = next(self.model.parameters()).dtype
         self.cache: KVCache | None = None
+        self.decode_mode = self.settings.decode_mode
+        if self.decode_mode == "auto":  # measured: README, Performance
+            self.decode_mode = "cuda_graph" if str(device).startswith("cuda") else "off"
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)
         # The empty caption's prefix, once: every guided row starts from a copy of it.
@@ -85,6 +99,7 @@ class SampleOp(SteppingOp, ModelOp):
             if self.rows:
                 raise RuntimeError("capacity grew while rows were running")
             self.cache = KVCache(self.cfg, 2 * self.capacity, self.device, self.dtype)
+            self.decoder = self._decoder(self.cache)
         if len(self.rows) + len(rows) > self.capacity:
             raise RuntimeError(f"admitting {len(rows)} rows would exceed capacity {self.capacity}")
         values: list[CandidateRow] = [r.value for r in rows]
@@ -135,7 +150,7 @@ class SampleOp(SteppingOp, ModelOp):
         if live:
             tokens = torch.tensor([row.tokens[-1] for row, _ in self.slots], device=self.device)
             index = torch.tensor([len(row.tokens) - 1 for row, _ in self.slots], device=self.device)
-            logits = self.model.decode_step(tokens, index, self.cache).float()  # (m, V)
+            logits = self.decoder(tokens, index).float()  # (m, V)
             cond, uncond = logits[self._cond_idx], logits[self._uncond_idx]
             picks = self._sample(self.rows, cond, uncond, [len(r.tokens) for r in self.rows])
             for row, tok in zip(self.rows, picks):
@@ -175,6 +190,14 @@ class SampleOp(SteppingOp, ModelOp):
         self._index_rows()
 
     # -- helpers ---------------------------------------------------------------------------
+    def _decoder(self, cache: KVCache):
+        """The decode step over `cache`: eager, or compiled/captured over batch-size buckets
+        (setting `decode_buckets`, default powers of two up to the cache's slots)."""
+        if self.decode_mode == "off":
+            return lambda tokens, index: self.model.decode_step(tokens, index, cache)
+        buckets = self.settings.decode_buckets or [2 ** i for i in range(cache.slots.bit_length())]
+        return BucketedDecoder(self.model, cache, buckets, self.decode_mode)
+
     def _index_rows(self) -> None:
         """Per-row tensors, rebuilt only when the running batch changes."""
         where = {(id(row), unc): j for j, (row, unc) in enumerate(self.slots)}

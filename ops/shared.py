@@ -16,9 +16,16 @@ _BUNDLES: dict[tuple, ModelBundle] = {}
 _LOCK = threading.Lock()
 
 
-def bundle_for(model_dir: str | None, device: str, half: bool = False) -> ModelBundle:
-    """Load once per process; workers on the same device share read-only weights."""
-    dtype = torch.float16 if half and device.startswith("cuda") else torch.float32
+HALF = {False: torch.float32, True: torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def bundle_for(model_dir: str | None, device: str, half: bool | str = False) -> ModelBundle:
+    """Load once per process; workers on the same device share read-only weights.
+
+    `half` (CUDA only; a CPU keeps fp32): true or "fp16" for float16, "bf16" for bfloat16."""
+    if half not in HALF:
+        raise ValueError(f"half must be true, false, 'fp16' or 'bf16', got {half!r}")
+    dtype = HALF[half] if device.startswith("cuda") else torch.float32
     key = (model_dir or "", device, dtype)
     with _LOCK:
         if key not in _BUNDLES:
@@ -52,7 +59,11 @@ def candidate_seed(seed: int, index: int) -> int:
 @dataclass
 class ModelSettings:
     model_dir: str | None = None  # None: the bundled model
-    half: bool = False            # float16 weights on a CUDA device (ignored on the CPU)
+    half: bool | str = False      # on a CUDA device: true or "fp16" float16, "bf16" bfloat16 (a CPU keeps fp32)
+
+    def __post_init__(self) -> None:
+        if self.half not in HALF:
+            raise ValueError(f"half: must be true, false, 'fp16' or 'bf16', got {self.half!r}")
 
 
 class ModelOp(Op):

@@ -75,6 +75,8 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
     speedup_c{N}: default / serial images/s at the highest concurrency both ran;
     saturation: default's best images/s / offline's; c1_latency: default's p50 at c=1 /
     offline's single-request p50; open_p50 and open_p99: default / static in the open loop;
+    ceiling_c32 and ceiling_c1: default's c=32 images/s and c=1 p50 against the `ceiling`
+    config's best throughput and best single-request p50 (best threading, see bench/ceiling.py).
     ray_vs_thread_c{N}: ray (sample and decode as Ray actors) / default images/s.
     """
     closed = {(r["config"], r.get("concurrency")): r["summary"] for r in rows if "concurrency" in r}
@@ -90,6 +92,11 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
         out["saturation"] = max(s["images_per_s"] for s in default) / offline["images_per_s"]
         if ("default", 1) in closed:
             out["c1_latency"] = closed[("default", 1)]["latency_ms"]["p50"] / offline["latency_ms"]["p50"]
+    ceiling = next((s for (n, _), s in closed.items() if n == "ceiling"), None)
+    if ceiling and ("default", 32) in closed:
+        out["ceiling_c32"] = closed[("default", 32)]["images_per_s"] / ceiling["images_per_s"]
+    if ceiling and ("default", 1) in closed:
+        out["ceiling_c1"] = closed[("default", 1)]["latency_ms"]["p50"] / ceiling["latency_ms"]["p50"]
     on_ray = sorted(c for (n, c) in closed if n == "ray" and ("default", c) in closed)
     if on_ray:  # mode: ray against thread mode (default), at the highest concurrency both ran
         c = on_ray[-1]

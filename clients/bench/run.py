@@ -3,8 +3,13 @@
     tessera bench --compare serial,static,default,offline --concurrency 1,8,32 --num-candidates 4
     tessera bench --compare default,offline --concurrency 1,32 --rounds 5   # each round's ratios, median
     tessera bench --server 127.0.0.1:50051 --metrics http://127.0.0.1:9090/metrics
+    tessera bench --compare default,ceiling --concurrency 1,32 --contend 1  # one core kept busy meanwhile
+    tessera bench --compare default,offline --device cuda:0 --half fp16      # the model OPs on a GPU
     tessera bench --engine-only
     tessera bench --kv
+
+`ceiling` is the offline pipeline once per --threadings setting, each in a fresh process,
+keeping the best throughput and the best single-request latency (bench/ceiling.py).
 
 Closed loop: `c` clients, each sending its next request when the last one returns.
 Open loop: Poisson arrivals at --rate (optionally bursty). Benchmarks measure; tests
@@ -127,17 +132,17 @@ async def open_loop(target: str, prompts: list[str], rate: float, requests: int,
 
 
 @functools.cache
-def _pipeline(model_dir: str | None, capacity: int):
+def _pipeline(model_dir: str | None, capacity: int, device: str = "cpu", settings: tuple = ()):
     """The offline pipeline, loaded once however many rounds run."""
     from tessera.ops.pipeline import LocalPipeline
-    return LocalPipeline(model_dir, capacity=capacity)
+    return LocalPipeline(model_dir, device, capacity=capacity, **dict(settings))
 
 
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
-                model_dir: str | None, capacity: int) -> list[dict]:
-    """The same OPs called in process at the sampler's full batch: the ceiling."""
+                model_dir: str | None, capacity: int, device: str = "cpu", settings: dict | None = None) -> list[dict]:
+    """The same OPs called in process at the sampler's full batch (`settings`: half, decode_mode)."""
     from tessera.ops.messages import GenerateParams
-    pipe = _pipeline(model_dir, capacity)
+    pipe = _pipeline(model_dir, capacity, device, tuple(sorted((settings or {}).items())))
     reqs = [GenerateParams(prompts[i % len(prompts)], seed=1 + i, **{k: v for k, v in params.items() if v})
             for i in range(requests)]
     pipe.generate(reqs[:2])  # warm-up
@@ -236,6 +241,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--compare", default="serial,static,default,offline",
                     help="configurations to start and compare side by side")
     ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--device", default=None, help="device of the model OPs, e.g. cuda:0 (default: the config's)")
+    ap.add_argument("--half", default=None, choices=["fp16", "bf16"], help="the model OPs' half precision (CUDA)")
+    ap.add_argument("--decode-mode", default=None, help="the sampler's decode_mode (default: its own, auto)")
+    ap.add_argument("--threadings", default="omp1,omp-all",
+                    help="the `ceiling` config's threading settings (bench/ceiling.py THREADINGS), best kept")
+    ap.add_argument("--contend", type=int, default=0,
+                    help="keep this many cores busy with unrelated spinning processes for the whole run")
     ap.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 3 x concurrency))")
     ap.add_argument("--warmup", type=int, default=4)
@@ -272,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The run, with --contend's background load (if any) kept up from start to end."""
+    from tessera.bench.ceiling import CpuHog
+    with CpuHog(args.contend):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     argv = getattr(args, "command_line", None)
     console = Console()
     levels = [int(x) for x in args.concurrency.split(",") if x]
@@ -282,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out / 'bench.png'} from {args.replot}")
         return 0
     report: dict = {"command": "tessera bench " + " ".join(sys.argv[2:] if argv is None else argv),
-                    "date": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
+                    "date": time.strftime("%Y-%m-%d %H:%M"), "rows": [], "contend": args.contend}
     if args.engine_only:
         rows = engine_only(levels, args.requests or 5000)
         report["rows"] = rows
@@ -309,9 +328,11 @@ def run(args: argparse.Namespace) -> int:
     def measure(load, metrics: str | None, **row) -> None:
         """Run one load (a coroutine giving samples and wall time) and keep its row."""
         before = scrape(metrics) if metrics else {}
+        started = time.time()
         samples, wall = asyncio.run(load)
         split = server_split(before, scrape(metrics)) if metrics else {}
-        rows.append({**row, "summary": summarize(samples, wall), "server": split, **tag})
+        rows.append({**row, "summary": summarize(samples, wall), "server": split, **tag,
+                     "started": started, "ended": time.time()})  # wall clock, to line up with other logs
 
     def sweep(name: str, target: str, metrics: str | None) -> None:
         warm_up(target)
@@ -337,18 +358,28 @@ def run(args: argparse.Namespace) -> int:
         if args.rate:
             open_sweep("server", args.server, args.rate, args.metrics)
     else:
+        from tessera.bench.ceiling import ceiling_run
         from tessera.bench.servers import ServerProcess, bench_configs
-        configs = bench_configs(args.model_dir)
+        op_settings = {"half": args.half} if args.half else {}
+        sample_settings = {"decode_mode": args.decode_mode} if args.decode_mode else {}
+        configs = bench_configs(args.model_dir, args.device, op_settings, sample_settings)
+        capacity_rows = configs["default"]["graph"]["ops"]["sample"]["batch_size"]
         names = [n for n in args.compare.split(",") if n]
         for i in range(max(1, args.rounds)):
             if args.rounds > 1:
                 tag = {"round": i}
             first = len(rows)
             for name in names:
-                if name == "offline":
-                    rows += [r | tag for r in offline_run(
-                        prompts, levels, args.requests or 64, params, args.model_dir,
-                        configs["default"]["graph"]["ops"]["sample"]["batch_size"])]
+                if name in ("offline", "ceiling"):
+                    started = time.time()
+                    if name == "offline":
+                        new = offline_run(prompts, levels, args.requests or 64, params, args.model_dir, capacity_rows,
+                                          args.device or "cpu", {**op_settings, **sample_settings})
+                    else:
+                        new = ceiling_run(prompts, levels, args.requests or 64, params, args.model_dir, capacity_rows,
+                                          args.device or "cpu", {**op_settings, **sample_settings},
+                                          [t for t in args.threadings.split(",") if t])
+                    rows += [r | tag | {"started": started, "ended": time.time()} for r in new]
                     continue
                 with ServerProcess(name, configs[name]) as server:
                     sweep(name, server.target, server.metrics_url)
@@ -358,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
                     rate = args.rate_fraction * capacity(args.rate_of, first)
                     report.setdefault("open_loop_rate", []).append(
                         {"of": args.rate_of, "fraction": args.rate_fraction, "rate": rate, **tag})
-                for name in [n for n in names if n != "offline"]:
+                for name in [n for n in names if n not in ("offline", "ceiling")]:
                     best = capacity(name, first) if levels else float("inf")  # no closed loop: unknown
                     if best < rate:  # its queue would only grow: no steady state to measure
                         print(f"{name}: no open loop at {rate:.2f} req/s, above its measured capacity of "

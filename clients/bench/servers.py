@@ -17,11 +17,21 @@ from pathlib import Path
 import yaml
 
 
-def bench_configs(model_dir: str | None = None) -> dict[str, dict]:
+def bench_configs(model_dir: str | None = None, device: str | None = None,
+                  settings: dict | None = None, sample_settings: dict | None = None) -> dict[str, dict]:
+    """`device` (e.g. cuda:0) places the model OPs (all but tokenize); `settings` go to them too,
+    and `sample_settings` to the sampler alone."""
     from tessera.server.defaults import DEFAULT_CONFIG
 
     default = copy.deepcopy(DEFAULT_CONFIG)
     default["model_dir"] = model_dir
+    for name, op in default["graph"]["ops"].items():
+        if name != "tokenize":
+            if device:
+                op["devices"] = [device]
+            extra = {**(settings or {}), **((sample_settings or {}) if name == "sample" else {})}
+            if extra:
+                op["settings"] = {**op.get("settings", {}), **extra}
     default["graph"]["max_inflight"] = 4096
     for op in default["graph"]["ops"].values():
         op["channel_capacity"] = 4096

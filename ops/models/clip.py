@@ -57,7 +57,7 @@ class CLIP(nn.Module):
         pad = text == self.pad_id
         x = self.tok_emb(text) + self.pos_emb
         x = self.text_encoder(x, src_key_padding_mask=pad)
-        keep = (~pad).unsqueeze(-1).float()
+        keep = (~pad).unsqueeze(-1).to(x.dtype)  # float() would turn a half model's x to fp32
         x = (x * keep).sum(1) / keep.sum(1).clamp(min=1)  # mean over real tokens
         return F.normalize(self.text_proj(x), dim=-1)
 

@@ -42,7 +42,7 @@ def test_model_dir_reaches_every_op_unless_it_sets_its_own():
     (lambda c: c["server"].update(http_port=-2), "server.http_port"),
     (lambda c: c.pop("graph"), "graph"),
     (lambda c: c["graph"]["ops"]["decode"].update(settings={"half": "yes"}),
-     "graph.ops.decode.settings.half: must be true or false, got 'yes'"),
+     "graph.ops.decode.settings.half: must be true, false, 'fp16' or 'bf16', got 'yes'"),
     (lambda c: c["graph"]["ops"]["sample"].update(settings={"static_batching": 1}),
      "graph.ops.sample.settings.static_batching: must be true or false"),
     (lambda c: c["graph"]["ops"]["tokenize"].update(settings={"half": True}),

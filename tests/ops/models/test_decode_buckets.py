@@ -1,0 +1,70 @@
+"""The bucketed decode step (padded, compiled) samples the same tokens as the eager step."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tessera.ops.shared as shared
+from tessera.ops.models.transformer import BucketedDecoder, KVCache
+from tessera.ops.sample import SampleOp
+from tessera.server.engine import ConfigError
+from tests.ops.models.test_transformer import _Bundle, row, run_to_end, tiny
+
+T1, T2 = [3, 7, 9, 0, 0, 0], [5, 5, 1, 2, 0, 0]
+
+
+def sampler(model, capacity, **settings):
+    op = SampleOp(**settings)
+    op.capacity = capacity
+    original = shared.bundle_for
+    shared.bundle_for = lambda *a, **k: _Bundle(model)
+    try:
+        op.setup("cpu")
+    finally:
+        shared.bundle_for = original
+    return op
+
+
+def mixed_run(op):
+    """Joins mid-run, guided and unguided rows, an eviction from the middle."""
+    op.admit([row("a", T1, 1, guidance=2.0), row("b", T2, 2), row("c", T1, 3, top_k=5)])
+    op.step()
+    op.evict(["b"])
+    return run_to_end(op, [[], [row("d", T2, 4, guidance=3.0)], [], [row("e", T2, 5, top_p=0.8)]])
+
+
+def test_padded_buckets_sample_the_eager_tokens_through_joins_guidance_and_eviction():
+    model = tiny()
+    eager = mixed_run(sampler(model, 4))
+    # Buckets 2 and 4 of the cache's 8 slots: steps of 3-4 slots pad up, larger ones run eagerly.
+    padded = sampler(model, 4, decode_mode="padded", decode_buckets=[2, 4])
+    assert mixed_run(padded) == eager
+    assert padded.decoder.buckets == [2, 4]
+
+
+def test_compiled_step_samples_the_eager_tokens():
+    model = tiny()
+    eager = mixed_run(sampler(model, 4))
+    assert mixed_run(sampler(model, 4, decode_mode="compile", decode_buckets=[8])) == eager
+
+
+def test_padding_rows_never_reach_a_live_row():
+    model = tiny()
+    cache = KVCache(model.cfg, 4)
+    decoder = BucketedDecoder(model, cache, [4], "padded")
+    model.prefill(torch.tensor([T1]), cache, torch.tensor([0]))
+    before = cache.k[:, 0].clone()
+    decoder(torch.tensor([7]), torch.tensor([3]))  # one live row; slots 1-3 are padding
+    changed = (cache.k[:, 0] != before).any(dim=(0, 1, 3)).nonzero().flatten().tolist()
+    assert changed == [model.cfg.text_len + 3]  # only the live row's own new position
+
+
+def test_a_bad_decode_setting_or_bucket_list_is_refused_clearly():
+    model = tiny()
+    with pytest.raises(ConfigError, match="decode_mode: must be one of auto, off, padded") as err:
+        SampleOp(decode_mode="fast")
+    assert err.value.key == "decode_mode"
+    with pytest.raises(ConfigError, match="decode_buckets: must be positive"):
+        SampleOp(decode_buckets=[4, 0])
+    with pytest.raises(ValueError, match="no decode bucket fits"):
+        BucketedDecoder(model, KVCache(model.cfg, 4), [8, 16], "padded")
