@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import socket
+import time
 from pathlib import Path
 
 import grpc
@@ -47,6 +48,7 @@ class TesseraServer:
         self.engine: Engine | None = None
         self.service: GenerationService | None = None
         self.calls: CallCounter | None = None
+        self._front: FrontDoorInterceptor | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.http_port: int | None = None
@@ -68,7 +70,8 @@ class TesseraServer:
         self.engine = Engine(self.config.graph)
         limit = s.limits.max_message_bytes
         self.calls = CallCounter(self.engine.metrics.registry)
-        interceptors = [FrontDoorInterceptor(self.calls, limit)]  # outermost: sees every call's end
+        self._front = FrontDoorInterceptor(self.calls, limit)
+        interceptors = [self._front]  # outermost: sees every call's end
         if token:
             interceptors.append(BearerTokenInterceptor(token, exempt_health=s.auth_exempt_health))
         self._grpc = grpc.aio.server(
@@ -113,6 +116,17 @@ class TesseraServer:
                  "on" if s.tls_cert_file else "off")
         return self.port
 
+    async def _lull(self, quiet_s: float = 0.1, at_most_s: float = 2.0) -> None:
+        """Wait until no call has arrived for `quiet_s` (at most `at_most_s`): calls already on
+        the wire then reach a handler and hear UNAVAILABLE, where gRPC's close would reset
+        them (CANCELLED) before any handler saw them."""
+        if self._front is None:
+            return
+        start = time.monotonic()  # the drain just answered its last calls: their callers may send more
+        while (time.monotonic() < start + at_most_s
+               and time.monotonic() - max(start, self._front.last_call) < quiet_s):
+            await asyncio.sleep(quiet_s / 2)
+
     def serving(self) -> bool:
         """What readiness reports on HTTP, as health does on gRPC: the engine admits requests
         and every OP has a live worker (false while draining or while a worker is replaced)."""
@@ -143,9 +157,12 @@ class TesseraServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """SIGTERM's path: report NOT_SERVING, refuse new work, drain in-flight, close."""
         await self._health.enter_graceful_shutdown()
+        # The engine drains while gRPC still answers: a call that comes meanwhile gets a clear
+        # UNAVAILABLE from the engine (a stopped gRPC server resets late streams: CANCELLED).
         if self.engine is not None and self.engine.stages:  # started: drain it
             await self.engine.stop(grace_s)  # None: the graph's shutdown_grace_s
         if self._grpc is not None:
+            await self._lull()
             await self._grpc.stop(1.0)
         if self._http is not None:
             await self._http.stop()

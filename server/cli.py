@@ -3,6 +3,7 @@
     tessera serve                          # the bundled model on 127.0.0.1:50051
     tessera generate "a red circle" -n 4   # from a second terminal
     tessera bench --compare default,offline --concurrency 1,8
+    tessera reliability --calls 1500 --concurrency 48
     tessera train --preset default --work runs/default --out ops/bundled/shapes-dalle
     tessera evaluate --model ops/bundled/shapes-dalle --out runs/eval --card
 
@@ -19,6 +20,8 @@ COMMANDS = (
     Command("serve", "tessera.server.main", "serve text-to-image over gRPC and HTTP/JSON, with a web page"),
     *CLIENT_COMMANDS,
     Command("bench", "tessera.bench.run", "measure throughput and latency, configurations side by side"),
+    Command("reliability", "tessera.bench.reliability",
+            "soak, burst, SIGTERM, fuzz and auth checks against servers it starts"),
     Command("train", "tessera.ops.training.train", "train the DALL·E models from scratch"),
     Command("evaluate", "tessera.ops.training.evaluate", "measure a model directory against the pixel checker"),
 )

@@ -32,6 +32,7 @@ NOT_RUN = {  # the start of a shell block that does not run here, and why
     "apt-get update": "the install-and-test command: .ci/run runs it, and it runs this test",
     "tessera train": "an hour of training (tests/ops/training trains the tiny preset)",
     "tessera bench": "seventeen minutes of benchmark (tests/clients/test_bench.py runs its parts)",
+    "tessera reliability": "minutes of soak on the bundled model (tests/clients/test_reliability.py runs it small)",
     "docker build": "no Docker engine on the CI machine (tests/deploy checks the Dockerfile)",
     "pip install -e ./clients -e '.[ray]'": "starts a Ray head (tests/deploy loads deploy/ray.yaml)",
     "helm repo add": "needs a Kubernetes cluster (tests/deploy checks the manifests)",

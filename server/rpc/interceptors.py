@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -54,8 +55,10 @@ class Undecodable:
 class FrontDoorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, counter: CallCounter, max_message_bytes: int):
         self.counter, self.limit = counter, max_message_bytes
+        self.last_call = time.monotonic()  # when the latest call arrived (shutdown waits for a lull)
 
     async def intercept_service(self, continuation, details):
+        self.last_call = time.monotonic()
         handler = await continuation(details)
         if handler is None or not details.method.startswith(SERVICE):
             return handler
@@ -83,10 +86,12 @@ class FrontDoorInterceptor(grpc.aio.ServerInterceptor):
             except _ABORTED:
                 outcome = outcome_for(context.code())
                 raise
+            except asyncio.CancelledError:
+                outcome = _gone(context)
+                raise
             except Exception as exc:  # noqa: BLE001 - a bug is INTERNAL, never UNKNOWN
-                outcome = "failed"
-                log.error("unexpected error in %s: %r", type(behaviour).__name__, exc)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged it")
+                outcome = _gone(context) if _ended(context) else "failed"
+                await _answer_unexpected(context, exc)
             finally:
                 if counted:
                     self.counter.count(outcome)
@@ -107,10 +112,12 @@ class FrontDoorInterceptor(grpc.aio.ServerInterceptor):
             except _ABORTED:
                 outcome = outcome_for(context.code())
                 raise
-            except Exception as exc:  # noqa: BLE001
-                outcome = "failed"
-                log.error("unexpected error in a stream: %r", exc)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged it")
+            except asyncio.CancelledError:
+                outcome = _gone(context)
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug is INTERNAL, never UNKNOWN
+                outcome = _gone(context) if _ended(context) else "failed"
+                await _answer_unexpected(context, exc)
             finally:
                 if counted:
                     self.counter.count(outcome)
@@ -132,6 +139,25 @@ class _Refusal(Exception):
     def __init__(self, code: grpc.StatusCode, outcome: str, message: str):
         super().__init__(message)
         self.code, self.outcome, self.message = code, outcome, message
+
+
+def _gone(context: grpc.aio.ServicerContext) -> str:
+    """What a caller who left got: its own deadline, or its cancellation."""
+    remaining = context.time_remaining()
+    return "deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled"
+
+
+def _ended(context: grpc.aio.ServicerContext) -> bool:
+    return context.cancelled() or context.done()
+
+
+async def _answer_unexpected(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if _ended(context):
+        # The call ended under the handler (the caller's deadline or cancellation, as the
+        # handler tried to answer): nobody is left to tell, and nothing went wrong here.
+        raise asyncio.CancelledError() from exc
+    log.error("unexpected error: %r", exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged it")
 
 
 def _refuse_undecodable(request: Any) -> None:

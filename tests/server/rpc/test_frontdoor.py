@@ -11,7 +11,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tessera.server.rpc.validation import MAX_REQUEST_ID_CHARS
 from tessera.v1 import image_generation_pb2 as pb
+from tests.server.engine.toy_ops import until
 from tests.server.rpc.conftest import app_config, serving
+from tests.server.rpc.test_errors import paced_sampler
 
 PROMPT = "a red circle"
 GENERATE = "/tessera.v1.ImageGeneration/Generate"
@@ -121,20 +123,21 @@ async def test_health_needs_no_token_by_default_but_can_be_made_to(tiny_model_di
                 assert exc.code() == expected
 
 
-async def test_every_call_is_counted_once_by_its_real_outcome(tiny_model_dir):
+async def test_every_call_is_counted_once_by_its_real_outcome(tiny_model_dir, monkeypatch):
+    steps = paced_sampler(monkeypatch)
     config = app_config(tiny_model_dir)
     config.server.limits.max_message_bytes = 3000  # a 64 x 64 PNG or two fit; sixteen do not
     async with serving(config) as (server, client):
-        await client.generate(PROMPT, seed=1)
         for kwargs in ({"num_images": 99}, {"top_p": 2.0}, {"prompt": ""}):
             with pytest.raises(Exception):
                 await client.generate(kwargs.pop("prompt", PROMPT), **kwargs)
-        held = asyncio.create_task(client.generate(PROMPT, num_candidates=64, request_id="same"))
-        while not server.engine.requests:
-            await asyncio.sleep(0)
+        held = asyncio.create_task(client.generate(PROMPT, request_id="same"))  # held in the sampler
+        await until(lambda: server.engine.requests, "the first call is admitted")
         with pytest.raises(Exception, match="already in flight"):
             await client.generate(PROMPT, request_id="same")
+        steps.free()
         await held
+        await client.generate(PROMPT, seed=1)
         with pytest.raises(Exception, match="max_message_bytes"):
             await client.generate(PROMPT, num_images=16, num_candidates=16, seed=2)
         counts = {o: requests_total(server, o) for o in ("ok", "invalid_input", "response_too_large")}
@@ -173,8 +176,7 @@ async def test_cancelled_and_expired_streams_leave_no_task_or_unretrieved_error(
                             break
                 except grpc.aio.AioRpcError as exc:
                     assert exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-            while server.engine.requests:
-                await asyncio.sleep(0)
+            await until(lambda: not server.engine.requests, "every stream has ended on the server")
             import gc
             gc.collect()
             await asyncio.sleep(0)

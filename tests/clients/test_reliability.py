@@ -1,0 +1,22 @@
+"""The reliability suite's short version: every check against `tessera serve` children.
+
+The long version is `tessera reliability` (README, Reliability). Here the counts are
+small: RSS growth between two soaks of a few dozen calls is noise (allocator arenas,
+first-use caches), so CI reports it and bounds it loosely; the long run holds it to 5%.
+"""
+from __future__ import annotations
+
+from tessera.bench.reliability import run_suite
+
+
+def test_soak_burst_sigterm_fuzz_and_auth_all_hold(tiny_model_dir):
+    lines: list[str] = []
+    checks = run_suite(str(tiny_model_dir), calls=80, concurrency=12, fuzz_examples=80, burst_calls=24,
+                       rss_growth=0.5, seed=1, report=lines.append)
+    assert [c.name for c in checks] == ["soak", "soak", "fuzz", "burst", "sigterm", "auth"]
+    problems = {c.name + str(i): c.problems for i, c in enumerate(checks) if c.problems}
+    assert problems == {}, "\n".join(lines)
+    soak = checks[0]
+    assert {"cancel", "deadline", "invalid", "unary", "stream"} <= set(soak.facts["by_kind"])
+    assert sum(soak.counted.values()) == 80 and soak.facts["inflight_after"] == 0
+    assert checks[3].codes.get("RESOURCE_EXHAUSTED", 0) > 0 and checks[4].facts["exit_code"] == 0
