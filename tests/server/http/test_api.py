@@ -13,6 +13,7 @@ from tessera.ops.sample import SampleOp
 from tessera.server.engine import Cancelled
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
+from tests.server.engine.toy_ops import until
 from tests.server.http.conftest import app_config, http_serving, serving, sse_events
 
 PROMPT = "a small red circle in the top left on a blue background"
@@ -214,6 +215,8 @@ async def test_leaving_the_stream_cancels_the_engine_request(http_served, monkey
     await asyncio.wait_for(cancelled.wait(), 30)
     assert not server.engine.requests
     reg = server.engine.metrics.registry
+    await until(lambda: reg.get_sample_value("tessera_requests_total", {"outcome": "cancelled"}),
+                "the stream is counted as its handler ends")
     assert reg.get_sample_value("tessera_requests_total", {"outcome": "cancelled"}) == 1
 
 
@@ -254,6 +257,8 @@ async def test_every_http_generation_call_is_counted_once_by_outcome(http_served
         assert sse_events([line async for line in reply.aiter_lines()])[-1][0] == "result"
     assert (await http.post("/v1/generate:stream", content=b"{")).status_code == 400
     reg = server.engine.metrics.registry
+    total = lambda: sum(reg.get_sample_value("tessera_requests_total", {"outcome": o}) or 0 for o in ("ok", "invalid_input"))
+    await until(lambda: total() >= 4, "every call is counted as its handler ends")
     counts = {o: reg.get_sample_value("tessera_requests_total", {"outcome": o}) for o in ("ok", "invalid_input")}
     assert counts == {"ok": 2, "invalid_input": 2}
 

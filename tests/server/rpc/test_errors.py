@@ -81,8 +81,10 @@ async def test_deadline_exceeded_on_the_server(tiny_model_dir, monkeypatch):
             await held.result()
         code, details = await code_of(call)
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline of 300 ms" in details
-        assert server.engine.metrics.registry.get_sample_value(
-            "tessera_requests_total", {"outcome": "deadline_exceeded"}) == 1
+        reg = server.engine.metrics.registry
+        await until(lambda: reg.get_sample_value("tessera_requests_total", {"outcome": "deadline_exceeded"}),
+                    "the call is counted (as its handler ends, perhaps after the client holds the status)")
+        assert reg.get_sample_value("tessera_requests_total", {"outcome": "deadline_exceeded"}) == 1
 
 
 async def test_overload_is_refused_at_once(tiny_model_dir, monkeypatch):

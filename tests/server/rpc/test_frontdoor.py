@@ -51,6 +51,13 @@ def requests_total(server, outcome: str) -> float:
     return server.engine.metrics.registry.get_sample_value("tessera_requests_total", {"outcome": outcome}) or 0
 
 
+async def counted(server, outcome: str, n: int) -> float:
+    """The count of `outcome` once it reaches n. A call is counted as its handler ends, which
+    can be just after grpc has sent the status the client already holds: wait for it."""
+    await until(lambda: requests_total(server, outcome) >= n, f"{n} calls counted as {outcome}")
+    return requests_total(server, outcome)
+
+
 @pytest.mark.parametrize("body", HOSTILE, ids=["length", "utf8-prompt", "utf8-request-id", "varint",
                                                 "end-group", "deep-groups"])
 async def test_unreadable_bodies_are_invalid_argument_with_one_short_line(served, body, caplog):
@@ -62,7 +69,7 @@ async def test_unreadable_bodies_are_invalid_argument_with_one_short_line(served
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     lines = [r for r in caplog.records if "undecodable" in r.getMessage()]
     assert len(lines) == 2 and all(len(r.getMessage()) < 300 for r in lines)
-    assert requests_total(server, "invalid_input") == 2
+    assert await counted(server, "invalid_input", 2) == 2
 
 
 async def test_a_valid_body_sent_raw_is_served(served):
@@ -88,7 +95,7 @@ async def test_with_auth_on_a_body_without_a_token_is_never_parsed(authed, caplo
                 assert (await status_of(raw_call(channel, STREAM, stream=True)(body))
                         == grpc.StatusCode.UNAUTHENTICATED)
     assert not [r for r in caplog.records if "undecodable" in r.getMessage() or r.levelno >= logging.ERROR]
-    assert requests_total(authed, "unauthenticated") == 2 * len(HOSTILE)
+    assert await counted(authed, "unauthenticated", 2 * len(HOSTILE)) == 2 * len(HOSTILE)
 
 
 async def test_with_the_token_an_unreadable_body_is_invalid_argument(authed):
@@ -131,7 +138,8 @@ async def test_every_call_is_counted_once_by_its_real_outcome(tiny_model_dir, mo
         for kwargs in ({"num_images": 99}, {"top_p": 2.0}, {"prompt": ""}):
             with pytest.raises(Exception):
                 await client.generate(kwargs.pop("prompt", PROMPT), **kwargs)
-        held = asyncio.create_task(client.generate(PROMPT, request_id="same"))  # held in the sampler
+        # Held in the sampler. A fixed seed: its PNG's size, and so whether it fits, never varies.
+        held = asyncio.create_task(client.generate(PROMPT, request_id="same", seed=1))
         await until(lambda: server.engine.requests, "the first call is admitted")
         with pytest.raises(Exception, match="already in flight"):
             await client.generate(PROMPT, request_id="same")
@@ -140,6 +148,7 @@ async def test_every_call_is_counted_once_by_its_real_outcome(tiny_model_dir, mo
         await client.generate(PROMPT, seed=1)
         with pytest.raises(Exception, match="max_message_bytes"):
             await client.generate(PROMPT, num_images=16, num_candidates=16, seed=2)
+        await counted(server, "response_too_large", 1)
         counts = {o: requests_total(server, o) for o in ("ok", "invalid_input", "response_too_large")}
     assert counts == {"ok": 2, "invalid_input": 4, "response_too_large": 1}
 

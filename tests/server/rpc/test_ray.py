@@ -44,7 +44,7 @@ def cluster():
 def ray_config(model_dir, address: str) -> AppConfig:
     raw = copy.deepcopy(DEFAULT_CONFIG)
     raw["model_dir"] = str(model_dir)
-    raw["server"].update({"port": 0, "metrics_port": -1})
+    raw["server"].update({"port": 0, "metrics_port": -1, "http_port": -1})  # no fixed port: 8080 may be taken
     raw["graph"].update({"shutdown_grace_s": 5.0, "ray_address": address})
     for op in ("sample", "decode"):
         raw["graph"]["ops"][op].update(mode="ray", ray_actor_options={"num_cpus": 0, "resources": {RESOURCE: 1}})

@@ -21,7 +21,7 @@ PROMPTS = ["a small red circle in the top left on a blue background", "a large g
 def process_config(model_dir) -> AppConfig:
     raw = copy.deepcopy(DEFAULT_CONFIG)
     raw["model_dir"] = str(model_dir)
-    raw["server"].update({"port": 0, "metrics_port": -1})
+    raw["server"].update({"port": 0, "metrics_port": -1, "http_port": -1})  # no fixed port: 8080 may be taken
     raw["graph"]["shutdown_grace_s"] = 5.0
     for op in ("sample", "decode"):
         raw["graph"]["ops"][op]["mode"] = "process"
