@@ -18,6 +18,7 @@ call's body is never parsed: its handler reads raw bytes):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -73,55 +74,46 @@ class FrontDoorInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, behaviour, counted: bool):
         async def call(request: Any, context: grpc.aio.ServicerContext):
-            outcome = "cancelled"  # what is left if the task is cancelled: the caller went away
-            try:
+            async with self._answering(context, counted) as outcome:
                 _refuse_undecodable(request)
                 response = await behaviour(request, context)
                 self._check_size(response)
-                outcome = "ok"
+                outcome.value = "ok"
                 return response
-            except _Refusal as refusal:
-                outcome = refusal.outcome
-                await context.abort(refusal.code, refusal.message)
-            except _ABORTED:
-                outcome = outcome_for(context.code())
-                raise
-            except asyncio.CancelledError:
-                outcome = _gone(context)
-                raise
-            except Exception as exc:  # noqa: BLE001 - a bug is INTERNAL, never UNKNOWN
-                outcome = _gone(context) if _ended(context) else "failed"
-                await _answer_unexpected(context, exc)
-            finally:
-                if counted:
-                    self.counter.count(outcome)
         return call
 
     def _stream(self, behaviour, counted: bool):
         async def call(request: Any, context: grpc.aio.ServicerContext):
-            outcome = "cancelled"
-            try:
+            async with self._answering(context, counted) as outcome:
                 _refuse_undecodable(request)
                 async for event in behaviour(request, context):
                     self._check_size(event)
                     yield event
-                outcome = "ok"
-            except _Refusal as refusal:
-                outcome = refusal.outcome
-                await context.abort(refusal.code, refusal.message)
-            except _ABORTED:
-                outcome = outcome_for(context.code())
-                raise
-            except asyncio.CancelledError:
-                outcome = _gone(context)
-                raise
-            except Exception as exc:  # noqa: BLE001 - a bug is INTERNAL, never UNKNOWN
-                outcome = _gone(context) if _ended(context) else "failed"
-                await _answer_unexpected(context, exc)
-            finally:
-                if counted:
-                    self.counter.count(outcome)
+                outcome.value = "ok"
         return call
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, context: grpc.aio.ServicerContext, counted: bool):
+        """How a call ends, for unary and streaming calls alike: a refusal or a bug becomes its
+        status, and the call is counted once by the status its caller got."""
+        outcome = _Outcome()
+        try:
+            yield outcome
+        except _Refusal as refusal:
+            outcome.value = refusal.outcome
+            await context.abort(refusal.code, refusal.message)
+        except _ABORTED:
+            outcome.value = outcome_for(context.code())
+            raise
+        except asyncio.CancelledError:
+            outcome.value = _gone(context)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug is INTERNAL, never UNKNOWN
+            outcome.value = _gone(context) if _ended(context) else "failed"
+            await _answer_unexpected(context, exc)
+        finally:
+            if counted:
+                self.counter.count(outcome.value)
 
     def _check_size(self, message: Any) -> None:
         size = message.ByteSize() if hasattr(message, "ByteSize") else 0
@@ -133,6 +125,10 @@ class FrontDoorInterceptor(grpc.aio.ServerInterceptor):
 
 # context.abort raises this once it has set the status (grpc.aio's AbortError).
 _ABORTED = (grpc.aio.AbortError,)
+
+
+class _Outcome:
+    value = "cancelled"  # what is left if the task is cancelled or the stream closed: the caller went away
 
 
 class _Refusal(Exception):
