@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,15 +346,33 @@ class Hang(Op):
         return list(rows)
 
 
-class SlowCounter(Counter):
-    """A Counter whose steps take `step_s` seconds of work (for a child process, where the
-    test's gates and paces cannot reach)."""
+class PipePacedCounter(Counter):
+    """A Counter in a child process, where the test's paces cannot reach: it takes a step
+    for each byte the test writes to the FIFO at `pace_fifo` (see StepPipe)."""
 
     @dataclass
     class Settings:
         pace: str = ""
-        step_s: float = 0.0
+        pace_fifo: str = ""
 
     def step(self):
-        time.sleep(self.settings.step_s)
+        if getattr(self, "_fifo", None) is None:
+            self._fifo = os.open(self.settings.pace_fifo, os.O_RDONLY)
+        if not os.read(self._fifo, 1):
+            raise RuntimeError("the test closed the step pipe")
         return super().step()
+
+
+class StepPipe:
+    """The test's end of a PipePacedCounter's FIFO: `allow(n)` lets the child take n steps."""
+
+    def __init__(self, path: str):
+        os.mkfifo(path)
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR)  # held open, so the child's open never waits
+
+    def allow(self, steps: int) -> None:
+        os.write(self._fd, b"s" * steps)
+
+    def close(self) -> None:
+        os.close(self._fd)

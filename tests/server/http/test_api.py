@@ -9,12 +9,12 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from tessera.ops.sample import SampleOp
 from tessera.server.engine import Cancelled
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
 from tests.server.engine.toy_ops import until
 from tests.server.http.conftest import app_config, http_serving, serving, sse_events
+from tests.server.rpc.conftest import paced_sampler
 
 PROMPT = "a small red circle in the top left on a blue background"
 
@@ -181,16 +181,6 @@ async def test_bearer_token_guards_the_api_but_not_the_page(tiny_model_dir, monk
         assert (await http.get("/openapi.json")).json()["security"] == [{"bearer": []}]
 
 
-def slow_steps(monkeypatch, seconds=0.02):
-    step = SampleOp.step
-
-    def slow(self):
-        import time
-        time.sleep(seconds)
-        return step(self)
-    monkeypatch.setattr(SampleOp, "step", slow)
-
-
 def watch_cancellations(engine) -> asyncio.Event:
     """Set when the engine fails a request as Cancelled (the caller went away)."""
     cancelled = asyncio.Event()
@@ -205,7 +195,8 @@ def watch_cancellations(engine) -> asyncio.Event:
 
 
 async def test_leaving_the_stream_cancels_the_engine_request(http_served, monkeypatch):
-    slow_steps(monkeypatch)
+    steps = paced_sampler(monkeypatch)
+    steps.allow(1)  # one step: one progress event, then the sampler holds the request
     server, http = http_served
     cancelled = watch_cancellations(server.engine)
     async with http.stream("POST", "/v1/generate:stream", json={"prompt": PROMPT, "numCandidates": 8}) as reply:
@@ -218,10 +209,11 @@ async def test_leaving_the_stream_cancels_the_engine_request(http_served, monkey
     await until(lambda: reg.get_sample_value("tessera_requests_total", {"outcome": "cancelled"}),
                 "the stream is counted as its handler ends")
     assert reg.get_sample_value("tessera_requests_total", {"outcome": "cancelled"}) == 1
+    steps.free()
 
 
 async def test_leaving_a_unary_call_cancels_the_engine_request(http_served, monkeypatch):
-    slow_steps(monkeypatch)
+    steps = paced_sampler(monkeypatch)  # the sampler holds the request until the caller has left
     server, _ = http_served
     cancelled = watch_cancellations(server.engine)
     admitted = asyncio.Event()
@@ -241,6 +233,7 @@ async def test_leaving_a_unary_call_cancels_the_engine_request(http_served, monk
     writer.close()
     await asyncio.wait_for(cancelled.wait(), 30)
     assert not server.engine.requests
+    steps.free()
 
 
 async def test_http_port_minus_one_turns_http_off(tiny_model_dir):

@@ -8,7 +8,9 @@ import pytest
 from tessera.clients import AsyncTesseraClient
 from tessera.server.app import TesseraServer
 from tessera.server.config import AppConfig
+from tessera.ops.sample import SampleOp
 from tessera.server.defaults import DEFAULT_CONFIG
+from tests.server.engine.toy_ops import Pace, pace
 
 
 def app_config(model_dir, **server) -> AppConfig:
@@ -35,3 +37,14 @@ async def serving(config: AppConfig, **client_kw):
 async def served(tiny_model_dir):
     async with serving(app_config(tiny_model_dir)) as pair:
         yield pair
+
+
+def paced_sampler(monkeypatch) -> Pace:
+    """The sampler takes only the steps the test allows."""
+    steps, step = pace("sample"), SampleOp.step
+
+    def paced(self):
+        steps.take()
+        return step(self)
+    monkeypatch.setattr(SampleOp, "step", paced)
+    return steps

@@ -9,10 +9,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tessera.clients import AsyncTesseraClient, TesseraError
-from tessera.ops.sample import SampleOp
 from tessera.server.engine import DeadlineExceeded
-from tests.server.engine.toy_ops import Pace, pace, until
-from tests.server.rpc.conftest import app_config, serving
+from tests.server.engine.toy_ops import until
+from tests.server.rpc.conftest import app_config, paced_sampler, serving
 
 PROMPT = "a red circle"
 
@@ -53,17 +52,6 @@ async def test_invalid_argument_on_the_stream_too(served):
         async for _ in client.generate_stream(""):
             pass
     assert (await code_of(drain()))[0] == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def paced_sampler(monkeypatch) -> Pace:
-    """The sampler takes only the steps the test allows."""
-    steps, step = pace("sample"), SampleOp.step
-
-    def paced(self):
-        steps.take()
-        return step(self)
-    monkeypatch.setattr(SampleOp, "step", paced)
-    return steps
 
 
 async def test_deadline_exceeded_on_the_server(tiny_model_dir, monkeypatch):

@@ -12,8 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tessera.server.rpc.validation import MAX_REQUEST_ID_CHARS
 from tessera.v1 import image_generation_pb2 as pb
 from tests.server.engine.toy_ops import until
-from tests.server.rpc.conftest import app_config, serving
-from tests.server.rpc.test_errors import paced_sampler
+from tests.server.rpc.conftest import app_config, paced_sampler, serving
 
 PROMPT = "a red circle"
 GENERATE = "/tessera.v1.ImageGeneration/Generate"

@@ -7,13 +7,25 @@ import asyncio
 import os
 import signal
 
+import pytest
+
 from tessera.server.engine import GraphConfig
 from tests.server.engine.helpers import T, chain, running
+from tests.server.engine.toy_ops import StepPipe
+
+ENOUGH = 10_000  # steps: more than every test here takes, reruns included
 
 
-def counting(concurrency: int = 1) -> GraphConfig:
-    return chain(("count", "SlowCounter", {"batch_size": 4, "mode": "process", "concurrency": concurrency,
-                                           "settings": {"step_s": 0.01}}), progress_interval_ms=0)
+@pytest.fixture
+def steps(tmp_path):
+    pipe = StepPipe(str(tmp_path / "steps"))
+    yield pipe
+    pipe.close()
+
+
+def counting(steps: StepPipe, concurrency: int = 1) -> GraphConfig:
+    return chain(("count", "PipePacedCounter", {"batch_size": 4, "mode": "process", "concurrency": concurrency,
+                                                "settings": {"pace_fifo": steps.path}}), progress_interval_ms=0)
 
 
 def sample_value(engine, name, **labels):
@@ -34,9 +46,10 @@ async def test_batch_and_stepping_ops_run_in_child_processes():
     assert [r.value["count"]["finished_at"] - r.value["count"]["admitted_at"] for r in results] == [3, 5, 7]
 
 
-async def test_a_killed_stepping_worker_is_replaced_and_its_rows_rerun_from_the_start():
+async def test_a_killed_stepping_worker_is_replaced_and_its_rows_rerun_from_the_start(steps):
     health: list[bool] = []
-    async with running(counting()) as engine:
+    steps.allow(1)  # the child takes one step, then holds its running batch
+    async with running(counting(steps)) as engine:
         engine.on_health_change(health.append)
         watched = engine.submit(30, events=True)
         others = [engine.submit(n) for n in (20, 25, 40)]
@@ -45,6 +58,7 @@ async def test_a_killed_stepping_worker_is_replaced_and_its_rows_rerun_from_the_
         worker = engine.stages["count"].workers[0]
         first_pid = worker.pid
         os.kill(first_pid, signal.SIGKILL)
+        steps.allow(ENOUGH)  # for the replacement
         results = [await r.result() for r in (watched, *others)]
         assert worker.pid != first_pid
         assert sample_value(engine, "tessera_op_worker_restarts_total", op="count") == 1
@@ -56,9 +70,10 @@ async def test_a_killed_stepping_worker_is_replaced_and_its_rows_rerun_from_the_
     assert health == [False, True]  # no live worker while the replacement started, then back
 
 
-async def test_an_idle_worker_killed_is_noticed_without_a_call():
+async def test_an_idle_worker_killed_is_noticed_without_a_call(steps):
     lost = asyncio.Event()
-    async with running(counting(concurrency=2)) as engine:
+    steps.allow(ENOUGH)
+    async with running(counting(steps, concurrency=2)) as engine:
         stage = engine.stages["count"]
         await engine.submit(2).result()
         worker = stage.workers[1]
