@@ -4,25 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tessera.ops.shared as shared
 from tessera.ops.models.transformer import BucketedDecoder, KVCache
 from tessera.ops.sample import SampleOp
 from tessera.server.engine import ConfigError
-from tests.ops.models.test_transformer import _Bundle, row, run_to_end, tiny
+from tests.ops.models.test_transformer import row, run_to_end, sampler, tiny
 
 T1, T2 = [3, 7, 9, 0, 0, 0], [5, 5, 1, 2, 0, 0]
-
-
-def sampler(model, capacity, **settings):
-    op = SampleOp(**settings)
-    op.capacity = capacity
-    original = shared.bundle_for
-    shared.bundle_for = lambda *a, **k: _Bundle(model)
-    try:
-        op.setup("cpu")
-    finally:
-        shared.bundle_for = original
-    return op
 
 
 def mixed_run(op):

@@ -69,8 +69,8 @@ class _Bundle:
         self.tokenizer = Tok()
 
 
-def sampler(model, capacity=8):
-    op = SampleOp()
+def sampler(model, capacity=8, **settings):
+    op = SampleOp(**settings)
     op.capacity = capacity
     import tessera.ops.shared as sample_mod
     original = sample_mod.bundle_for
