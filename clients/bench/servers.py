@@ -46,7 +46,11 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
     on_ray = copy.deepcopy(default)
     for name in ("sample", "decode"):
         on_ray["graph"]["ops"][name].update(mode="ray", ray_actor_options={"num_cpus": 1})
-    return {"serial": serial, "static": static, "default": default, "ray": on_ray}
+    # What shipped before `threads: auto`: every call on all of torch's threads.
+    all_threads = copy.deepcopy(default)
+    for op in all_threads["graph"]["ops"].values():
+        op["threads"] = os.cpu_count() or 1
+    return {"serial": serial, "static": static, "default": default, "ray": on_ray, "all-threads": all_threads}
 
 
 class ServerProcess:

@@ -77,6 +77,8 @@ class BatchRunner:
         start = time.monotonic()
         try:
             out = await self.stage.timed(worker, worker.process(values))
+            if worker.last_threads:
+                self.stage.metrics.threads.labels(self.stage.name, str(worker.last_threads)).inc()
             if not isinstance(out, list) or len(out) != len(values):
                 raise OpFailed(self.stage.name, f"process() returned {len(out) if isinstance(out, list) else type(out).__name__}"
                                                 f" results for {len(values)} rows")

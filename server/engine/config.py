@@ -128,6 +128,9 @@ class OpConfig:
     channel_capacity: int = 256      # requests waiting at this OP's input
     settings: dict[str, Any] = field(default_factory=dict)  # checked against op_class.Settings
     ray_actor_options: dict[str, Any] = field(default_factory=dict)  # mode: ray only
+    # Threads one call computes with on the CPU: "auto" measures one thread against all of
+    # them per call size and runs the faster (workers/threads.py); a number fixes it.
+    threads: Any = "auto"
     op_class: type[Op] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +151,10 @@ class OpConfig:
                 raise ConfigError(f"{key}.devices", f"unknown device {device!r}; use cpu or cuda:N")
         if not isinstance(self.settings, dict):
             raise ConfigError(f"{key}.settings", "must be a mapping")
+        if self.threads != "auto":
+            if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= 1024:
+                raise ConfigError(f"{key}.threads", f"must be auto or a number of threads from 1 to 1024, "
+                                                    f"got {self.threads!r}")
         self._check_ray(key)
         self.op_class = resolve_op_type(f"{key}.type", self.type)
         self.inputs = InputMap.parse(f"{key}.inputs", self.inputs, self.op_class)

@@ -26,6 +26,10 @@ class EngineMetrics:
                                      ["op"], buckets=_LATENCY, registry=r)
         self.batch_rows = Histogram("tessera_op_batch_rows", "Rows in one batch call (or step).",
                                     ["op"], buckets=_ROWS, registry=r)
+        self.threads = Counter("tessera_op_thread_calls",
+                               "Calls (steps, for a stepping OP) by the thread count they computed with "
+                               "(an OP's `threads`; batch calls counted for thread workers).",
+                               ["op", "threads"], registry=r)
         self.depth = Gauge("tessera_channel_depth", "Requests waiting in an OP's channel.", ["op"], registry=r)
         self.live_workers = Gauge("tessera_op_live_workers", "An OP's workers that are up (of its concurrency).",
                                   ["op"], registry=r)

@@ -72,7 +72,7 @@ class OpStage:
         self.workers: list[Worker] = []
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
-            spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size)
+            spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size, cfg.threads)
             shared = engine.device_thread(device) if cfg.mode == "thread" and cfg.op_class.uses_device else None
             worker = make_worker(spec, cfg.mode, shared=shared, on_wait=wait,
                                  ray_actor_options=cfg.ray_actor_options)
@@ -84,6 +84,7 @@ class OpStage:
         self._tasks: list[asyncio.Task] = []
         self.queue_hist, self.compute_hist = m.queue.labels(self.name), m.compute.labels(self.name)
         self.rows_hist = m.batch_rows.labels(self.name)
+        self.metrics = m
         if cfg.stepping:
             from tessera.server.engine.stepping import StepScheduler
             self.runner = StepScheduler(self)

@@ -108,6 +108,8 @@ class StepScheduler:
             for _ in range(reply.steps):  # the metrics stay per step
                 stage.compute_hist.observe(per_step)
                 stage.rows_hist.observe(len(live))
+            if reply.threads and reply.steps:
+                stage.metrics.threads.labels(stage.name, str(reply.threads)).inc(reply.steps)
             for key, exc in reply.refused.items():
                 task = live.pop(key, None)
                 if task is not None:

@@ -39,6 +39,7 @@ class WorkerSpec:
     device: str
     index: int
     capacity: int = 1    # a stepping OP's running batch bound (the OP's batch_size)
+    threads: int | str = "auto"  # threads per call: "auto" (chosen by measurement) or a count
 
     @property
     def label(self) -> str:
@@ -59,6 +60,7 @@ class StepReply:
     result: StepResult = field(default_factory=StepResult)
     steps: int = 0
     error: BaseException | None = None  # admit/step raised: the running batch was dropped
+    threads: int = 0     # the thread count the steps ran with (0: not chosen here)
 
 
 class Worker:
@@ -70,6 +72,7 @@ class Worker:
         self.spec = spec
         self.lost = asyncio.Event()   # set when the worker died; cleared by start()
         self.on_lost: Callable[[Worker], None] | None = None  # told once per loss, on the loop
+        self.last_threads = 0  # threads the last batch call computed with, where known (0: not)
 
     def _set_lost(self) -> None:
         if not self.lost.is_set():

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from tessera.server.engine.op import Op, StepResult, SteppingOp
 from tessera.server.engine.workers.base import StepCall, StepReply, WorkerSpec
+from tessera.server.engine.workers.threads import ThreadPolicy
 
 log = logging.getLogger("tessera.engine")
 
@@ -20,6 +22,9 @@ class OpHost:
         self.spec = spec
         self.op: Op | None = None
         self._keys: set[Hashable] = set()  # rows in a stepping OP's running batch
+        # How many threads each call computes with (CPU OPs that compute; see threads.py).
+        self.threads = (ThreadPolicy(spec.threads) if spec.device == "cpu" and spec.op_class.uses_device
+                        else None)
 
     def setup(self) -> None:
         op = self.spec.op_class(**self.spec.settings)
@@ -30,7 +35,13 @@ class OpHost:
         self.op, self._keys = op, set()
 
     def process(self, rows: list[Any]) -> list[Any]:
-        return self.op.process(rows)
+        if self.threads is None:
+            return self.op.process(rows)
+        n = self.threads.choose("batch", len(rows))
+        start = time.perf_counter()
+        out = self.op.process(rows)
+        self.threads.record("batch", len(rows), n, time.perf_counter() - start, units=len(rows))
+        return out
 
     def step(self, call: StepCall, stop: Callable[[], bool]) -> StepReply:
         """Evict, admit, then step until the budget is spent, `stop()` says so, or a row
@@ -38,14 +49,19 @@ class OpHost:
         op, reply = self.op, StepReply()
         try:
             gone = [k for k in call.evict if k in self._keys]
+            rows = len(self._keys) - len(gone) + len(call.admit)
+            policy, n, budget = self.threads, 0, call.budget
+            if policy is not None and rows:  # admission's prefill runs with the steps' count
+                n = reply.threads = policy.choose("step", rows)
+                budget = 1 if policy.trying else budget  # a try of the other count: one step
             if gone:
                 op.evict(gone)
                 self._keys.difference_update(gone)
             if call.admit:
                 reply.refused = dict(op.admit(call.admit) or {})
                 self._keys.update(r.key for r in call.admit if r.key not in reply.refused)
-            result = reply.result
-            while reply.steps < call.budget and op.active:
+            result, start = reply.result, time.perf_counter()
+            while reply.steps < budget and op.active:
                 more = op.step()
                 reply.steps += 1
                 result.progress.update(more.progress)
@@ -54,6 +70,8 @@ class OpHost:
                 if (reply.refused or result.finished or stop()
                         or any(p.preview is not None for p in more.progress.values())):
                     break
+            if n and reply.steps:
+                policy.record("step", rows, n, time.perf_counter() - start, units=reply.steps)
         except Exception as exc:  # noqa: BLE001 - the loop re-runs the rows in smaller groups
             reply.error = exc
             reply.result = StepResult()

@@ -168,7 +168,9 @@ class ThreadWorker(Worker):
 
     async def process(self, rows: list[Any]) -> list[Any]:
         self._check()
-        return await self._submit(self.host.process, rows)
+        out = await self._submit(self.host.process, rows)
+        self.last_threads = self.host.threads.last if self.host.threads is not None else 0
+        return out
 
     async def step(self, call: StepCall) -> StepReply:
         self._check()

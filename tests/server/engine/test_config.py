@@ -25,6 +25,8 @@ def base(**ops_override):
     (base(a={"type": T + "AddOne", "inputs": ["request"], "mode": "fiber"}), "ops.a.mode", "thread"),
     (base(a={"type": T + "AddOne", "inputs": ["request"], "devices": ["tpu"]}), "ops.a.devices", "unknown device"),
     (base(a={"type": T + "AddOne", "inputs": ["request"], "batchsize": 4}), "ops.a.batchsize", "unknown key"),
+    (base(a={"type": T + "AddOne", "inputs": ["request"], "threads": "all"}), "ops.a.threads", "auto or a number"),
+    (base(a={"type": T + "AddOne", "inputs": ["request"], "threads": 0}), "ops.a.threads", "auto or a number"),
     (base(a={"inputs": ["request"]}), "ops.a.type", "required"),
     (base(a={"type": T + "AddOne", "inputs": ["request"], "ray_actor_options": {"num_cpus": 1}}),
      "ops.a.ray_actor_options", "mode: ray only"),

@@ -1,0 +1,148 @@
+"""How many threads one OP call computes with (an OP's `threads`), chosen per call size.
+
+On a small CPU the right number moves with the call and the machine. Measured on this
+project's 2-core VM with the bundled model: quiet, a 64-row decode step took 9.6–11.5 ms
+on torch's two threads and 15.8–16.2 ms on one, while a 4-row step was the same on
+either; with one core kept busy by an unrelated process, two threads collapsed (libgomp's
+team waits at every barrier for the thread that shares its core with the other process:
+0.37 against 8.05 images/s in the offline pipeline). No fixed number is right for both.
+
+`threads: auto` (the default) measures instead. For each kind of call (a batch call, a
+decoding step) and size (its rows, to the next power of two) it keeps an average time
+per unit (a row of a batch call, a step of a stepping call) for one thread and for all of
+the process's threads (torch's count when the worker started: the cores, or
+OMP_NUM_THREADS, or what Ray gave the actor), runs the faster, and now and then tries the
+other again: after 8 calls of that size, then twice as long each time the other loses
+(up to 256), at once when the chosen count suddenly runs twice as slow as its average (a
+neighbour started), and 8 calls after the averages change places. A stepping call that tries the other runs a single step, so a try
+costs little even when the other has collapsed. `threads: N` fixes the count.
+
+Images do not depend on the choice: torch's CPU kernels split rows, not the sums inside
+one, between threads (tests/server/engine/workers/test_threads.py checks tokens and
+images at one and two threads).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("tessera.engine")
+
+FIRST_TRY = 8        # calls of one size before the other count is tried again
+LONGEST_WAIT = 256   # the most calls between two tries
+SMOOTHING = 0.3      # weight of the newest time in the running average
+SUDDEN = 2.0         # a call this many times slower than the average asks for a try now
+
+
+@functools.cache
+def process_threads() -> int:
+    """Torch's thread count in this process before any call changed it (1 without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return 1
+    return max(1, torch.get_num_threads())
+
+
+@dataclass
+class _Size:
+    """What one (kind, size) has measured: seconds per unit, by thread count."""
+    per_unit: dict[int, float] = field(default_factory=dict)
+    calls: int = 0
+    wait: int = FIRST_TRY
+    next_try: int = FIRST_TRY
+
+
+class ThreadPolicy:
+    """Chooses and sets the thread count of each call; told afterwards how long it took.
+
+        n = policy.choose("step", rows)      # sets torch's count on the calling thread
+        ...compute...
+        policy.record("step", rows, n, seconds, units=steps)
+    """
+
+    def __init__(self, setting: int | str = "auto", most: int | None = None, set_threads=None):
+        self.setting = setting
+        self.most = most if most is not None else process_threads()
+        self._set = set_threads or _torch_set_threads
+        self._current: int | None = None
+        self._sizes: dict[tuple[str, int], _Size] = {}
+        self.trying = False   # the last choice was a try of the count that is not the best
+        self.last = 0         # the last call's thread count
+
+    @property
+    def choices(self) -> tuple[int, ...]:
+        if self.setting != "auto":
+            return (int(self.setting),)
+        return (self.most, 1) if self.most > 1 else (1,)
+
+    def choose(self, kind: str, rows: int) -> int:
+        choices = self.choices
+        self.trying = False
+        if len(choices) == 1:
+            n = choices[0]
+        else:
+            size = self._sizes.setdefault((kind, _bucket(rows)), _Size())
+            untried = [c for c in choices if c not in size.per_unit]
+            best = self._best(size)
+            if untried:
+                n, self.trying = untried[0], True
+            elif size.calls >= size.next_try:
+                n, self.trying = next(c for c in choices if c != best), True
+            else:
+                n = best
+        if n != self._current:
+            self._set(n)
+            self._current = n
+        self.last = n
+        return n
+
+    def record(self, kind: str, rows: int, n: int, seconds: float, units: int = 1) -> None:
+        if len(self.choices) == 1 or units <= 0:
+            return
+        size = self._sizes.setdefault((kind, _bucket(rows)), _Size())
+        per = seconds / units
+        before = self._best(size)
+        known = size.per_unit.get(n)
+        if self.trying or known is None:
+            size.per_unit[n] = per             # a try replaces what is stale
+        else:
+            size.per_unit[n] = known + SMOOTHING * (per - known)
+        size.calls += 1
+        if self.trying and known is not None:
+            won = self._best(size) == n
+            size.wait = FIRST_TRY if won else min(LONGEST_WAIT, size.wait * 2)
+            size.next_try = size.calls + size.wait
+        elif self.trying:                   # a first measurement of this count
+            size.next_try = size.calls + size.wait
+        elif known is not None and per > SUDDEN * known and self._best(size) == n:
+            size.next_try = size.calls      # the chosen count suddenly slowed: try the other now
+        after = self._best(size)
+        if before is not None and after != before:
+            if not self.trying:  # the average moved past the other's: check it again soon
+                size.wait, size.next_try = FIRST_TRY, size.calls + FIRST_TRY
+            log.info("%s calls of ~%d rows now on %d thread(s) (%s)", kind, rows, after,
+                     ", ".join(f"{c}: {1000 * t:.2f} ms" for c, t in sorted(size.per_unit.items())))
+        self.trying = False
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        """Seconds per unit by thread count, for each `kind/rows` measured (for logs and tests)."""
+        return {f"{k}/{2 ** (b - 1) if b else 0}-{2 ** b - 1}": dict(s.per_unit)
+                for (k, b), s in sorted(self._sizes.items())}
+
+    @staticmethod
+    def _best(size: _Size) -> int | None:
+        return min(size.per_unit, key=size.per_unit.get) if size.per_unit else None
+
+
+def _bucket(rows: int) -> int:
+    return max(0, int(rows)).bit_length()
+
+
+def _torch_set_threads(n: int) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(n)

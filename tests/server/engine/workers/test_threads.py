@@ -1,0 +1,140 @@
+"""An OP's `threads`: auto runs the faster thread count per call size, tries the other now
+and then, reacts at once to a neighbour, and never changes an image."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from tessera.server.engine.op import StepRow
+from tessera.server.engine.workers.base import StepCall, WorkerSpec
+from tessera.server.engine.workers.host import OpHost
+from tessera.server.engine.workers.threads import FIRST_TRY, LONGEST_WAIT, ThreadPolicy
+from tests.server.engine import toy_ops
+
+
+class Machine:
+    """Seconds per unit for each thread count, as a test sets them; records what was set."""
+
+    def __init__(self, **per_unit):
+        self.per_unit = {int(k[1:]): v for k, v in per_unit.items()}  # t1=..., t2=...
+        self.set_to: list[int] = []
+
+    def policy(self, setting="auto", most=2) -> ThreadPolicy:
+        return ThreadPolicy(setting, most=most, set_threads=self.set_to.append)
+
+    def call(self, policy: ThreadPolicy, rows: int = 64, kind: str = "step") -> int:
+        n = policy.choose(kind, rows)
+        policy.record(kind, rows, n, self.per_unit[n], units=1)
+        return n
+
+
+def test_auto_tries_both_then_runs_the_faster():
+    m = Machine(t1=0.016, t2=0.010)
+    p = m.policy()
+    assert [m.call(p) for _ in range(2)] == [2, 1]       # each count once
+    assert [m.call(p) for _ in range(FIRST_TRY - 2)] == [2] * (FIRST_TRY - 2)
+    assert m.set_to == [2, 1, 2]                          # set only when it changes
+
+
+def test_the_loser_is_tried_less_and_less_often():
+    m = Machine(t1=0.016, t2=0.010)
+    p = m.policy()
+    choices = [m.call(p) for _ in range(200)]
+    tries = [i for i, n in enumerate(choices) if n == 1]
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert tries[0] == 1 and gaps[0] <= FIRST_TRY + 1
+    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:]))  # the wait doubles
+    m2 = Machine(t1=0.016, t2=0.010)
+    p2 = m2.policy()
+    choices = [m2.call(p2) for _ in range(4000)]
+    tries = [i for i, n in enumerate(choices) if n == 1]
+    assert max(b - a for a, b in zip(tries, tries[1:])) <= LONGEST_WAIT + 1
+
+
+def test_a_neighbour_slowing_the_chosen_count_moves_calls_at_once():
+    m = Machine(t1=0.016, t2=0.010)
+    p = m.policy()
+    for _ in range(300):  # long settled on two threads: the next try is far away
+        m.call(p)
+    m.per_unit[2] = 0.200  # a process starts spinning on the other core: two threads collapse
+    assert m.call(p) == 2  # the first slow call is noticed ...
+    assert m.call(p) == 1  # ... and the very next one tries one thread, which wins
+    assert [m.call(p) for _ in range(FIRST_TRY - 1)] == [1] * (FIRST_TRY - 1)
+    m.per_unit[2] = 0.010  # the neighbour ends: two threads win their next try
+    choices = [m.call(p) for _ in range(3 * FIRST_TRY)]
+    assert choices[-1] == 2
+
+
+def test_each_call_size_has_its_own_choice():
+    m = Machine(t1=0.010, t2=0.010)
+    p = m.policy()
+    small = Machine(t1=0.002, t2=0.003)
+    chosen = []
+    for _ in range(40):
+        chosen.append(small.call(p, rows=4))
+        m.call(p, rows=64)
+    assert chosen.count(1) >= 36   # one thread for small calls; two tried now and then
+    snap = p.snapshot()
+    assert set(snap) == {"step/4-7", "step/64-127"}
+    assert snap["step/4-7"][1] < snap["step/4-7"][2]
+
+
+def test_a_fixed_count_is_set_and_kept():
+    m = Machine(t1=0.001, t2=0.5)
+    p = m.policy(setting=2)
+    assert [m.call(p) for _ in range(20)] == [2] * 20
+    assert m.set_to == [2] and p.snapshot() == {}
+    one_core = Machine(t1=0.01).policy(most=1)
+    assert one_core.choices == (1,)
+
+
+def test_a_try_runs_a_single_step():
+    """A try of the other count costs one step, even in a call allowed sixteen."""
+    m = Machine(t1=0.016, t2=0.010)
+    host = OpHost(WorkerSpec(toy_ops.Counter, {}, "count", "cpu", 0, capacity=8))
+    host.setup()
+    host.threads = m.policy()
+    first = host.step(StepCall(admit=[StepRow(k, 1000) for k in range(4)], budget=16), lambda: False)
+    assert (first.steps, first.threads) == (1, 2)       # each count's first measurement: one step
+    second = host.step(StepCall(budget=16), lambda: False)
+    assert (second.steps, second.threads) == (1, 1)
+    third = host.step(StepCall(budget=16), lambda: False)
+    assert third.steps == 16 and third.threads in (1, 2)
+    assert set(host.threads.snapshot()) == {"step/4-7"}
+
+
+def test_batch_calls_are_measured_per_row():
+    m = Machine()
+    host = OpHost(WorkerSpec(toy_ops.Echo, {}, "echo", "cpu", 0))
+    host.setup()
+    host.threads = m.policy()
+    assert host.process([1, 2, 3]) == [1, 2, 3]
+    assert host.process([4, 5, 6]) == [4, 5, 6]
+    assert host.threads.last == 1 and m.set_to == [2, 1]
+    assert set(host.threads.snapshot()) == {"batch/2-3"}
+    assert set(host.threads.snapshot()["batch/2-3"]) == {1, 2}
+
+
+def test_images_do_not_depend_on_the_thread_count():
+    """The bundled model's images, PNG bytes, at one thread and at two: identical."""
+    torch = pytest.importorskip("torch")
+    from tessera.ops.messages import GenerateParams
+    from tessera.ops.pipeline import LocalPipeline
+
+    pipe = LocalPipeline(None, "cpu", capacity=16)
+    prompts = ["a red circle", "a small blue square at the top", "a large green diamond on a white background"]
+    reqs = [GenerateParams(p, seed=40 + i, num_candidates=4, num_images=4) for i, p in enumerate(prompts)]
+    before = torch.get_num_threads()
+    digests = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            h = hashlib.sha256()
+            for ranked in pipe.generate(reqs):
+                for image in ranked.images:
+                    h.update(image.png)
+            digests[n] = h.hexdigest()
+    finally:
+        torch.set_num_threads(before)
+    assert digests[1] == digests[2]
