@@ -12,8 +12,8 @@ decoding step) and size (its rows, to the next power of two) it keeps an average
 per unit (a row of a batch call, a step of a stepping call) for one thread and for all of
 the process's threads (torch's count when the worker started: the cores, or
 OMP_NUM_THREADS, or what Ray gave the actor), runs the faster, and now and then tries the
-other again: after 8 calls of that size, then twice as long each time the other loses
-(up to 256), at once when the chosen count suddenly runs twice as slow as its average (a
+other again: after 8 calls of that size, then two times as long each time the other
+loses (four times when it lost by half or more; up to 256 calls), at once when the chosen count suddenly runs twice as slow as its average (a
 neighbour started), and 8 calls after the averages change places. A stepping call that tries the other runs a single step, so a try
 costs little even when the other has collapsed. `threads: N` fixes the count.
 
@@ -33,6 +33,7 @@ FIRST_TRY = 8        # calls of one size before the other count is tried again
 LONGEST_WAIT = 256   # the most calls between two tries
 SMOOTHING = 0.3      # weight of the newest time in the running average
 SUDDEN = 2.0         # a call this many times slower than the average asks for a try now
+CLEAR_LOSS = 1.5     # a try this many times slower than the best waits four times as long
 
 
 @functools.cache
@@ -110,11 +111,13 @@ class ThreadPolicy:
         else:
             size.per_unit[n] = known + SMOOTHING * (per - known)
         size.calls += 1
-        if self.trying and known is not None:
-            won = self._best(size) == n
-            size.wait = FIRST_TRY if won else min(LONGEST_WAIT, size.wait * 2)
-            size.next_try = size.calls + size.wait
-        elif self.trying:                   # a first measurement of this count
+        if self.trying:
+            best = self._best(size)
+            if best == n:
+                size.wait = FIRST_TRY
+            else:  # lost: wait longer, the longer the clearer it lost (a try costs its loss)
+                growth = 4 if size.per_unit[n] >= CLEAR_LOSS * size.per_unit[best] else 2
+                size.wait = min(LONGEST_WAIT, size.wait * growth if known is not None else FIRST_TRY * growth // 2)
             size.next_try = size.calls + size.wait
         elif known is not None and per > SUDDEN * known and self._best(size) == n:
             size.next_try = size.calls      # the chosen count suddenly slowed: try the other now
