@@ -203,7 +203,10 @@ class GraphConfig:
     # Thread-mode workers that share a device take turns on its one compute thread: one
     # call at a time per device, each with all of its cores (or its whole GPU). Off, each
     # worker has its own thread and OPs on a device run at once; on a few CPU cores their
-    # OpenMP teams then oversubscribe and every OP slows.
+    # OpenMP teams then oversubscribe and every OP slows. When some OP runs in other
+    # processes (mode process or ray), every CPU worker also takes its node's turn around
+    # each call and step, and computes with all of the node's cores while it holds it
+    # (workers/turns.py).
     device_turns: bool = True
     # A stepping OP reports a request's progress at most this often (0: every step); its
     # first step, its last and any step carrying a preview always go out.

@@ -46,6 +46,13 @@ class Engine:
         self._serving = False
         self._ray = None  # the Ray connection, when an OP runs in mode: ray
 
+    @property
+    def node_turns(self) -> bool:
+        """Workers take the node's turn (workers/turns.py) when device turns are on and some OP
+        computes in another process (mode process or ray), which the one compute thread of
+        this process cannot order."""
+        return self.config.device_turns and any(op.mode != "thread" for op in self.config.ops.values())
+
     def device_thread(self, device: str) -> ComputeThread | None:
         """The one compute thread that thread workers on `device` share (None: each has its own)."""
         if not self.config.device_turns:

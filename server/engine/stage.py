@@ -72,7 +72,8 @@ class OpStage:
         self.workers: list[Worker] = []
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
-            spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size, cfg.threads)
+            spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size, cfg.threads,
+                              turns=engine.node_turns)
             shared = engine.device_thread(device) if cfg.mode == "thread" and cfg.op_class.uses_device else None
             worker = make_worker(spec, cfg.mode, shared=shared, on_wait=wait,
                                  ray_actor_options=cfg.ray_actor_options)

@@ -40,6 +40,7 @@ class WorkerSpec:
     index: int
     capacity: int = 1    # a stepping OP's running batch bound (the OP's batch_size)
     threads: int | str = "auto"  # threads per call: "auto" (chosen by measurement) or a count
+    turns: bool = False  # take the node's turn around each call and step (graph.device_turns)
 
     @property
     def label(self) -> str:

@@ -8,11 +8,13 @@ import logging
 import pickle
 import time
 from collections.abc import Callable, Hashable
+from contextlib import nullcontext
 from typing import Any
 
 from tessera.server.engine.op import Op, StepResult, SteppingOp
 from tessera.server.engine.workers.base import StepCall, StepReply, WorkerSpec
-from tessera.server.engine.workers.threads import ThreadPolicy
+from tessera.server.engine.workers.threads import ThreadPolicy, node_cores
+from tessera.server.engine.workers.turns import open_turn
 
 log = logging.getLogger("tessera.engine")
 
@@ -22,9 +24,13 @@ class OpHost:
         self.spec = spec
         self.op: Op | None = None
         self._keys: set[Hashable] = set()  # rows in a stepping OP's running batch
+        computes = spec.device == "cpu" and spec.op_class.uses_device
+        # The node's turn, shared with the other processes' workers (see turns.py): while
+        # it holds the turn a worker may use every core of the node.
+        self.turn = open_turn(spec.device) if computes and spec.turns else None
         # How many threads each call computes with (CPU OPs that compute; see threads.py).
-        self.threads = (ThreadPolicy(spec.threads) if spec.device == "cpu" and spec.op_class.uses_device
-                        else None)
+        self.threads = (ThreadPolicy(spec.threads, most=node_cores() if self.turn else None)
+                        if computes else None)
 
     def setup(self) -> None:
         op = self.spec.op_class(**self.spec.settings)
@@ -35,43 +41,50 @@ class OpHost:
         self.op, self._keys = op, set()
 
     def process(self, rows: list[Any]) -> list[Any]:
-        if self.threads is None:
-            return self.op.process(rows)
-        n = self.threads.choose("batch", len(rows))
-        start = time.perf_counter()
-        out = self.op.process(rows)
-        self.threads.record("batch", len(rows), n, time.perf_counter() - start, units=len(rows))
+        policy = self.threads
+        with self.turn or nullcontext():
+            if policy is None:
+                return self.op.process(rows)
+            n = policy.choose("batch", len(rows))
+            start = time.perf_counter()
+            out = self.op.process(rows)
+            policy.record("batch", len(rows), n, time.perf_counter() - start, units=len(rows))
         return out
 
     def step(self, call: StepCall, stop: Callable[[], bool]) -> StepReply:
         """Evict, admit, then step until the budget is spent, `stop()` says so, or a row
         finishes, fails or carries a preview (each of those the event loop must see)."""
-        op, reply = self.op, StepReply()
+        op, reply, turn = self.op, StepReply(), self.turn
         try:
-            gone = [k for k in call.evict if k in self._keys]
-            rows = len(self._keys) - len(gone) + len(call.admit)
-            policy, n, budget = self.threads, 0, call.budget
-            if policy is not None and rows:  # admission's prefill runs with the steps' count
-                n = reply.threads = policy.choose("step", rows)
-                budget = 1 if policy.trying else budget  # a try of the other count: one step
-            if gone:
-                op.evict(gone)
-                self._keys.difference_update(gone)
-            if call.admit:
-                reply.refused = dict(op.admit(call.admit) or {})
-                self._keys.update(r.key for r in call.admit if r.key not in reply.refused)
-            result, start = reply.result, time.perf_counter()
-            while reply.steps < budget and op.active:
-                more = op.step()
-                reply.steps += 1
-                result.progress.update(more.progress)
-                result.finished.update(more.finished)
-                self._keys.difference_update(more.finished)
-                if (reply.refused or result.finished or stop()
-                        or any(p.preview is not None for p in more.progress.values())):
-                    break
-            if n and reply.steps:
-                policy.record("step", rows, n, time.perf_counter() - start, units=reply.steps)
+            with turn or nullcontext():
+                gone = [k for k in call.evict if k in self._keys]
+                rows = len(self._keys) - len(gone) + len(call.admit)
+                policy, n, budget = self.threads, 0, call.budget
+                if policy is not None and rows:  # admission's prefill runs with the steps' count
+                    n = reply.threads = policy.choose("step", rows)
+                    budget = 1 if policy.trying else budget  # a try of the other count: one step
+                if gone:
+                    op.evict(gone)
+                    self._keys.difference_update(gone)
+                if call.admit:
+                    reply.refused = dict(op.admit(call.admit) or {})
+                    self._keys.update(r.key for r in call.admit if r.key not in reply.refused)
+                result, spent = reply.result, 0.0
+                while reply.steps < budget and op.active:
+                    if reply.steps and turn is not None:
+                        turn.pass_on()  # another process's call goes between two steps
+                    start = time.perf_counter()
+                    more = op.step()
+                    spent += time.perf_counter() - start
+                    reply.steps += 1
+                    result.progress.update(more.progress)
+                    result.finished.update(more.finished)
+                    self._keys.difference_update(more.finished)
+                    if (reply.refused or result.finished or stop()
+                            or any(p.preview is not None for p in more.progress.values())):
+                        break
+                if n and reply.steps:
+                    policy.record("step", rows, n, spent, units=reply.steps)
         except Exception as exc:  # noqa: BLE001 - the loop re-runs the rows in smaller groups
             reply.error = exc
             reply.result = StepResult()

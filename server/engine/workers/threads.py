@@ -11,11 +11,14 @@ team waits at every barrier for the thread that shares its core with the other p
 decoding step) and size (its rows, to the next power of two) it keeps an average time
 per unit (a row of a batch call, a step of a stepping call) for one thread and for all of
 the process's threads (torch's count when the worker started: the cores, or
-OMP_NUM_THREADS, or what Ray gave the actor), runs the faster, and now and then tries the
-other again: after 8 calls of that size, then two times as long each time the other
-loses (four times when it lost by half or more; up to 256 calls), at once when the chosen count suddenly runs twice as slow as its average (a
-neighbour started), and 8 calls after the averages change places. A stepping call that tries the other runs a single step, so a try
-costs little even when the other has collapsed. `threads: N` fixes the count.
+OMP_NUM_THREADS, or what Ray gave the actor; with node turns, the node's cores), runs
+the faster, and now and then tries the other. A new size starts with what the nearest
+size already measured runs (all threads, at first). The other count is tried after 8
+calls of that size; each time it loses, the wait doubles (quadruples when it lost by
+half or more; at most 256 calls); it is tried at once when the chosen count suddenly
+runs twice as slow as its average (a neighbour started), and 8 calls after the two
+averages change places. A stepping call that tries the other count runs a single step,
+so a try costs little even when the other has collapsed. `threads: N` fixes the count.
 
 Images do not depend on the choice: torch's CPU kernels split rows, not the sums inside
 one, between threads (tests/server/engine/workers/test_threads.py checks tokens and
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 
 log = logging.getLogger("tessera.engine")
@@ -44,6 +48,14 @@ def process_threads() -> int:
     except ImportError:
         return 1
     return max(1, torch.get_num_threads())
+
+
+def node_cores() -> int:
+    """The cores this process may run on: what a worker holding the node's turn uses."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -85,10 +97,9 @@ class ThreadPolicy:
             n = choices[0]
         else:
             size = self._sizes.setdefault((kind, _bucket(rows)), _Size())
-            untried = [c for c in choices if c not in size.per_unit]
             best = self._best(size)
-            if untried:
-                n, self.trying = untried[0], True
+            if best is None:      # a new size starts with what its nearest measured size runs
+                n = self._nearest(kind, _bucket(rows)) or choices[0]
             elif size.calls >= size.next_try:
                 n, self.trying = next(c for c in choices if c != best), True
             else:
@@ -133,6 +144,11 @@ class ThreadPolicy:
         """Seconds per unit by thread count, for each `kind/rows` measured (for logs and tests)."""
         return {f"{k}/{2 ** (b - 1) if b else 0}-{2 ** b - 1}": dict(s.per_unit)
                 for (k, b), s in sorted(self._sizes.items())}
+
+    def _nearest(self, kind: str, bucket: int) -> int | None:
+        settled = [(abs(b - bucket), self._best(s)) for (k, b), s in self._sizes.items()
+                   if k == kind and len(s.per_unit) == len(self.choices)]
+        return min(settled)[1] if settled else None
 
     @staticmethod
     def _best(size: _Size) -> int | None:
