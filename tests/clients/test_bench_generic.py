@@ -1,12 +1,13 @@
-"""The bench's generic batching server (LitServe) running Tessera's own OPs
-(bench/generic.py), started by bench/servers.py's GenericServer. Same seeds, same images
-as the in-process pipeline; a bad request is a 400 of its own; stopping it leaves nothing
-behind. No timing is asserted."""
+"""The bench's `generic` config: a generic batching server (LitServe) running Tessera's own
+OPs (bench/generic.py), started by bench/servers.py's GenericServer and measured by the
+bench's HTTP client. Same seeds, same images as the in-process pipeline; a bad request is
+a 400 of its own; stopping it leaves nothing behind. No timing is asserted."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import importlib.util
+import sys
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,15 @@ async def test_concurrent_requests_get_the_in_process_pipelines_images_for_their
         assert [im["clip_score"] for im in got] == pytest.approx([im.clip_score for im in want.images], abs=1e-5)
 
 
+async def test_the_bench_loops_measure_it_over_http(generic):
+    from tessera.bench import closed_loop, open_loop
+    params = {"num_candidates": 2, "num_images": 1}
+    samples, wall = await closed_loop(generic.target, ["a red circle", "a blue square"], 2, 3, params)
+    assert [(s["code"], s["images"], s["candidates"]) for s in samples] == [("OK", 1, 2)] * 3 and wall > 0
+    samples, _ = await open_loop(generic.target, ["a red circle"], 40.0, 3, params, bursty=True)
+    assert [s["code"] for s in samples] == ["OK"] * 3
+
+
 async def test_a_bad_request_is_a_400_saying_what_to_change_and_fails_no_other(generic):
     long_prompt = "a red circle " * 30  # within max_prompt_chars; over the text context in tokens
     async with httpx.AsyncClient(timeout=120) as client:
@@ -73,3 +83,12 @@ async def test_a_bad_request_is_a_400_saying_what_to_change_and_fails_no_other(g
     assert broken.status_code == 400 and broken.json()["message"].startswith("the body is not JSON")
     assert too_long.status_code == 400 and "tokens long; the limit is" in too_long.json()["message"]
     assert good.status_code == 200 and len(good.json()["images"]) == 1
+
+
+def test_generic_without_the_bench_extra_is_one_line_saying_what_to_install(monkeypatch, capsys, tmp_path):
+    from tessera.bench import main
+    monkeypatch.setitem(sys.modules, "litserve", None)  # what an import finds when it is not installed
+    assert main(["--compare", "default,generic", "--concurrency", "1", "--out", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "generic" in line and "pip install 'tessera[bench]'" in line
+    assert not (tmp_path / "bench.json").exists()  # refused before measuring anything
