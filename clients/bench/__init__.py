@@ -1,5 +1,6 @@
 """`tessera bench`: throughput and latency, measured side by side (run), its summaries,
-table and plot (report), the servers it starts (servers) and a no-op OP (noop).
+table and plot (report), the servers it starts (servers), the generic batching server it
+compares against (generic; the `bench` extra) and a no-op OP (noop).
 
 Installed with the server distribution, not the client's: it starts servers and runs the
 offline pipeline, which need torch.

@@ -1,6 +1,7 @@
 """Summaries of a benchmark run: percentiles, server-side metrics, the table and the plot."""
 from __future__ import annotations
 
+import math
 import statistics
 import urllib.request
 from collections import Counter
@@ -78,6 +79,9 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
     ceiling_c32 and ceiling_c1: default's c=32 images/s and c=1 p50 against the `ceiling`
     config's best throughput and best single-request p50 (best threading, see bench/ceiling.py).
     ray_vs_thread_c{N}: ray (sample and decode as Ray actors) / default images/s.
+    vs_generic_c{N}: default / generic images/s at each concurrency both ran (issue 10's bar:
+    at least 1.2 at c=1, 8 and 32); vs_generic_p50_c1: default's p50 / generic's at c=1 (bar:
+    at most 1.0). `generic` is the request-level batching server of bench/generic.py.
     """
     closed = {(r["config"], r.get("concurrency")): r["summary"] for r in rows if "concurrency" in r}
     opened = {r["config"]: r["summary"] for r in rows if "rate" in r}
@@ -101,6 +105,11 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
     if on_ray:  # mode: ray against thread mode (default), at the highest concurrency both ran
         c = on_ray[-1]
         out[f"ray_vs_thread_c{c}"] = closed[("ray", c)]["images_per_s"] / closed[("default", c)]["images_per_s"]
+    for c in sorted(c for (n, c) in closed if n == "generic" and ("default", c) in closed):
+        out[f"vs_generic_c{c}"] = closed[("default", c)]["images_per_s"] / closed[("generic", c)]["images_per_s"]
+    if ("default", 1) in closed and ("generic", 1) in closed:
+        default_p50, generic_p50 = (closed[(n, 1)]["latency_ms"]["p50"] for n in ("default", "generic"))
+        out["vs_generic_p50_c1"] = default_p50 / generic_p50
     if "default" in opened and "static" in opened:
         for q in ("p50", "p99"):
             out[f"open_{q}"] = opened["default"]["latency_ms"][q] / opened["static"]["latency_ms"][q]
@@ -110,10 +119,12 @@ def bar_ratios(rows: list[dict]) -> dict[str, float]:
 def ratio_table(per_round: list[dict[str, float]]) -> str:
     """One line per ratio: each round's value, then the median."""
     names = [k for k in per_round[0]] if per_round else []
+    width = max([14, *map(len, names)])
     lines = []
     for k in names:
         values = [r[k] for r in per_round if k in r]
-        lines.append(f"{k:<14} " + " ".join(f"{v:6.3f}" for v in values) + f"   median {statistics.median(values):.3f}")
+        lines.append(f"{k:<{width}} " + " ".join(f"{v:6.3f}" for v in values)
+                     + f"   median {statistics.median(values):.3f}")
     return "\n".join(lines)
 
 
@@ -126,11 +137,11 @@ def table(rows: list[dict]) -> Table:
         t.add_column(name, justify=justify)
     for r in rows:
         s = r["summary"]
-        lat = s["latency_ms"]
+        lat, first = s["latency_ms"], s["first_progress_ms_p50"]  # first: NaN where nothing streams
         name = r["config"] + (f"/{r['round'] + 1}" if "round" in r else "")
         t.add_row(name, r["mode"], f"{s['images_per_s']:.2f}", f"{s['requests_per_s']:.2f}",
                   *(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
-                  f"{s['first_progress_ms_p50']:.0f}", str(sum(s["errors"].values())))
+                  "–" if math.isnan(first) else f"{first:.0f}", str(sum(s["errors"].values())))
     return t
 
 

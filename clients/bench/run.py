@@ -4,12 +4,16 @@
     tessera bench --compare default,offline --concurrency 1,32 --rounds 5   # each round's ratios, median
     tessera bench --server 127.0.0.1:50051 --metrics http://127.0.0.1:9090/metrics
     tessera bench --compare default,ceiling --concurrency 1,32 --contend 1  # one core kept busy meanwhile
+    tessera bench --compare default,generic --concurrency 1,8,32 --rounds 3  # against a generic batching server
     tessera bench --compare default,offline --device cuda:0 --half fp16      # the model OPs on a GPU
     tessera bench --engine-only
     tessera bench --kv
 
 `ceiling` is the offline pipeline once per --threadings setting, each in a fresh process,
 keeping the best throughput and the best single-request latency (bench/ceiling.py).
+`generic` is a generic request-level batching server (LitServe, batches of up to 16
+requests, 5 ms) running the same OPs, measured over HTTP/JSON by the same loops
+(bench/generic.py; needs pip install 'tessera[bench]').
 
 Closed loop: `c` clients, each sending its next request when the last one returns.
 Open loop: Poisson arrivals at --rate (optionally bursty). Benchmarks measure; tests
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
+import importlib.util
 import json
 import random
 import statistics
@@ -84,15 +90,50 @@ async def _one(client, prompt: str, params: dict, seed: int) -> dict:
             "images": 0, "candidates": 0}
 
 
+async def _one_http(client, url: str, prompt: str, params: dict, seed: int) -> dict:
+    """One request to the generic server (bench/generic.py): JSON in, JSON with base64 PNGs out."""
+    import base64
+
+    import httpx
+    start = time.monotonic()
+    try:
+        resp = await client.post(url, json={"prompt": prompt, "seed": seed, **params})
+        if resp.status_code != 200:
+            return {"code": f"HTTP_{resp.status_code}", "latency_s": time.monotonic() - start,
+                    "first_event_s": None, "images": 0, "candidates": 0, "details": resp.text[:500]}
+        pngs = [base64.b64decode(im["png"]) for im in resp.json()["images"]]  # as the gRPC client gets bytes
+    except httpx.HTTPError as exc:
+        return {"code": type(exc).__name__, "latency_s": time.monotonic() - start, "first_event_s": None,
+                "images": 0, "candidates": 0, "details": str(exc)}
+    return {"code": "OK", "latency_s": time.monotonic() - start, "first_event_s": None,
+            "images": len(pngs), "candidates": params.get("num_candidates") or 1}
+
+
+@contextlib.asynccontextmanager
+async def _sender(target: str, connections: int | None = None):
+    """`send(prompt, params, seed) -> sample`: Tessera's gRPC stream to a host:port target, or
+    JSON over HTTP to an http:// URL (the generic server), with up to `connections` at once."""
+    if target.startswith(("http://", "https://")):
+        import httpx
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            yield functools.partial(_one_http, client, target)
+        return
+    from tessera.clients.client import AsyncTesseraClient
+    async with AsyncTesseraClient(target, timeout=600, retries=0) as client:
+        yield functools.partial(_one, client)
+
+
 async def closed_loop(target: str, prompts: list[str], concurrency: int, requests: int, params: dict,
                       bar: LoadProgress | None = None, label: str = "") -> tuple[list[dict], float]:
-    from tessera.clients.client import AsyncTesseraClient
+    """`concurrency` clients, each sending its next request when its last one returns;
+    `target` is a gRPC host:port or the generic server's http:// URL."""
     samples: list[dict] = []
     counter = iter(range(requests))
-    async with AsyncTesseraClient(target, timeout=600, retries=0) as client:
+    async with _sender(target, concurrency) as send:
         async def worker():
             for i in counter:
-                samples.append(await _one(client, prompts[i % len(prompts)], params, 1 + i))
+                samples.append(await send(prompts[i % len(prompts)], params, 1 + i))
                 if bar:
                     bar.update(label, len(samples), requests)
         start = time.monotonic()
@@ -107,16 +148,15 @@ async def open_loop(target: str, prompts: list[str], rate: float, requests: int,
 
     Sends `requests` requests, or with `duration` > 0 as many as arrive in that many
     seconds; either way every request sent is waited for and counted."""
-    from tessera.clients.client import AsyncTesseraClient
     rng = random.Random(seed)
     samples: list[dict] = []
     limit = float("inf") if duration > 0 else requests
     expected = round(rate * duration) if duration > 0 else requests
-    async with AsyncTesseraClient(target, timeout=600, retries=0) as client:
+    async with _sender(target) as send:
         tasks, start, sent = [], time.monotonic(), 0
 
         async def tracked(i):
-            samples.append(await _one(client, prompts[i % len(prompts)], params, 1 + i))
+            samples.append(await send(prompts[i % len(prompts)], params, 1 + i))
             if bar:
                 bar.update(label, len(samples), max(expected, sent))
         while sent < limit:
@@ -359,12 +399,28 @@ def _run(args: argparse.Namespace) -> int:
             open_sweep("server", args.server, args.rate, args.metrics)
     else:
         from tessera.bench.ceiling import ceiling_run
-        from tessera.bench.servers import ServerProcess, bench_configs
+        from tessera.bench.servers import GenericServer, ServerProcess, bench_configs
         op_settings = {"half": args.half} if args.half else {}
         sample_settings = {"decode_mode": args.decode_mode} if args.decode_mode else {}
         configs = bench_configs(args.model_dir, args.device, op_settings, sample_settings)
         capacity_rows = configs["default"]["graph"]["ops"]["sample"]["batch_size"]
         names = [n for n in args.compare.split(",") if n]
+        known = [*configs, "generic", "offline", "ceiling"]
+        if unknown := [n for n in names if n not in known]:
+            print(f"tessera bench: no configuration {', '.join(unknown)}; --compare takes {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
+        if "generic" in names and not _bench_extra():
+            print("tessera bench: the generic config needs LitServe and httpx: pip install 'tessera[bench]'",
+                  file=sys.stderr)
+            return 2
+
+        def serving(name: str):
+            """The named configuration's server, started (a context manager with target and metrics_url)."""
+            if name == "generic":  # the same OPs and settings as offline's, in LitServe
+                return GenericServer(args.model_dir, args.device, capacity_rows, {**op_settings, **sample_settings})
+            return ServerProcess(name, configs[name])
+
         for i in range(max(1, args.rounds)):
             if args.rounds > 1:
                 tag = {"round": i}
@@ -381,7 +437,7 @@ def _run(args: argparse.Namespace) -> int:
                                           [t for t in args.threadings.split(",") if t])
                     rows += [r | tag | {"started": started, "ended": time.time()} for r in new]
                     continue
-                with ServerProcess(name, configs[name]) as server:
+                with serving(name) as server:
                     sweep(name, server.target, server.metrics_url)
             if args.rate or args.rate_of:
                 rate = args.rate
@@ -395,7 +451,7 @@ def _run(args: argparse.Namespace) -> int:
                         print(f"{name}: no open loop at {rate:.2f} req/s, above its measured capacity of "
                               f"{best:.2f} req/s", file=sys.stderr)
                         continue
-                    with ServerProcess(name, configs[name]) as server:
+                    with serving(name) as server:
                         open_sweep(name, server.target, rate, server.metrics_url)
             report.setdefault("ratios", []).append(bar_ratios(rows[first:]))
     report["rows"] = rows
@@ -409,6 +465,11 @@ def _run(args: argparse.Namespace) -> int:
         print("side-by-side ratios, one column per round (bench.report.bar_ratios says which is which):")
         print(ratio_table(report["ratios"]))
     return _write(report, out, rows)
+
+
+def _bench_extra() -> bool:
+    """Whether the `bench` extra (LitServe for the generic server, httpx for its client) is installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("litserve", "httpx"))
 
 
 def _write(report: dict, out: Path, rows: list[dict]) -> int:

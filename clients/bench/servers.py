@@ -1,7 +1,8 @@
 """The configurations `tessera bench` compares, and servers it starts for them.
 
 Each configuration derives from the shipped default, so a comparison changes only
-what its name says.
+what its name says; `generic` is not Tessera's server at all but a generic batching
+server running the same OPs (bench/generic.py), started by `GenericServer`.
 """
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import copy
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -99,3 +104,92 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._path.unlink(missing_ok=True)
+
+
+class GenericServer:
+    """The generic batching server (bench/generic.py) in a child process on a free loopback
+    port, ready once LitServe's /health answers 200 (its inference worker has loaded the
+    model); stopped with SIGTERM, and killed with everything it started if it has not
+    exited within `stop_timeout_s`. Same `target` and `metrics_url` as ServerProcess: the
+    target is the URL the bench's HTTP client posts to, and there are no metrics."""
+
+    def __init__(self, model_dir: str | None = None, device: str | None = None, capacity: int = 64,
+                 settings: dict | None = None, max_batch_size: int = 16, batch_timeout_ms: float = 5,
+                 start_timeout_s: float = 300, stop_timeout_s: float = 30):
+        self.args = ["--capacity", str(capacity), "--max-batch-size", str(max_batch_size),
+                     "--batch-timeout-ms", str(batch_timeout_ms), "--device", device or "cpu"]
+        if model_dir:
+            self.args += ["--model-dir", str(model_dir)]
+        for key, value in (settings or {}).items():  # half, decode_mode
+            self.args += [f"--{key.replace('_', '-')}", str(value)]
+        self.start_timeout_s, self.stop_timeout_s = start_timeout_s, stop_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.pgid: int | None = None
+        self.returncode: int | None = None  # once stopped
+        self.metrics_url = None
+
+    @property
+    def target(self) -> str:
+        return f"http://127.0.0.1:{self.port}/predict"
+
+    def __enter__(self) -> GenericServer:
+        for _ in range(3):  # LitServe takes a port, not 0: another process may take ours first
+            if self._start():
+                return self
+        raise RuntimeError(f"generic server: port {self.port} was taken three times running")
+
+    def _start(self) -> bool:
+        """True once it is ready; False if its port was taken meanwhile (it has stopped)."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody reads while the bench runs
+        # Its own session, so that stopping it reaches LitServe's API and inference processes too.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tessera.bench.generic", "--port", str(self.port), *self.args],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pgid = self.proc.pid  # its session's (and process group's) id
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = self._log_tail()
+                self.__exit__()
+                if "address already in use" in log.lower():
+                    return False
+                raise RuntimeError(f"generic server exited with {self.returncode}: {log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        return True
+            except OSError:
+                pass  # not listening yet, or 503 while its worker loads the model
+            time.sleep(0.2)
+        log = self._log_tail()
+        self.__exit__()
+        raise RuntimeError(f"generic server not ready after {self.start_timeout_s:.0f} s: {log}")
+
+    def _log_tail(self) -> str:
+        """Its output without tracebacks' frames: the errors themselves."""
+        self._log.seek(0)
+        lines = [ln for ln in self._log.read().splitlines() if ln.strip() and not ln[0].isspace()
+                 and not ln.startswith("Traceback")]
+        return "\n".join(lines)[-2000:]
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # whatever of its session is left, the leader included if it did not exit in time
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.returncode = self.proc.returncode
+        self._log.close()
+        self.proc = None

@@ -91,6 +91,25 @@ def test_bar_ratios_pair_the_configs_of_one_round():
     assert lines == ["saturation      0.800  0.900  1.000   median 0.900"]
 
 
+def test_bar_ratios_against_the_generic_server_at_each_concurrency_and_c1_latency():
+    rows = [_row("default", 3.0, p50=250, concurrency=1), _row("default", 12.0, concurrency=8),
+            _row("default", 18.0, concurrency=32), _row("default", 20.0, concurrency=64),
+            _row("generic", 2.0, p50=125, concurrency=1), _row("generic", 10.0, concurrency=8),
+            _row("generic", 24.0, concurrency=32)]
+    assert bar_ratios(rows) == {"vs_generic_c1": 1.5, "vs_generic_c8": 1.2, "vs_generic_c32": 0.75,
+                                "vs_generic_p50_c1": 2.0}
+    lines = ratio_table([bar_ratios(rows)]).splitlines()  # the longest name sets the column
+    assert lines[0] == "vs_generic_c1      1.500   median 1.500"
+
+
+def test_an_unknown_configuration_is_one_line_listing_the_known_ones(capsys, tmp_path):
+    from tessera.bench import main
+    assert main(["--compare", "default,defualt", "--concurrency", "1", "--out", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "no configuration defualt" in line and "default, ray, generic, offline, ceiling" in line
+    assert not (tmp_path / "bench.json").exists()
+
+
 def test_rounds_repeat_the_comparison_and_keep_each_rounds_rows_apart(tiny_model_dir, tmp_path):
     import json
     from tessera.bench import main
