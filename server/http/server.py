@@ -43,7 +43,10 @@ class HttpServer:
 
     async def start(self, app) -> None:
         cert, key = self._tls or (None, None)
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+        # h11, the parser a plain install has: uvicorn would switch to httptools wherever
+        # something else installed it (LitServe's bench extra does), so tests and users
+        # would run different parsers.
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="h11",
                                 timeout_graceful_shutdown=self._graceful_s, ssl_certfile=cert, ssl_keyfile=key)
         # Its start/stop lines repeat what `tessera serve` prints; its errors still show.
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
