@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -53,25 +54,35 @@ class RayConnection:
 
 
 class OpActor:
-    """The actor: an OpHost on whichever node Ray placed it."""
+    """The actor: an OpHost on whichever node Ray placed it.
+
+    Ray serves a threaded actor's calls on a pool of threads, any call on any of them; the
+    OP computes on one thread of its own instead. Each thread that calls torch gets an
+    OpenMP team of its own, and with more teams than cores libgomp stops spinning between
+    parallel regions: a sampler step hopping between three threads ran slower on two
+    OpenMP threads than on one."""
 
     def __init__(self, spec: WorkerSpec):
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tessera-{spec.label}")
         self.host = OpHost(spec)
-        self.host.setup()
+        self._on_compute(self.host.setup)
         self._stop_for = -1
         self._closed = threading.Event()
+
+    def _on_compute(self, fn, *args):
+        return self._compute.submit(fn, *args).result()
 
     def ready(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
     def process(self, rows: list[Any]) -> tuple[str, Any]:
         try:
-            return "ok", [portable(v) for v in self.host.process(rows)]
+            return "ok", [portable(v) for v in self._on_compute(self.host.process, rows)]
         except Exception as exc:  # noqa: BLE001 - bisected by the engine
             return "err", portable(exc)
 
     def step(self, call_id: int, call: StepCall) -> StepReply:
-        return portable_reply(self.host.step(call, lambda: self._stop_for == call_id))
+        return portable_reply(self._on_compute(self.host.step, call, lambda: self._stop_for == call_id))
 
     def request_stop(self, call_id: int) -> None:
         self._stop_for = call_id
