@@ -24,6 +24,7 @@ from tessera.server.engine.metrics import EngineMetrics
 from tessera.server.engine.request import Request, Result, StageTiming
 from tessera.server.engine.stage import OpStage
 from tessera.server.engine.workers import ComputeThread
+from tessera.server.engine.workers.threads import keep_off_this_thread, restore
 
 log = logging.getLogger("tessera.engine")
 
@@ -45,6 +46,7 @@ class Engine:
         self._health_listeners: list[Callable[[bool], None]] = []
         self._serving = False
         self._ray = None  # the Ray connection, when an OP runs in mode: ray
+        self._loop_threads: int | None = None  # torch's count on the loop's thread before start
 
     @property
     def node_turns(self) -> bool:
@@ -84,6 +86,7 @@ class Engine:
             listener(serving)
 
     async def start(self) -> None:
+        self._loop_threads = keep_off_this_thread()
         if any(op.mode == "ray" for op in self.config.ops.values()):
             from tessera.server.engine.workers.ray import RayConnection
             self._ray = RayConnection(self.config.ray_address)
@@ -187,6 +190,7 @@ class Engine:
         await asyncio.gather(*(stage.stop() for stage in self.stages.values()))
         for thread in self._device_threads.values():
             thread.close()
+        restore(self._loop_threads)
         if self._ray is not None:
             self._ray.close()
         self._serving = False

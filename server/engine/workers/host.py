@@ -29,8 +29,12 @@ class OpHost:
         # it holds the turn a worker may use every core of the node.
         self.turn = open_turn(spec.device) if computes and spec.turns else None
         # How many threads each call computes with (CPU OPs that compute; see threads.py).
-        self.threads = (ThreadPolicy(spec.threads, most=node_cores() if self.turn else None)
-                        if computes else None)
+        # An OP that does not compute on the device (tokenize) runs torch on one thread, so
+        # its thread never opens an OpenMP team beside the compute thread's.
+        if computes:
+            self.threads = ThreadPolicy(spec.threads, most=node_cores() if self.turn else None)
+        else:
+            self.threads = ThreadPolicy(1) if spec.device == "cpu" else None
 
     def setup(self) -> None:
         op = self.spec.op_class(**self.spec.settings)

@@ -152,3 +152,20 @@ def test_images_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(before)
     assert digests[1] == digests[2]
+
+
+async def test_only_compute_threads_run_torch_on_more_than_one_thread():
+    """The event loop's thread runs torch on one thread while an engine runs (an OpenMP team
+    of its own would slow the compute thread's), and gets its count back at stop; the
+    compute thread still chooses among all of them."""
+    torch = pytest.importorskip("torch")
+    from tessera.server.engine.workers.threads import process_threads
+    from tests.server.engine.helpers import chain, running
+
+    before = torch.get_num_threads()
+    async with running(chain(("echo", "Echo", {}))) as engine:
+        assert torch.get_num_threads() == 1
+        worker = engine.stages["echo"].workers[0]
+        assert worker.host.threads.most == process_threads() == before
+        assert (await engine.submit(7).result()).value == 7
+    assert torch.get_num_threads() == before
