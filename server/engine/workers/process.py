@@ -12,7 +12,9 @@ import asyncio
 import logging
 import multiprocessing
 import pickle
+import queue
 import signal
+import threading
 from typing import Any
 
 from tessera.server.engine.workers.base import StepCall, StepReply, Worker, WorkerLost, WorkerSpec
@@ -59,6 +61,8 @@ class ProcessWorker(Worker):
         self._conn = None
         self._stop = None
         self._pending: asyncio.Future | None = None
+        self._replies: queue.SimpleQueue | None = None
+        self._reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
@@ -75,7 +79,13 @@ class ProcessWorker(Worker):
         child.close()
         proc, conn = self._proc, self._conn
         loop.add_reader(proc.sentinel, self._on_exit, proc)
-        loop.add_reader(conn.fileno(), self._on_readable, conn)
+        # Replies are read whole by a thread of their own: an event-loop reader would make the
+        # socket non-blocking (uvloop does), and a reply larger than its buffer (a decode
+        # call's images) then arrived in parts that recv_bytes could not wait for.
+        self._replies = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, args=(conn, self._replies, loop), daemon=True,
+                                        name=f"tessera-{self.spec.label}-replies")
+        self._reader.start()
         self.lost.clear()
         await self._request("setup", None)
 
@@ -122,25 +132,38 @@ class ProcessWorker(Worker):
             raise value
         return value
 
-    def _on_readable(self, conn) -> None:
-        try:
-            reply = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(conn.fileno())
-            return  # the sentinel says why
-        future, self._pending = self._pending, None
-        if future is not None and not future.done():
-            future.set_result(reply)
+    def _read(self, conn, replies: queue.SimpleQueue, loop: asyncio.AbstractEventLoop) -> None:
+        """On the reader thread: each reply, whole, handed to the loop; ends with the pipe."""
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the child ended or the pipe closed: the sentinel says why
+            replies.put((conn, data))
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed
+                return
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                conn, data = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            if conn is not self._conn:
+                continue  # a reply of a worker already replaced
+            future, self._pending = self._pending, None
+            if future is not None and not future.done():
+                future.set_result(pickle.loads(data))
 
     def _on_exit(self, proc) -> None:
         if proc is not self._proc:
             return
         proc.join(0)
-        try:  # a reply written whole just before the end still counts
-            if self._pending is not None and self._conn.poll():
-                self._on_readable(self._conn)
-        except (EOFError, OSError):
-            pass
+        if self._reader is not None:  # a reply written whole just before the end still counts
+            self._reader.join(timeout=5)
+            self._drain()
         self._detach(proc, self._conn)
         self._lose(f"pid {proc.pid} exited with code {proc.exitcode}")
 
@@ -154,7 +177,4 @@ class ProcessWorker(Worker):
 
     @staticmethod
     def _detach(proc, conn) -> None:
-        loop = asyncio.get_running_loop()
-        for fd in (proc.sentinel, conn.fileno() if conn is not None and not conn.closed else None):
-            if fd is not None:
-                loop.remove_reader(fd)
+        asyncio.get_running_loop().remove_reader(proc.sentinel)

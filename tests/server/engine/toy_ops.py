@@ -208,6 +208,13 @@ class Pid(Op):
         return [os.getpid() for _ in rows]
 
 
+class Large(Op):
+    """Each row n becomes n bytes (a reply larger than a socket's buffer, as images are)."""
+
+    def process(self, rows):
+        return [bytes(range(256)) * (n // 256) for n in rows]
+
+
 class Difference(Op):
     """Fan-in by declared names: `minuend - subtrahend`, whatever the OPs feeding them are called."""
 

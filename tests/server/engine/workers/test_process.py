@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from tessera.server.engine import GraphConfig
+from tessera.server.engine import GraphConfig, run
 from tests.server.engine.helpers import T, chain, running
 from tests.server.engine.toy_ops import StepPipe
 
@@ -30,6 +30,23 @@ def counting(steps: StepPipe, concurrency: int = 1) -> GraphConfig:
 
 def sample_value(engine, name, **labels):
     return engine.metrics.registry.get_sample_value(name, labels)
+
+
+def test_replies_larger_than_the_pipe_buffer_arrive_whole():
+    """A decode call's images are a reply of megabytes: the parent waits for all of it, in
+    both directions. On the server's own loop (uvloop, which makes a socket it watches
+    non-blocking) a reply read in parts once hung its request forever."""
+    config = chain(("big", "Large", {"mode": "process", "batch_size": 4}),
+                   ("echo", "Echo", {"mode": "process"}))
+    sizes = [3 << 20, 256, 1 << 20, 5 << 20]
+
+    async def main():
+        async with running(config) as engine:
+            return await asyncio.wait_for(asyncio.gather(*(engine.submit(n).result() for n in sizes)), 120)
+
+    results = run(main())  # the server's runner: uvloop where installed, as `tessera serve`
+    assert [len(r.value) for r in results] == sizes
+    assert all(r.value == bytes(range(256)) * (len(r.value) // 256) for r in results)
 
 
 async def test_batch_and_stepping_ops_run_in_child_processes():
