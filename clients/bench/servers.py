@@ -51,11 +51,18 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
     on_ray = copy.deepcopy(default)
     for name in ("sample", "decode"):
         on_ray["graph"]["ops"][name].update(mode="ray", ray_actor_options={"num_cpus": 1})
+    # The model OPs each in a child process of their own (taking the node's turn), the
+    # front end only serving: compute away from the event loop's GIL, as `generic` does.
+    in_processes = copy.deepcopy(default)
+    for name, op in in_processes["graph"]["ops"].items():
+        if name != "tokenize":
+            op["mode"] = "process"
     # What shipped before `threads: auto`: every call on all of torch's threads.
     all_threads = copy.deepcopy(default)
     for op in all_threads["graph"]["ops"].values():
         op["threads"] = os.cpu_count() or 1
-    return {"serial": serial, "static": static, "default": default, "ray": on_ray, "all-threads": all_threads}
+    return {"serial": serial, "static": static, "default": default, "ray": on_ray, "all-threads": all_threads,
+            "processes": in_processes}
 
 
 class ServerProcess:

@@ -107,7 +107,7 @@ def test_an_unknown_configuration_is_one_line_listing_the_known_ones(capsys, tmp
     assert main(["--compare", "default,defualt", "--concurrency", "1", "--out", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "no configuration defualt" in line
-    assert all(name in line for name in ("default", "ray", "all-threads", "generic", "offline", "ceiling"))
+    assert all(name in line for name in ("default", "ray", "all-threads", "processes", "generic", "offline", "ceiling"))
     assert not (tmp_path / "bench.json").exists()
 
 
