@@ -38,6 +38,7 @@ LONGEST_WAIT = 256   # the most calls between two tries
 SMOOTHING = 0.3      # weight of the newest time in the running average
 SUDDEN = 2.0         # a call this many times slower than the average asks for a try now
 CLEAR_LOSS = 1.5     # a try this many times slower than the best waits four times as long
+NOTICEABLE_S = 0.001  # a sudden slowdown to less than this per unit is noise, not a neighbour
 
 
 @functools.cache
@@ -152,7 +153,7 @@ class ThreadPolicy:
                 growth = 4 if size.per_unit[n] >= CLEAR_LOSS * size.per_unit[best] else 2
                 size.wait = min(LONGEST_WAIT, size.wait * growth if known is not None else FIRST_TRY * growth // 2)
             size.next_try = size.calls + size.wait
-        elif known is not None and per > SUDDEN * known and self._best(size) == n:
+        elif known is not None and per > SUDDEN * known and per >= NOTICEABLE_S and self._best(size) == n:
             size.next_try = size.calls      # the chosen count suddenly slowed: try the other now
         after = self._best(size)
         if before is not None and after != before:

@@ -23,6 +23,17 @@ class Machine:
     def policy(self, setting="auto", most=2) -> ThreadPolicy:
         return ThreadPolicy(setting, most=most, set_threads=self.set_to.append)
 
+    def scripted(self) -> ThreadPolicy:
+        """A policy for an OpHost: the host's measured seconds are replaced by this machine's,
+        so its choices do not depend on how fast the test machine runs a toy step."""
+        machine = self
+
+        class Scripted(ThreadPolicy):
+            def record(self, kind, rows, n, seconds, units=1):
+                super().record(kind, rows, n, machine.per_unit[n] * units, units)
+
+        return Scripted("auto", most=2, set_threads=self.set_to.append)
+
     def call(self, policy: ThreadPolicy, rows: int = 64, kind: str = "step") -> int:
         n = policy.choose(kind, rows)
         policy.record(kind, rows, n, self.per_unit[n], units=1)
@@ -112,7 +123,7 @@ def test_a_try_runs_a_single_step():
     m = Machine(t1=0.016, t2=0.010)
     host = OpHost(WorkerSpec(toy_ops.Counter, {}, "count", "cpu", 0, capacity=8))
     host.setup()
-    host.threads = m.policy()
+    host.threads = m.scripted()
     replies = [host.step(StepCall(admit=[StepRow(k, 10_000) for k in range(4)], budget=16), lambda: False)]
     replies += [host.step(StepCall(budget=16), lambda: False) for _ in range(FIRST_TRY)]
     assert [(r.steps, r.threads) for r in replies] == [(16, 2)] * FIRST_TRY + [(1, 1)]
@@ -120,12 +131,12 @@ def test_a_try_runs_a_single_step():
 
 
 def test_batch_calls_are_measured_per_row():
-    m = Machine()
+    m = Machine(t1=0.001, t2=0.002)
     host = OpHost(WorkerSpec(toy_ops.Echo, {}, "echo", "cpu", 0))
     host.setup()
-    host.threads = m.policy()
-    assert [host.process([i, i + 1, i + 2]) for i in range(FIRST_TRY + 1)][-1] == [8, 9, 10]
-    assert host.threads.last == 1 and m.set_to == [2, 1]
+    host.threads = m.scripted()
+    assert [host.process([i, i + 1, i + 2]) for i in range(FIRST_TRY + 2)][-1] == [9, 10, 11]
+    assert host.threads.last == 1 and m.set_to == [2, 1]   # one thread tried, won, kept
     assert set(host.threads.snapshot()) == {"batch/2-3"}
     assert set(host.threads.snapshot()["batch/2-3"]) == {1, 2}
 
