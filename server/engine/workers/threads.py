@@ -16,8 +16,8 @@ the faster, and now and then tries the other. A new size starts with what the ne
 size already measured runs (all threads, at first). The other count is tried after 8
 calls of that size; each time it loses, the wait doubles (quadruples when it lost by
 half or more; at most 256 calls); it is tried at once when the chosen count suddenly
-runs twice as slow as its average (a neighbour started), and 8 calls after the two
-averages change places. A stepping call that tries the other count runs a single step,
+runs twice as slow as its average and at least 1 ms per unit (a neighbour started), and
+8 calls after the two averages change places. A stepping call that tries the other count runs a single step,
 so a try costs little even when the other has collapsed. `threads: N` fixes the count.
 
 Images do not depend on the choice: torch's CPU kernels split rows, not the sums inside
