@@ -78,14 +78,24 @@ async def test_thousand_concurrent_requests_each_get_their_own_result():
     for name in ("a", "d"):
         cfg.ops[name].channel_capacity = 2000
     rng = random.Random(7)
+    # Staggered arrivals, so that they interleave with batches in flight: requests come in
+    # waves of 1-50, and a wave is sent once some request of the one before it has finished.
+    waves, start = [], 0
+    while start < 1000:
+        size = min(1 + rng.randrange(50), 1000 - start)
+        waves.append(range(start, start + size))
+        start += size
+    finished = [asyncio.Event() for _ in waves]
 
-    async def one(engine, i):
-        for _ in range(rng.randrange(50)):  # staggered arrivals: interleave with the others
-            await asyncio.sleep(0)
-        return (await engine.submit(i, request_id=f"r{i}").result())
+    async def one(engine, wave, i):
+        if wave:
+            await finished[wave - 1].wait()
+        result = await engine.submit(i, request_id=f"r{i}").result()
+        finished[wave].set()
+        return result
 
     async with running(cfg) as engine:
-        results = await asyncio.gather(*(one(engine, i) for i in range(1000)))
+        results = await asyncio.gather(*(one(engine, w, i) for w, ids in enumerate(waves) for i in ids))
     assert [r.value for r in results] == [(i + 1) * 2 for i in range(1000)]
     assert [r.request_id for r in results] == [f"r{i}" for i in range(1000)]
     assert max(len(b) for b in calls("a").batches) > 1  # rows of many requests shared calls
