@@ -44,6 +44,12 @@ class OpHost:
         op.setup(self.spec.device)
         self.op, self._keys = op, set()
 
+    def close(self) -> None:
+        """Free what the host holds outside the OP (the node turn's files); no call may run."""
+        if self.turn is not None:
+            self.turn.close()
+            self.turn = None
+
     def process(self, rows: list[Any]) -> list[Any]:
         policy = self.threads
         with self.turn or nullcontext():

@@ -111,7 +111,7 @@ class ProcessWorker(Worker):
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        self._detach(proc, self._conn)
+        asyncio.get_running_loop().remove_reader(proc.sentinel)
         if proc.is_alive():
             proc.kill()
         await asyncio.get_running_loop().run_in_executor(None, proc.join, 5)
@@ -164,7 +164,7 @@ class ProcessWorker(Worker):
         if self._reader is not None:  # a reply written whole just before the end still counts
             self._reader.join(timeout=5)
             self._drain()
-        self._detach(proc, self._conn)
+        asyncio.get_running_loop().remove_reader(proc.sentinel)
         self._lose(f"pid {proc.pid} exited with code {proc.exitcode}")
 
     def _lose(self, why: str) -> None:
@@ -175,6 +175,3 @@ class ProcessWorker(Worker):
         if future is not None and not future.done():
             future.set_exception(WorkerLost(f"{self.spec.label}: {why}"))
 
-    @staticmethod
-    def _detach(proc, conn) -> None:
-        asyncio.get_running_loop().remove_reader(proc.sentinel)

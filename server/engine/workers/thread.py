@@ -194,6 +194,8 @@ class ThreadWorker(Worker):
         self._stop.set()
         if self._own is not None:
             self._own.close()
+        if self.host is not None and not self.lost.is_set():  # an abandoned call may still run
+            self.host.close()
 
     async def _submit(self, fn: Callable[..., Any], *args: Any, contended: Callable[[], None] | None = None,
                       measured: bool = True) -> Any:

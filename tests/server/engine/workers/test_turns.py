@@ -85,3 +85,27 @@ def test_devices_have_separate_turns(tmp_path):
     with cpu:
         with gpu:                      # would block forever if they were one lock
             assert cpu.held and gpu.held
+
+
+def _turn_files_open() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += "tessera-turn-" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listdir itself used, closed since
+            pass
+    return count
+
+
+async def test_a_thread_worker_closes_its_turn_files_when_it_closes():
+    from tessera.server.engine.workers.base import WorkerSpec
+    from tessera.server.engine.workers.thread import ThreadWorker
+    from tests.server.engine import toy_ops
+
+    before = _turn_files_open()
+    worker = ThreadWorker(WorkerSpec(toy_ops.Echo, {}, "echo", "cpu", 0, turns=True))
+    await worker.start()
+    assert worker.host.turn is not None and _turn_files_open() == before + 2
+    assert await worker.process([1, 2]) == [1, 2]
+    await worker.close()
+    assert _turn_files_open() == before
