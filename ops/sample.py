@@ -46,6 +46,10 @@ class SampleSettings(ModelSettings):
     # "cuda_graph"; "auto" is cuda_graph on a CUDA device and off on a CPU (README, Performance).
     decode_mode: str = "auto"
     decode_buckets: list[int] | None = None  # batch sizes (rows); default powers of two up to the cache's slots
+    # Where a step's tokens are picked from its logits (float64 softmax, top-k/top-p,
+    # inverse CDF): "device" (where the model runs), "cpu", or "auto" = device (README, On a GPU).
+    # The same on a CPU; on a GPU, "cpu" copies the logits to the host every step.
+    sample_on: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +57,8 @@ class SampleSettings(ModelSettings):
             raise ValueError(f"decode_mode: must be one of auto, {', '.join(DECODE_MODES)}; got {self.decode_mode!r}")
         if self.decode_buckets is not None and not all(b > 0 for b in self.decode_buckets):
             raise ValueError(f"decode_buckets: must be positive row counts, got {self.decode_buckets}")
+        if self.sample_on not in ("auto", "device", "cpu"):
+            raise ValueError(f"sample_on: must be auto, device or cpu; got {self.sample_on!r}")
 
 
 class SampleOp(SteppingOp, ModelOp):
@@ -71,6 +77,7 @@ class SampleOp(SteppingOp, ModelOp):
         self.decode_mode = self.settings.decode_mode
         if self.decode_mode == "auto":  # measured: README, Performance
             self.decode_mode = "cuda_graph" if str(device).startswith("cuda") else "off"
+        self.pick_device = torch.device("cpu" if self.settings.sample_on == "cpu" else device)
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)
         # The empty caption's prefix, once: every guided row starts from a copy of it.
@@ -205,26 +212,27 @@ class SampleOp(SteppingOp, ModelOp):
         self._cond_idx = torch.tensor(cond, dtype=torch.long, device=self.device)
         self._uncond_idx = torch.tensor([where.get((id(r), True), c) for r, c in zip(self.rows, cond)],
                                         dtype=torch.long, device=self.device)
-        p = list(zip(*(r.params for r in self.rows))) or [(), (), (), ()]
-        self._temp, self._top_k, self._top_p, self._scale = (
+        self._temp, self._top_k, self._top_p, self._scale, self._uniforms = self._row_params(self.rows)
+
+    def _row_params(self, rows: list[_Row]) -> tuple[torch.Tensor, ...]:
+        """Per-row temperature, top_k, top_p, guidance scale and uniforms, where tokens are picked."""
+        p = list(zip(*(r.params for r in rows))) or [(), (), (), ()]
+        uniforms = (torch.stack([r.uniforms for r in rows]) if rows
+                    else torch.zeros(0, self.cfg.image_len, dtype=torch.float64))
+        return tuple(t.to(self.pick_device) for t in (
             torch.tensor(p[0], dtype=torch.float32), torch.tensor(p[1], dtype=torch.long),
-            torch.tensor(p[2], dtype=torch.float32), torch.tensor(p[3], dtype=torch.float32))
-        self._uniforms = (torch.stack([r.uniforms for r in self.rows]) if self.rows
-                          else torch.zeros(0, self.cfg.image_len, dtype=torch.float64))
+            torch.tensor(p[2], dtype=torch.float32), torch.tensor(p[3], dtype=torch.float32), uniforms))
 
     def _sample(self, rows: list[_Row], cond: torch.Tensor, uncond: torch.Tensor, at: list[int]) -> list[int]:
-        n = len(rows)
+        n, dev = len(rows), self.pick_device
         if rows is self.rows:
             temp, top_k, top_p, scale, uni = self._temp, self._top_k, self._top_p, self._scale, self._uniforms
         else:
-            p = list(zip(*(r.params for r in rows)))
-            temp, top_k, top_p, scale = (torch.tensor(p[0]), torch.tensor(p[1], dtype=torch.long),
-                                         torch.tensor(p[2]), torch.tensor(p[3]))
-            uni = torch.stack([r.uniforms for r in rows])
-        cond, uncond = cond.float().cpu(), uncond.float().cpu()
+            temp, top_k, top_p, scale, uni = self._row_params(rows)
+        cond, uncond = cond.float().to(dev), uncond.float().to(dev)
         # Unguided rows take the caption's logits as they are, bit for bit.
         logits = torch.where((scale == 1.0)[:, None], cond, guide(cond, uncond, scale))
-        u = uni[torch.arange(n), torch.tensor(at)]
+        u = uni[torch.arange(n, device=dev), torch.tensor(at, device=dev)]
         return sample_tokens(logits, temp, top_k, top_p, u).tolist()
 
     def _preview(self, row: _Row) -> bytes:

@@ -12,7 +12,13 @@ docs/performance/gpu/cpu_reference.json).
 2. half: fp16 and bf16 sampler tokens against fp32 on a fixed prompt set; images/s of each.
 3. decode step: eager against CUDA graphs over the sampler's buckets, at 4, 16, 64 rows;
    tokens of the captured path against eager.
-4. the bench (`tessera bench`) on the GPU, with nvidia-smi's utilisation sampled throughout.
+4. the bench (`tessera bench`) on the GPU, with nvidia-smi's utilisation sampled throughout:
+   closed loop and the open loop at 70% of static's capacity; the open loop at 50% (two
+   rounds); and static and default with the sampler's tokens picked on the CPU
+   (`sample_on: cpu`), against the default of picking them on the GPU.
+
+Also (`sample_on`): tokens picked on the GPU against the CPU's picks from the same logits,
+a 64-row step's time and offline images/s of each.
 
 Every section writes its figures into OUT/gpu_check.json as soon as it has them, and a
 failing section is recorded and the next one runs. Nothing here runs in the test suite.
@@ -89,7 +95,7 @@ def _pixels(png: bytes):
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
-MODE: dict = {}  # the sampler's decode_mode for every section: {} (its default), or off after a failed probe
+MODE: dict = {}  # the sampler's settings for every section: {} (its defaults), or what a failed probe falls back to
 
 
 def probe_capture(device: str) -> dict:
@@ -104,7 +110,15 @@ def probe_capture(device: str) -> dict:
     except Exception:
         MODE["decode_mode"] = "off"
         return {"captured": False, "error": traceback.format_exc()[-3000:], "sections_use": "decode_mode off"}
-    return {"captured": True, "sections_use": "the sampler's default (auto: cuda_graph)"}
+    from tessera.ops.messages import GenerateParams
+    from tessera.ops.pipeline import LocalPipeline
+    try:  # tokens picked on the GPU (the sampler's default there)
+        LocalPipeline(None, device, capacity=8, **MODE).generate([GenerateParams("a red circle", seed=1)])
+    except Exception:
+        MODE["sample_on"] = "cpu"
+        return {"captured": True, "sample_on_device": False, "error": traceback.format_exc()[-3000:],
+                "sections_use": f"{MODE}"}
+    return {"captured": True, "sample_on_device": True, "sections_use": "the sampler's defaults (auto)"}
 
 
 def check_serve(device: str, reference: Path) -> dict:
@@ -238,13 +252,29 @@ def check_graphs(device: str, prompts: list[str]) -> dict:
     return out
 
 
-def check_step_split(device: str, prompts: list[str]) -> dict:
+def check_sample_on(device: str, prompts: list[str]) -> dict:
+    """Tokens picked on the device against the CPU's picks; a 64-row step and offline images/s of each."""
+    from tessera.ops.pipeline import LocalPipeline
+    settings = {k: v for k, v in MODE.items() if k != "sample_on"}
+    pipes = {on: LocalPipeline(None, device, capacity=64, sample_on=on, **settings) for on in ("cpu", "device")}
+    rows = _rows(pipes["cpu"], prompts, 4)
+    out: dict = {"tokens_device_vs_cpu": _compare(_tokens(pipes["cpu"], rows), _tokens(pipes["device"], rows))}
+    out["step_split"] = {on: check_step_split(device, prompts, sample_on=on) for on in ("cpu", "device")}
+    speed: dict[str, list] = {on: [] for on in pipes}
+    for _ in range(2):  # interleaved
+        for on, p in pipes.items():
+            speed[on] += _images_per_s(p, prompts, rounds=1)
+    out["offline_images_per_s"] = speed
+    return out
+
+
+def check_step_split(device: str, prompts: list[str], **settings) -> dict:
     """Where a 64-row sampler step goes on the GPU: the decode step against the token sampling."""
     import torch
 
     from tessera.ops.pipeline import LocalPipeline
     from tessera.server.engine import StepRow
-    pipe = LocalPipeline(None, device, capacity=64, **MODE)
+    pipe = LocalPipeline(None, device, capacity=64, **{**MODE, **settings})
     op = pipe.sample
     op.admit([StepRow(i, r) for i, r in enumerate(_rows(pipe, prompts[:16], 4))])
     n = len(op.slots)
@@ -257,7 +287,8 @@ def check_step_split(device: str, prompts: list[str]) -> dict:
     times: dict = {}
     with torch.inference_mode():  # as the sampler's own calls run
         _time_parts(parts, times, device)
-    return {"rows": len(op.rows), "slots": n, "decode_mode": op.decode_mode, "ms_per_call": times}
+    return {"rows": len(op.rows), "slots": n, "decode_mode": op.decode_mode, "sample_on": str(op.pick_device),
+            "ms_per_call": times}
 
 
 def _time_parts(parts: dict, times: dict, device: str) -> None:
@@ -275,11 +306,12 @@ def _time_parts(parts: dict, times: dict, device: str) -> None:
 def run_bench(out: Path, device: str, name: str, args: list[str], timeout: float) -> dict:
     """4. `tessera bench` in a child process (its servers are its children)."""
     cmd = [sys.executable, "-m", "tessera.server.cli", "bench", "--device", device, "--out", str(out / name), *args]
-    if MODE:
-        cmd += ["--decode-mode", MODE["decode_mode"]]
+    for key, value in MODE.items():  # a failed probe's fallback; an explicit --sample-on in args comes later
+        cmd[6:6] = [f"--{key.replace('_', '-')}", value]
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    (out / f"{name}.log").write_text(proc.stdout[-20000:] + "\n--- stderr\n" + proc.stderr[-20000:])
+    if proc.returncode:  # at most 8 files come back: a log only when it failed
+        (out / f"{name}.log").write_text(proc.stdout[-20000:] + "\n--- stderr\n" + proc.stderr[-20000:])
     result = {"command": " ".join(cmd[2:]), "rc": proc.returncode, "wall_s": time.time() - t}
     bench = out / name / "bench.json"
     if bench.exists():
@@ -315,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--make-reference", action="store_true", help="on a CPU: write the reference images")
     ap.add_argument("--reference", type=Path, default=REFERENCE, help="the CPU's images (cpu_reference.json)")
-    ap.add_argument("--skip", default="", help="sections to skip: serve,half,graphs,bench")
+    ap.add_argument("--skip", default="", help="sections to skip: serve,half,sample_on,split,graphs,bench,serial")
     ap.add_argument("--bench-timeout", type=float, default=200)
     ap.add_argument("--prompts", type=int, default=64, help="the fixed prompt set's size (half, graphs)")
     args = ap.parse_args(argv)
@@ -349,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             section(report, "1_serve", check_serve, args.device, args.reference)
         if "half" not in skip:
             section(report, "2_half", check_half, args.device, prompts)
+        if "sample_on" not in skip:
+            section(report, "2_sample_on", check_sample_on, args.device, prompts)
         if "split" not in skip:
             section(report, "3_step_split", check_step_split, args.device, prompts)
         if "graphs" not in skip:
@@ -357,10 +391,18 @@ def main(argv: list[str] | None = None) -> int:
             section(report, "4_bench", run_bench, out, args.device, "bench",
                     ["--compare", "static,default,offline", "--concurrency", "1,8,32,64", "--num-candidates", "4",
                      "--rate-of", "static", "--rate-fraction", "0.7", "--open-duration", "15"], args.bench_timeout)
-            section(report, "4_bench_serial", run_bench, out, args.device, "bench-serial",
-                    ["--compare", "serial", "--concurrency", "1,8", "--requests", "16", "--num-candidates", "4"],
-                    args.bench_timeout / 2)
-            (out / "bench-serial" / "bench.png").unlink(missing_ok=True)  # at most 8 files come back
+            section(report, "4_bench_open_half", run_bench, out, args.device, "open-half",
+                    ["--compare", "static,default", "--concurrency", "32", "--num-candidates", "4", "--rounds", "2",
+                     "--rate-of", "static", "--rate-fraction", "0.5", "--open-duration", "15"], args.bench_timeout)
+            section(report, "4_bench_sample_cpu", run_bench, out, args.device, "sample-cpu",
+                    ["--compare", "static,default", "--concurrency", "1,8,32,64", "--num-candidates", "4",
+                     "--sample-on", "cpu"], args.bench_timeout / 2)
+            if "serial" not in skip:
+                section(report, "4_bench_serial", run_bench, out, args.device, "bench-serial",
+                        ["--compare", "serial", "--concurrency", "1,8", "--requests", "16", "--num-candidates", "4"],
+                        args.bench_timeout / 2)
+            for name in ("open-half", "sample-cpu", "bench-serial"):  # at most 8 files come back
+                (out / name / "bench.png").unlink(missing_ok=True)
     finally:
         smi.terminate()
         smi.wait()

@@ -284,6 +284,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default=None, help="device of the model OPs, e.g. cuda:0 (default: the config's)")
     ap.add_argument("--half", default=None, choices=["fp16", "bf16"], help="the model OPs' half precision (CUDA)")
     ap.add_argument("--decode-mode", default=None, help="the sampler's decode_mode (default: its own, auto)")
+    ap.add_argument("--sample-on", default=None, choices=["device", "cpu"],
+                    help="where the sampler picks tokens (default: its own, auto)")
     ap.add_argument("--threadings", default="omp1,omp-all",
                     help="the `ceiling` config's threading settings (bench/ceiling.py THREADINGS), best kept")
     ap.add_argument("--contend", type=int, default=0,
@@ -401,7 +403,7 @@ def _run(args: argparse.Namespace) -> int:
         from tessera.bench.ceiling import ceiling_run
         from tessera.bench.servers import GenericServer, ServerProcess, bench_configs
         op_settings = {"half": args.half} if args.half else {}
-        sample_settings = {"decode_mode": args.decode_mode} if args.decode_mode else {}
+        sample_settings = {k: v for k, v in (("decode_mode", args.decode_mode), ("sample_on", args.sample_on)) if v}
         configs = bench_configs(args.model_dir, args.device, op_settings, sample_settings)
         capacity_rows = configs["default"]["graph"]["ops"]["sample"]["batch_size"]
         names = [n for n in args.compare.split(",") if n]

@@ -35,6 +35,12 @@ def test_compiled_step_samples_the_eager_tokens():
     assert mixed_run(sampler(model, 4, decode_mode="compile", decode_buckets=[8])) == eager
 
 
+def test_picking_tokens_on_the_cpu_samples_the_same_tokens():
+    # On a CPU the model's device is the CPU: both settings pick from the same logits there.
+    model = tiny()
+    assert mixed_run(sampler(model, 4, sample_on="cpu")) == mixed_run(sampler(model, 4, sample_on="device"))
+
+
 def test_padding_rows_never_reach_a_live_row():
     model = tiny()
     cache = KVCache(model.cfg, 4)
@@ -53,5 +59,7 @@ def test_a_bad_decode_setting_or_bucket_list_is_refused_clearly():
     assert err.value.key == "decode_mode"
     with pytest.raises(ConfigError, match="decode_buckets: must be positive"):
         SampleOp(decode_buckets=[4, 0])
+    with pytest.raises(ConfigError, match="sample_on: must be auto, device or cpu; got 'gpu'"):
+        SampleOp(sample_on="gpu")
     with pytest.raises(ValueError, match="no decode bucket fits"):
         BucketedDecoder(model, KVCache(model.cfg, 4), [8, 16], "padded")
