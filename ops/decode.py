@@ -4,10 +4,18 @@ from __future__ import annotations
 import torch
 
 from tessera.ops.messages import DecodedImage, SampledCandidate
-from tessera.ops.shared import ModelOp, to_uint8
+from tessera.ops.shared import ForwardSettings, ModelOp, uint8_pixels
 
 
 class DecodeOp(ModelOp):
+    Settings = ForwardSettings
+
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        dvae = self.bundle.dvae
+        grid = torch.zeros(1, dvae.cfg.grid ** 2, dtype=torch.long, device=device)
+        self._decode = self.forward(lambda tokens: uint8_pixels(dvae.decode(tokens)), [grid])
+
     def split(self, value: list[SampledCandidate]) -> list[SampledCandidate]:
         return value  # the sampler's candidates
 
@@ -17,5 +25,5 @@ class DecodeOp(ModelOp):
     @torch.inference_mode()
     def process(self, rows: list[SampledCandidate]) -> list[DecodedImage]:
         tokens = torch.stack([r.tokens for r in rows]).to(self.device)
-        images = to_uint8(self.bundle.dvae.decode(tokens))  # (B, H, W, 3)
+        images = self._decode(tokens).cpu().numpy()  # (B, H, W, 3) uint8
         return [DecodedImage(img, r.seed, r.candidate_index) for img, r in zip(images, rows)]

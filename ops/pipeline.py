@@ -23,13 +23,16 @@ from tessera.server.engine import StepRow
 
 class LocalPipeline:
     def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int = 64,
-                 half: bool | str = False, **sample_settings: Any):
-        """`half` goes to the model OPs and `sample_settings` (`decode_mode`, ...) to the sampler,
-        as a server's configuration would give them."""
+                 half: bool | str = False, forward_mode: str = "auto", forward_buckets: list[int] | None = None,
+                 **sample_settings: Any):
+        """`half` goes to the model OPs, `forward_mode` and `forward_buckets` to decode, clip_text
+        and rerank, and `sample_settings` (`decode_mode`, ...) to the sampler, as a server's
+        configuration would give them."""
         model = {"model_dir": model_dir, "half": half}
-        self.tokenize, self.decode = TokenizeOp(model_dir=model_dir), DecodeOp(**model)
+        forward = {**model, "forward_mode": forward_mode, "forward_buckets": forward_buckets}
+        self.tokenize, self.decode = TokenizeOp(model_dir=model_dir), DecodeOp(**forward)
         self.sample = SampleOp(**model, **sample_settings)
-        self.clip_text, self.rerank = ClipTextOp(**model), RerankOp(**model)
+        self.clip_text, self.rerank = ClipTextOp(**forward), RerankOp(**forward)
         self.sample.capacity = capacity
         for op in (self.tokenize, self.sample, self.decode, self.clip_text, self.rerank):
             op.setup(device)

@@ -5,19 +5,29 @@ import numpy as np
 import torch
 
 from tessera.ops.messages import DecodedImage, RankedImage, RankedImages, RerankInputs
-from tessera.ops.shared import ModelOp, to_png
+from tessera.ops.shared import ForwardSettings, ModelOp, to_png
 
 
 class RerankOp(ModelOp):
     Inputs = RerankInputs  # the YAML maps `images` and `text_embedding` to the OPs feeding them
+    Settings = ForwardSettings
+
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        clip = self.bundle.clip
+        dtype = clip.logit_scale.dtype
+        side = self.bundle.dvae.cfg.image_size
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:  # (N, H, W, 3) uint8 -> (N, d_embed)
+            return clip.encode_image(pixels.permute(0, 3, 1, 2).to(dtype) / 255.0).float()
+        self._encode = self.forward(encode, [torch.zeros(1, side, side, 3, dtype=torch.uint8, device=device)])
 
     @torch.inference_mode()
     def process(self, rows: list[RerankInputs]) -> list[RankedImages]:
         # One image-encoder call for every candidate of every request in the batch.
         candidates = [c for r in rows for c in r.images]
         pixels = torch.from_numpy(np.stack([c.pixels for c in candidates])).to(self.device)
-        pixels = pixels.permute(0, 3, 1, 2).to(self.bundle.clip.logit_scale.dtype) / 255.0
-        emb = self.bundle.clip.encode_image(pixels).float().cpu()  # (N, d_embed)
+        emb = self._encode(pixels).cpu()  # (N, d_embed)
         out, at = [], 0
         for r in rows:
             n = len(r.images)

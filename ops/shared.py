@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -9,9 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tessera.ops.models.buckets import MODES, Bucketed, default_buckets
 from tessera.ops.models.loading import ModelBundle, load_model_dir
 from tessera.server.engine import Op
 
+LOG = logging.getLogger("tessera.ops")
 _BUNDLES: dict[tuple, ModelBundle] = {}
 _LOCK = threading.Lock()
 
@@ -40,9 +43,14 @@ def to_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def uint8_pixels(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, on the images' device."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8."""
-    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return uint8_pixels(images).cpu().numpy()
 
 
 def candidate_seed(seed: int, index: int) -> int:
@@ -66,6 +74,22 @@ class ModelSettings:
             raise ValueError(f"half: must be true, false, 'fp16' or 'bf16', got {self.half!r}")
 
 
+@dataclass
+class ForwardSettings(ModelSettings):
+    # The OP's model call: "off" (eager), "padded", "cuda_graph" (one CUDA graph per batch
+    # size in forward_buckets, replayed), or "auto": cuda_graph on a CUDA device, falling back
+    # to eager if capture fails, and off on a CPU (README, Performance: On a GPU).
+    forward_mode: str = "auto"
+    forward_buckets: list[int] | None = None  # rows (images, prompts); default powers of two up to 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.forward_mode not in ("auto", *(m for m in MODES if m != "compile")):
+            raise ValueError(f"forward_mode: must be one of auto, off, padded, cuda_graph; got {self.forward_mode!r}")
+        if self.forward_buckets is not None and not (self.forward_buckets and all(b > 0 for b in self.forward_buckets)):
+            raise ValueError(f"forward_buckets: must be positive row counts, got {self.forward_buckets}")
+
+
 class ModelOp(Op):
     """An OP that uses the model bundle on its worker's device."""
 
@@ -74,3 +98,22 @@ class ModelOp(Op):
     def setup(self, device: str) -> None:
         self.device = device
         self.bundle = bundle_for(self.settings.model_dir, device, self.settings.half)
+
+    def forward(self, fn, rows: list[torch.Tensor], pad: str = "zero"):
+        """`fn` as the `forward_mode` setting asks (ForwardSettings): itself, or bucketed
+        (ops/models/buckets.py) with `rows` as its example inputs. In auto mode a capture that
+        fails leaves the OP eager, with a warning: it still serves."""
+        mode = self.settings.forward_mode
+        auto = mode == "auto"
+        if auto:
+            mode = "cuda_graph" if str(self.device).startswith("cuda") else "off"
+        if mode == "off":
+            return fn
+        buckets = self.settings.forward_buckets or default_buckets(64)
+        try:
+            return Bucketed(fn, rows, buckets, mode, pad)
+        except Exception as exc:
+            if not auto:
+                raise
+            LOG.warning("%s: %s capture failed, running eagerly: %r", type(self).__name__, mode, exc)
+            return fn

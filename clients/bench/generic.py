@@ -128,7 +128,7 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
 
 def build_server(args: argparse.Namespace) -> litserve.LitServer:
     settings = {k: v for k, v in (("half", args.half), ("decode_mode", args.decode_mode),
-                                  ("sample_on", args.sample_on)) if v}
+                                  ("sample_on", args.sample_on), ("forward_mode", args.forward_mode)) if v}
     api = TesseraLitAPI(args.model_dir, args.device, args.capacity, settings, args.max_batch_size,
                         args.batch_timeout_ms)
     # One inference worker; accelerator "cpu" keeps LitServe from probing for GPUs: the
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--half", default=None, choices=["fp16", "bf16"])
     ap.add_argument("--decode-mode", default=None)
     ap.add_argument("--sample-on", default=None, choices=["device", "cpu"])
+    ap.add_argument("--forward-mode", default=None, choices=["off", "padded", "cuda_graph"])
     ap.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE)
     ap.add_argument("--batch-timeout-ms", type=float, default=BATCH_TIMEOUT_MS)
     ap.add_argument("--timeout-s", type=float, default=600,

@@ -14,11 +14,12 @@ docs/performance/gpu/cpu_reference.json).
    tokens of the captured path against eager.
 4. the bench (`tessera bench`) on the GPU, with nvidia-smi's utilisation sampled throughout:
    closed loop and the open loop at 70% of static's capacity; the open loop at 50% (two
-   rounds); and static and default with the sampler's tokens picked on the CPU
-   (`sample_on: cpu`), against the default of picking them on the GPU.
+   rounds); and static and default again with decode, clip_text and rerank eager
+   (`forward_mode: off`), at the same open-loop rate.
 
 Also (`sample_on`): tokens picked on the GPU against the CPU's picks from the same logits,
-a 64-row step's time and offline images/s of each.
+a 64-row step's time and offline images/s of each; and (`forward`): decode, clip_text and
+rerank's model calls eager against CUDA graphs, per call and offline.
 
 Every section writes its figures into OUT/gpu_check.json as soon as it has them, and a
 failing section is recorded and the next one runs. Nothing here runs in the test suite.
@@ -268,6 +269,42 @@ def check_sample_on(device: str, prompts: list[str]) -> dict:
     return out
 
 
+def check_forward(device: str, prompts: list[str]) -> dict:
+    """decode, clip_text and rerank's model calls: eager against their CUDA graphs (forward_mode)."""
+    import torch
+
+    from tessera.ops.messages import GenerateParams
+    from tessera.ops.models.buckets import Bucketed
+    from tessera.ops.pipeline import LocalPipeline
+    pipes = {mode: LocalPipeline(None, device, capacity=64, forward_mode=mode, **MODE) for mode in ("off", "auto")}
+    calls = {mode: {"decode": p.decode._decode, "clip_text": p.clip_text._encode, "rerank": p.rerank._encode}
+             for mode, p in pipes.items()}
+    out: dict = {"bucketed": {name: isinstance(fn, Bucketed) for name, fn in calls["auto"].items()}}
+    dvae = pipes["off"].bundle.dvae.cfg
+    times: dict = {}
+    diffs: dict = {}
+    with torch.inference_mode():
+        for n in (1, 4, 16, 64):
+            text = [t.text for t in pipes["off"].tokenized([GenerateParams(p) for p in prompts[:n]])]
+            args = {"decode": torch.randint(0, dvae.n_codes, (n, dvae.grid ** 2), device=device),
+                    "clip_text": torch.tensor(text, device=device),
+                    "rerank": torch.randint(0, 256, (n, dvae.image_size, dvae.image_size, 3), dtype=torch.uint8,
+                                            device=device)}
+            for name, x in args.items():
+                eager, graph = calls["off"][name](x), calls["auto"][name](x)
+                diffs[f"{name} {n}"] = float((eager.float() - graph.float()).abs().max())
+                _time_parts({f"{name} {n} {mode}": (lambda f=calls[mode][name], x=x: f(x)) for mode in calls},
+                            times, device)
+    out["max_abs_diff_graph_vs_eager"] = diffs
+    out["ms_per_call"] = times
+    speed: dict[str, list] = {m: [] for m in pipes}
+    for _ in range(2):  # interleaved
+        for m, p in pipes.items():
+            speed[m] += _images_per_s(p, prompts, rounds=1)
+    out["offline_images_per_s"] = speed
+    return out
+
+
 def check_step_split(device: str, prompts: list[str], **settings) -> dict:
     """Where a 64-row sampler step goes on the GPU: the decode step against the token sampling."""
     import torch
@@ -347,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--make-reference", action="store_true", help="on a CPU: write the reference images")
     ap.add_argument("--reference", type=Path, default=REFERENCE, help="the CPU's images (cpu_reference.json)")
-    ap.add_argument("--skip", default="", help="sections to skip: serve,half,sample_on,split,graphs,bench,serial")
+    ap.add_argument("--skip", default="", help="sections to skip: serve,half,sample_on,forward,split,graphs,bench,serial")
     ap.add_argument("--bench-timeout", type=float, default=200)
     ap.add_argument("--prompts", type=int, default=64, help="the fixed prompt set's size (half, graphs)")
     args = ap.parse_args(argv)
@@ -383,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             section(report, "2_half", check_half, args.device, prompts)
         if "sample_on" not in skip:
             section(report, "2_sample_on", check_sample_on, args.device, prompts)
+        if "forward" not in skip:
+            section(report, "2_forward", check_forward, args.device, prompts)
         if "split" not in skip:
             section(report, "3_step_split", check_step_split, args.device, prompts)
         if "graphs" not in skip:
@@ -394,14 +433,16 @@ def main(argv: list[str] | None = None) -> int:
             section(report, "4_bench_open_half", run_bench, out, args.device, "open-half",
                     ["--compare", "static,default", "--concurrency", "32", "--num-candidates", "4", "--rounds", "2",
                      "--rate-of", "static", "--rate-fraction", "0.5", "--open-duration", "15"], args.bench_timeout)
-            section(report, "4_bench_sample_cpu", run_bench, out, args.device, "sample-cpu",
+            rate = report.data["4_bench"].get("bench", {}).get("open_loop_rate") or [{}]
+            section(report, "4_bench_forward_off", run_bench, out, args.device, "forward-off",
                     ["--compare", "static,default", "--concurrency", "1,8,32,64", "--num-candidates", "4",
-                     "--sample-on", "cpu"], args.bench_timeout / 2)
+                     "--forward-mode", "off", "--rate", f"{rate[0].get('rate', 30):.2f}", "--open-duration", "15"],
+                    args.bench_timeout)
             if "serial" not in skip:
                 section(report, "4_bench_serial", run_bench, out, args.device, "bench-serial",
                         ["--compare", "serial", "--concurrency", "1,8", "--requests", "16", "--num-candidates", "4"],
                         args.bench_timeout / 2)
-            for name in ("open-half", "sample-cpu", "bench-serial"):  # at most 8 files come back
+            for name in ("open-half", "forward-off", "bench-serial"):  # at most 8 files come back
                 (out / name / "bench.png").unlink(missing_ok=True)
     finally:
         smi.terminate()

@@ -180,7 +180,7 @@ def _pipeline(model_dir: str | None, capacity: int, device: str = "cpu", setting
 
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
                 model_dir: str | None, capacity: int, device: str = "cpu", settings: dict | None = None) -> list[dict]:
-    """The same OPs called in process at the sampler's full batch (`settings`: half, decode_mode)."""
+    """The same OPs called in process at the sampler's full batch (`settings`: LocalPipeline's)."""
     from tessera.ops.messages import GenerateParams
     pipe = _pipeline(model_dir, capacity, device, tuple(sorted((settings or {}).items())))
     reqs = [GenerateParams(prompts[i % len(prompts)], seed=1 + i, **{k: v for k, v in params.items() if v})
@@ -286,6 +286,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--decode-mode", default=None, help="the sampler's decode_mode (default: its own, auto)")
     ap.add_argument("--sample-on", default=None, choices=["device", "cpu"],
                     help="where the sampler picks tokens (default: its own, auto)")
+    ap.add_argument("--forward-mode", default=None, choices=["off", "padded", "cuda_graph"],
+                    help="decode, clip_text and rerank's forward_mode (default: their own, auto)")
     ap.add_argument("--threadings", default="omp1,omp-all",
                     help="the `ceiling` config's threading settings (bench/ceiling.py THREADINGS), best kept")
     ap.add_argument("--contend", type=int, default=0,
@@ -404,7 +406,9 @@ def _run(args: argparse.Namespace) -> int:
         from tessera.bench.servers import GenericServer, ServerProcess, bench_configs
         op_settings = {"half": args.half} if args.half else {}
         sample_settings = {k: v for k, v in (("decode_mode", args.decode_mode), ("sample_on", args.sample_on)) if v}
-        configs = bench_configs(args.model_dir, args.device, op_settings, sample_settings)
+        forward_settings = {"forward_mode": args.forward_mode} if args.forward_mode else {}
+        configs = bench_configs(args.model_dir, args.device, op_settings, sample_settings, forward_settings)
+        in_process = {**op_settings, **sample_settings, **forward_settings}  # offline, ceiling, generic
         capacity_rows = configs["default"]["graph"]["ops"]["sample"]["batch_size"]
         names = [n for n in args.compare.split(",") if n]
         known = [*configs, "generic", "offline", "ceiling"]
@@ -420,7 +424,7 @@ def _run(args: argparse.Namespace) -> int:
         def serving(name: str):
             """The named configuration's server, started (a context manager with target and metrics_url)."""
             if name == "generic":  # the same OPs and settings as offline's, in LitServe
-                return GenericServer(args.model_dir, args.device, capacity_rows, {**op_settings, **sample_settings})
+                return GenericServer(args.model_dir, args.device, capacity_rows, in_process)
             return ServerProcess(name, configs[name])
 
         for i in range(max(1, args.rounds)):
@@ -432,10 +436,10 @@ def _run(args: argparse.Namespace) -> int:
                     started = time.time()
                     if name == "offline":
                         new = offline_run(prompts, levels, args.requests or 64, params, args.model_dir, capacity_rows,
-                                          args.device or "cpu", {**op_settings, **sample_settings})
+                                          args.device or "cpu", in_process)
                     else:
                         new = ceiling_run(prompts, levels, args.requests or 64, params, args.model_dir, capacity_rows,
-                                          args.device or "cpu", {**op_settings, **sample_settings},
+                                          args.device or "cpu", in_process,
                                           [t for t in args.threadings.split(",") if t])
                     rows += [r | tag | {"started": started, "ended": time.time()} for r in new]
                     continue

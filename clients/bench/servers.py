@@ -23,9 +23,10 @@ import yaml
 
 
 def bench_configs(model_dir: str | None = None, device: str | None = None,
-                  settings: dict | None = None, sample_settings: dict | None = None) -> dict[str, dict]:
+                  settings: dict | None = None, sample_settings: dict | None = None,
+                  forward_settings: dict | None = None) -> dict[str, dict]:
     """`device` (e.g. cuda:0) places the model OPs (all but tokenize); `settings` go to them too,
-    and `sample_settings` to the sampler alone."""
+    `sample_settings` to the sampler alone and `forward_settings` to the others."""
     from tessera.server.defaults import DEFAULT_CONFIG
 
     default = copy.deepcopy(DEFAULT_CONFIG)
@@ -34,7 +35,7 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
         if name != "tokenize":
             if device:
                 op["devices"] = [device]
-            extra = {**(settings or {}), **((sample_settings or {}) if name == "sample" else {})}
+            extra = {**(settings or {}), **((sample_settings if name == "sample" else forward_settings) or {})}
             if extra:
                 op["settings"] = {**op.get("settings", {}), **extra}
     default["graph"]["max_inflight"] = 4096
@@ -127,7 +128,7 @@ class GenericServer:
                      "--batch-timeout-ms", str(batch_timeout_ms), "--device", device or "cpu"]
         if model_dir:
             self.args += ["--model-dir", str(model_dir)]
-        for key, value in (settings or {}).items():  # half, decode_mode, sample_on
+        for key, value in (settings or {}).items():  # half, decode_mode, sample_on, forward_mode
             self.args += [f"--{key.replace('_', '-')}", str(value)]
         self.start_timeout_s, self.stop_timeout_s = start_timeout_s, stop_timeout_s
         self.proc: subprocess.Popen | None = None

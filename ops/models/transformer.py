@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tessera.ops.models.buckets import MODES, Bucketed
+
 
 @dataclass
 class TransformerConfig:
@@ -207,24 +209,16 @@ class ImageGPT(nn.Module):
         return self.head(self.ln_f(x[:, 0]))
 
 
-DECODE_MODES = ("off", "padded", "compile", "cuda_graph")
+DECODE_MODES = MODES
 
 
-class BucketedDecoder:
-    """`decode_step` at a few fixed batch sizes, over one KV cache, for a compiled or captured step.
+class BucketedDecoder(Bucketed):
+    """`decode_step` at a few fixed batch sizes, over one KV cache, for a compiled or captured
+    step (ops/models/buckets.py; modes "padded", "compile", "cuda_graph").
 
-    A step of n rows runs at the smallest bucket >= n: its inputs go into that bucket's
-    static buffers and the padding rows (token 0 at image index 0) write their keys and
-    values into the free slots n..bucket-1 at the first image position, which a row that
-    later takes such a slot overwrites before it can see it. Above the largest bucket the
-    step runs eagerly. `mode`:
-
-    - "padded": the eager step on the padded buffers (what the others compile; tests).
-    - "compile": `torch.compile(dynamic=False)` once per bucket (inductor: C++ on a CPU,
-      Triton on a GPU); the same tokens as eager on the tests' set, last bits may differ.
-    - "cuda_graph": one CUDA graph per bucket, captured once and replayed: a step's
-      kernels launch as one unit instead of a few hundred Python-dispatched ops.
-
+    The padding rows of a step (token 0 at image index 0) write their keys and values into
+    the free slots n..bucket-1 at the first image position, which a row that later takes
+    such a slot overwrites before it can see it. Buckets larger than the cache are dropped.
     Build it while no row is live (warming a bucket writes padding rows into its slots):
     the sampler builds it when it allocates the cache.
     """
@@ -232,59 +226,12 @@ class BucketedDecoder:
     def __init__(self, model: ImageGPT, cache: KVCache, buckets: list[int] | tuple[int, ...], mode: str):
         if mode not in DECODE_MODES[1:]:
             raise ValueError(f"decode mode {mode!r}: expected one of {', '.join(DECODE_MODES[1:])}")
-        self.model, self.cache, self.mode = model, cache, mode
-        self.buckets = sorted({int(b) for b in buckets if 0 < int(b) <= cache.slots})
-        if not self.buckets:
+        fits = [b for b in buckets if 0 < int(b) <= cache.slots]
+        if not fits:
             raise ValueError(f"no decode bucket fits the cache's {cache.slots} slots: {list(buckets)}")
-        device = cache.k.device
-        self._tokens = {b: torch.zeros(b, dtype=torch.long, device=device) for b in self.buckets}
-        self._index = {b: torch.zeros(b, dtype=torch.long, device=device) for b in self.buckets}
-        self._out: dict[int, torch.Tensor] = {}
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._fn = model.decode_step
-        if mode == "compile":
-            self._fn = torch.compile(model.decode_step, dynamic=False)
-        if mode == "cuda_graph":
-            self._capture(device)
-        else:
-            with torch.inference_mode():
-                for b in self.buckets:  # compile (or just touch) every bucket now, not mid-request
-                    self._fn(self._tokens[b], self._index[b], cache)
+        self.model, self.cache = model, cache
+        zero = torch.zeros(1, dtype=torch.long, device=cache.k.device)
 
-    def _capture(self, device: torch.device) -> None:
-        pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for b in self.buckets:  # warm-up runs off the capture (lazy inits, workspaces)
-                for _ in range(2):
-                    self.model.decode_step(self._tokens[b], self._index[b], self.cache)
-        torch.cuda.current_stream(device).wait_stream(side)
-        with torch.inference_mode():
-            for b in reversed(self.buckets):  # largest first, so smaller ones reuse its pool
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                    self._out[b] = self.model.decode_step(self._tokens[b], self._index[b], self.cache)
-                self._graphs[b] = graph
-        torch.cuda.synchronize(device)
-
-    def bucket(self, n: int) -> int | None:
-        return next((b for b in self.buckets if b >= n), None)
-
-    @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The same contract as `ImageGPT.decode_step(tokens, index, cache)`: (n, image_vocab)."""
-        n = tokens.shape[0]
-        b = self.bucket(n)
-        if b is None:
-            return self.model.decode_step(tokens, index, self.cache)
-        tok, idx = self._tokens[b], self._index[b]
-        tok[:n].copy_(tokens)
-        idx[:n].copy_(index)
-        if n < b:
-            tok[n:].zero_()
-            idx[n:].zero_()
-        if self.mode == "cuda_graph":
-            self._graphs[b].replay()
-            return self._out[b][:n].clone()  # the graph's output buffer is reused by the next replay
-        return self._fn(tok, idx, self.cache)[:n]
+        def step(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return model.decode_step(tokens, index, cache)
+        super().__init__(step, [zero, zero], fits, mode)
