@@ -85,7 +85,7 @@ class SampleOp(SteppingOp, ModelOp):
         empty = torch.tensor([self.bundle.tokenizer.empty()], device=device)
         self.uncond_logits = self.model.prefill(empty, scratch, torch.tensor([0], device=device))[0]
         L = self.cfg.text_len
-        self.uncond_k, self.uncond_v = scratch.k[:, :, :, :L].clone(), scratch.v[:, :, :, :L].clone()
+        self.uncond_prefix = scratch.prefix(0, L)
 
     # -- the engine's view -------------------------------------------------------------------
     def split(self, value: TokenizedPrompt) -> list[CandidateRow]:
@@ -137,9 +137,7 @@ class SampleOp(SteppingOp, ModelOp):
         if guided_rows:
             at = len(self.slots)
             self.slots += [(row, True) for row in guided_rows]
-            L, end = self.cfg.text_len, at + len(guided_rows)
-            self.cache.k[:, at:end, :, :L] = self.uncond_k  # broadcast over the new slots
-            self.cache.v[:, at:end, :, :L] = self.uncond_v
+            self.cache.fill_prefix(at, at + len(guided_rows), self.uncond_prefix)
         self.rows += ordered
         self._index_rows()
         # Token 0 comes from the prefill logits.

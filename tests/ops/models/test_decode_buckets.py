@@ -46,9 +46,9 @@ def test_padding_rows_never_reach_a_live_row():
     cache = KVCache(model.cfg, 4)
     decoder = BucketedDecoder(model, cache, [4], "padded")
     model.prefill(torch.tensor([T1]), cache, torch.tensor([0]))
-    before = cache.k[:, 0].clone()
+    before = torch.stack([k[0] for k in cache.k])  # slot 0, every layer
     decoder(torch.tensor([7]), torch.tensor([3]))  # one live row; slots 1-3 are padding
-    changed = (cache.k[:, 0] != before).any(dim=(0, 1, 3)).nonzero().flatten().tolist()
+    changed = (torch.stack([k[0] for k in cache.k]) != before).any(dim=(0, 1, 3)).nonzero().flatten().tolist()
     assert changed == [model.cfg.text_len + 3]  # only the live row's own new position
 
 

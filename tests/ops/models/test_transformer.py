@@ -148,7 +148,7 @@ def test_decode_step_cost_does_not_depend_on_position():
     # The attention reads the whole preallocated row every step: same shapes at any position.
     shapes = set()
     for pos in (0, 4, 7):
-        k = cache.k[0, :2]
+        k = cache.k[0][:2]
         shapes.add(tuple(k.shape))
         model.decode_step(torch.zeros(2, dtype=torch.long), torch.tensor([pos, pos]), cache)
     assert shapes == {(2, 4, model.cfg.seq_len, 8)}
