@@ -62,8 +62,15 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
     all_threads = copy.deepcopy(default)
     for op in all_threads["graph"]["ops"].values():
         op["threads"] = os.cpu_count() or 1
+    # No device turns: every OP computes on one thread of its own, concurrently with the
+    # others, so on two cores the sampler steps on one while decode, clip_text and rerank
+    # use the other (instead of pausing the sampler and using both).
+    parallel = copy.deepcopy(default)
+    parallel["graph"]["device_turns"] = False
+    for op in parallel["graph"]["ops"].values():
+        op["threads"] = 1
     return {"serial": serial, "static": static, "default": default, "ray": on_ray, "all-threads": all_threads,
-            "processes": in_processes}
+            "processes": in_processes, "parallel": parallel}
 
 
 class ServerProcess:
