@@ -107,7 +107,8 @@ def test_an_unknown_configuration_is_one_line_listing_the_known_ones(capsys, tmp
     assert main(["--compare", "default,defualt", "--concurrency", "1", "--out", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "no configuration defualt" in line
-    assert all(name in line for name in ("default", "ray", "all-threads", "processes", "generic", "offline", "ceiling"))
+    assert all(name in line for name in ("default", "ray", "all-threads", "processes", "parallel", "generic", "offline",
+                                        "ceiling"))
     assert not (tmp_path / "bench.json").exists()
 
 
@@ -149,3 +150,17 @@ def test_replot_redraws_the_png_from_a_saved_report_and_measures_nothing(tmp_pat
     assert main(["--replot", str(saved), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["bench.png"]  # no bench.json: nothing was measured
+
+
+def test_every_bench_configuration_is_a_server_configuration_with_settings_where_they_belong():
+    from tessera.bench.servers import bench_configs
+    from tessera.server.config import AppConfig
+    configs = bench_configs(None, None, {"half": "fp16"}, {"sample_on": "cpu"}, {"forward_mode": "padded"})
+    for raw in configs.values():
+        AppConfig.from_dict(raw)  # each OP's settings checked against its Settings dataclass
+    ops = configs["default"]["graph"]["ops"]
+    assert ops["sample"]["settings"] == {"half": "fp16", "sample_on": "cpu"}
+    assert all(ops[name]["settings"] == {"half": "fp16", "forward_mode": "padded"}
+               for name in ("decode", "clip_text", "rerank"))
+    parallel = configs["parallel"]["graph"]
+    assert parallel["device_turns"] is False and {op["threads"] for op in parallel["ops"].values()} == {1}
