@@ -5,7 +5,12 @@
 
 Installed there with both distributions (`pip install ./clients .`, or `--target DIR` and
 PYTHONPATH=DIR where the tree is copied in; `--reference` then points at the tree's
-docs/performance/gpu/cpu_reference.json).
+docs/performance/gpu/cpu_reference.json). A machine without a package index needs the
+dependencies its Python lacks as wheels beside them; on the device machines of
+2026-11-26 that was grpcio (for the generated stubs' version), grpcio-health-checking,
+grpcio-reflection, protobuf, starlette and uvicorn:
+
+    pip install --no-index --no-deps --no-build-isolation --target DIR WHEELS/*.whl ./clients .
 
 1. serve: `tessera serve` with the model OPs on cuda:0; each reference prompt's images
    against the CPU's (docs/performance/gpu/cpu_reference.json, made on the CPU).
