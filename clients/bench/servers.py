@@ -121,6 +121,20 @@ class ServerProcess:
         self._path.unlink(missing_ok=True)
 
 
+def running_in_group(pgid: int) -> list[int]:
+    """The processes of process group `pgid` that are not zombies (whoever adopted them reaps
+    those in its own time, and a container's init may never)."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            running.append(int(stat.parent.name))
+    return running
+
+
 class GenericServer:
     """The generic batching server (bench/generic.py) in a child process on a free loopback
     port, ready once LitServe's /health answers 200 (its inference worker has loaded the
@@ -206,5 +220,10 @@ class GenericServer:
             pass
         self.proc.wait()
         self.returncode = self.proc.returncode
+        # A killed process lives on until the kernel has torn it down: return once none is
+        # left running (they are not our children, so there is nothing to wait on but /proc).
+        deadline = time.monotonic() + self.stop_timeout_s
+        while running_in_group(self.pgid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._log.close()
         self.proc = None

@@ -8,12 +8,11 @@ import asyncio
 import base64
 import importlib.util
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tessera.bench.servers import GenericServer
+from tessera.bench.servers import GenericServer, running_in_group
 
 
 @pytest.fixture(scope="module")
@@ -25,20 +24,7 @@ def generic(tiny_model_dir):
     # SIGTERM ended it gracefully (exit code 0, not a kill), and its whole session is gone:
     # LitServe's API and inference processes too.
     assert server.returncode == 0
-    assert _running_in_group(server.pgid) == []
-
-
-def _running_in_group(pgid: int) -> list[str]:
-    """Processes of that process group that are not zombies (init reaps those in its own time)."""
-    running = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            running.append(stat.parent.name)
-    return running
+    assert running_in_group(server.pgid) == []
 
 
 async def test_concurrent_requests_get_the_in_process_pipelines_images_for_their_seeds(generic, tiny_model_dir):
