@@ -36,6 +36,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tessera.bench.cpu import cpu_line, cpu_split, descendants, thread_cpu
 from tessera.bench.report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
                                           table)
 
@@ -372,27 +373,30 @@ def _run(args: argparse.Namespace) -> int:
     def warm_up(target: str) -> None:
         asyncio.run(closed_loop(target, prompts, min(4, args.warmup), args.warmup, params))
 
-    def measure(load, metrics: str | None, **row) -> None:
-        """Run one load (a coroutine giving samples and wall time) and keep its row."""
+    def measure(load, metrics: str | None, pid: int | None, **row) -> None:
+        """Run one load (a coroutine giving samples and wall time) and keep its row, with the
+        server's per-OP split (its metrics) and per-thread CPU (its process tree, `pid`'s)."""
         before = scrape(metrics) if metrics else {}
+        cpu_before = thread_cpu(descendants(pid)) if pid else {}
         started = time.time()
         samples, wall = asyncio.run(load)
         split = server_split(before, scrape(metrics)) if metrics else {}
-        rows.append({**row, "summary": summarize(samples, wall), "server": split, **tag,
+        cpu = cpu_split(cpu_before, thread_cpu(descendants(pid)), wall) if pid else {}
+        rows.append({**row, "summary": summarize(samples, wall), "server": split, "server_cpu": cpu, **tag,
                      "started": started, "ended": time.time()})  # wall clock, to line up with other logs
 
-    def sweep(name: str, target: str, metrics: str | None) -> None:
+    def sweep(name: str, target: str, metrics: str | None, pid: int | None = None) -> None:
         warm_up(target)
         for c in levels:
             n = args.requests or max(16, 3 * c)
-            measure(closed_loop(target, prompts, c, n, params, bar, f"{name} c={c}"), metrics,
+            measure(closed_loop(target, prompts, c, n, params, bar, f"{name} c={c}"), metrics, pid,
                     config=name, mode=f"closed c={c}", concurrency=c)
         bar.close()
 
-    def open_sweep(name: str, target: str, rate: float, metrics: str | None) -> None:
+    def open_sweep(name: str, target: str, rate: float, metrics: str | None, pid: int | None = None) -> None:
         warm_up(target)
         measure(open_loop(target, prompts, rate, args.open_requests, params, args.bursty,
-                          bar=bar, label=f"{name} open", duration=args.open_duration), metrics,
+                          bar=bar, label=f"{name} open", duration=args.open_duration), metrics, pid,
                 config=name, mode=f"open {rate:.2f}/s", rate=rate)
         bar.close()
 
@@ -447,7 +451,7 @@ def _run(args: argparse.Namespace) -> int:
                     rows += [r | tag | {"started": started, "ended": time.time()} for r in new]
                     continue
                 with serving(name) as server:
-                    sweep(name, server.target, server.metrics_url)
+                    sweep(name, server.target, server.metrics_url, server.pid)
             if args.rate or args.rate_of:
                 rate = args.rate
                 if args.rate_of:
@@ -461,7 +465,7 @@ def _run(args: argparse.Namespace) -> int:
                               f"{best:.2f} req/s", file=sys.stderr)
                         continue
                     with serving(name) as server:
-                        open_sweep(name, server.target, rate, server.metrics_url)
+                        open_sweep(name, server.target, rate, server.metrics_url, server.pid)
             report.setdefault("ratios", []).append(bar_ratios(rows[first:]))
     report["rows"] = rows
     console.print(table(rows))
@@ -470,6 +474,8 @@ def _run(args: argparse.Namespace) -> int:
             split = ", ".join(f"{op}: {s['mean_rows_per_batch']:.1f} rows, q {s['mean_queue_ms']:.1f} ms, "
                               f"wait {s['mean_device_wait_ms']:.1f} ms, c {s['mean_compute_ms']:.1f} ms" for op, s in r["server"].items())
             print(f"  {r['config']} {r['mode']}: {split}")
+        if r.get("server_cpu"):
+            print(f"  {r['config']} {r['mode']} cpu: {cpu_line(r['server_cpu'])}")
     if any(report.get("ratios", [])):
         print("side-by-side ratios, one column per round (bench.report.bar_ratios says which is which):")
         print(ratio_table(report["ratios"]))

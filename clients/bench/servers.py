@@ -81,6 +81,11 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.port = self.metrics_port = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's own process: the bench reads the CPU time of its process tree."""
+        return self.proc.pid if self.proc is not None else None
+
     def __enter__(self) -> ServerProcess:
         fd, path = tempfile.mkstemp(suffix=".yaml", prefix=f"tessera-{self.name}-")
         with os.fdopen(fd, "w") as f:
@@ -157,6 +162,11 @@ class GenericServer:
         self.pgid: int | None = None
         self.returncode: int | None = None  # once stopped
         self.metrics_url = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's own process: the bench reads the CPU time of its process tree."""
+        return self.proc.pid if self.proc is not None else None
 
     @property
     def target(self) -> str:
