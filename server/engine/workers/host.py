@@ -72,7 +72,6 @@ class OpHost:
                 policy, n, budget = self.threads, 0, call.budget
                 if policy is not None and rows:  # admission's prefill runs with the steps' count
                     n = reply.threads = policy.choose("step", rows)
-                    budget = 1 if policy.trying else budget  # a try of the other count: one step
                 if gone:
                     op.evict(gone)
                     self._keys.difference_update(gone)
@@ -85,7 +84,8 @@ class OpHost:
                         turn.pass_on()  # another process's call goes between two steps
                     start = time.perf_counter()
                     more = op.step()
-                    spent += time.perf_counter() - start
+                    took = time.perf_counter() - start
+                    spent += took
                     reply.steps += 1
                     result.progress.update(more.progress)
                     result.finished.update(more.finished)
@@ -93,6 +93,8 @@ class OpHost:
                     if (reply.refused or result.finished or stop()
                             or any(p.preview is not None for p in more.progress.values())):
                         break
+                    if n and reply.steps == 1 and policy.gives_up("step", rows, n, took):
+                        break  # a try that clearly lost its first step costs no more steps
                 if n and reply.steps:
                     policy.record("step", rows, n, spent, units=reply.steps)
         except Exception as exc:  # noqa: BLE001 - the loop re-runs the rows in smaller groups

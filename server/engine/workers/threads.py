@@ -17,8 +17,12 @@ size already measured runs (all threads, at first). The other count is tried aft
 calls of that size; each time it loses, the wait doubles (quadruples when it lost by
 half or more; at most 256 calls); it is tried at once when the chosen count suddenly
 runs twice as slow as its average and at least 1 ms per unit (a neighbour started), and
-8 calls after the two averages change places. A stepping call that tries the other count runs a single step,
-so a try costs little even when the other has collapsed. `threads: N` fixes the count.
+8 calls after the two averages change places. A stepping call that tries the other count
+stops after its first step when that step ran 1.5 times as long as the chosen count's
+average (the other has collapsed: the try cost one step) and otherwise runs its steps, so
+the try's figure is an average over as many steps as the chosen count's; a one-step try
+let a single lucky step move 64-row steps to one thread, where they run 1.6 times
+slower, for a fifth of the steps at c=32. `threads: N` fixes the count.
 
 Images do not depend on the choice: torch's CPU kernels split rows, not the sums inside
 one, between threads (tests/server/engine/workers/test_threads.py checks tokens and
@@ -162,6 +166,15 @@ class ThreadPolicy:
             log.info("%s calls of ~%d rows now on %d thread(s) (%s)", kind, rows, after,
                      ", ".join(f"{c}: {1000 * t:.2f} ms" for c, t in sorted(size.per_unit.items())))
         self.trying = False
+
+    def gives_up(self, kind: str, rows: int, n: int, per_unit: float) -> bool:
+        """Whether a try of `n` threads that took `per_unit` so far lost clearly (by
+        CLEAR_LOSS) against the chosen count's average, so the call should stop trying."""
+        size = self._sizes.get((kind, _bucket(rows)))
+        best = self._best(size) if size is not None else None
+        if not self.trying or best is None or best == n:
+            return False
+        return per_unit >= CLEAR_LOSS * size.per_unit[best]
 
     def snapshot(self) -> dict[str, dict[int, float]]:
         """Seconds per unit by thread count, for each `kind/rows` measured (for logs and tests)."""
