@@ -196,6 +196,15 @@ def _images_per_s(pipe, prompts: list[str], rounds: int = 3) -> list[float]:
     return out
 
 
+def _interleaved(pipes: dict, prompts: list[str], rounds: int = 2) -> dict[str, list[float]]:
+    """Offline images/s of each named pipeline, one run each per round, the names interleaved."""
+    speed: dict[str, list[float]] = {name: [] for name in pipes}
+    for _ in range(rounds):
+        for name, pipe in pipes.items():
+            speed[name] += _images_per_s(pipe, prompts, rounds=1)
+    return speed
+
+
 def check_half(device: str, prompts: list[str]) -> dict:
     """2. Half-precision tokens against fp32 (64 prompts x 4 candidates), and images/s of each."""
     from tessera.ops.pipeline import LocalPipeline
@@ -204,11 +213,7 @@ def check_half(device: str, prompts: list[str]) -> dict:
     rows = _rows(pipes["fp32"], prompts, 4)
     tokens = {name: _tokens(p, rows) for name, p in pipes.items()}
     out = {name: _compare(tokens["fp32"], tokens[name]) for name in ("fp16", "bf16")}
-    speed: dict[str, list] = {name: [] for name in pipes}
-    for _ in range(2):  # interleaved
-        for name, p in pipes.items():
-            speed[name] += _images_per_s(p, prompts, rounds=1)
-    return {"tokens_vs_fp32": out, "images_per_s": speed, "decode_mode": pipes["fp32"].sample.decode_mode}
+    return {"tokens_vs_fp32": out, "images_per_s": _interleaved(pipes, prompts), "decode_mode": pipes["fp32"].sample.decode_mode}
 
 
 def check_graphs(device: str, prompts: list[str]) -> dict:
@@ -250,11 +255,7 @@ def check_graphs(device: str, prompts: list[str]) -> dict:
     graph = LocalPipeline(None, device, capacity=64, decode_mode="cuda_graph")
     rows = _rows(eager, prompts, 4)
     out["tokens_cuda_graph_vs_eager"] = _compare(_tokens(eager, rows), _tokens(graph, rows))
-    speed: dict[str, list] = {"off": [], "cuda_graph": []}
-    for _ in range(2):
-        speed["off"] += _images_per_s(eager, prompts, rounds=1)
-        speed["cuda_graph"] += _images_per_s(graph, prompts, rounds=1)
-    out["offline_images_per_s"] = speed
+    out["offline_images_per_s"] = _interleaved({"off": eager, "cuda_graph": graph}, prompts)
     return out
 
 
@@ -266,11 +267,7 @@ def check_sample_on(device: str, prompts: list[str]) -> dict:
     rows = _rows(pipes["cpu"], prompts, 4)
     out: dict = {"tokens_device_vs_cpu": _compare(_tokens(pipes["cpu"], rows), _tokens(pipes["device"], rows))}
     out["step_split"] = {on: check_step_split(device, prompts, sample_on=on) for on in ("cpu", "device")}
-    speed: dict[str, list] = {on: [] for on in pipes}
-    for _ in range(2):  # interleaved
-        for on, p in pipes.items():
-            speed[on] += _images_per_s(p, prompts, rounds=1)
-    out["offline_images_per_s"] = speed
+    out["offline_images_per_s"] = _interleaved(pipes, prompts)
     return out
 
 
@@ -302,11 +299,7 @@ def check_forward(device: str, prompts: list[str]) -> dict:
                             times, device)
     out["max_abs_diff_graph_vs_eager"] = diffs
     out["ms_per_call"] = times
-    speed: dict[str, list] = {m: [] for m in pipes}
-    for _ in range(2):  # interleaved
-        for m, p in pipes.items():
-            speed[m] += _images_per_s(p, prompts, rounds=1)
-    out["offline_images_per_s"] = speed
+    out["offline_images_per_s"] = _interleaved(pipes, prompts)
     return out
 
 
