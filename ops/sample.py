@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
+from tessera.ops.models.buckets import auto_mode
 from tessera.ops.models.transformer import DECODE_MODES, BucketedDecoder, KVCache
 from tessera.ops.messages import CandidateRow, SampledCandidate, TokenizedPrompt
 from tessera.ops.shared import ModelOp, ModelSettings, candidate_seed, to_png, to_uint8
@@ -76,7 +77,7 @@ class SampleOp(SteppingOp, ModelOp):
         self.cache: KVCache | None = None
         self.decode_mode = self.settings.decode_mode
         if self.decode_mode == "auto":  # measured: README, Performance
-            self.decode_mode = "cuda_graph" if str(device).startswith("cuda") else "off"
+            self.decode_mode = auto_mode(device)
         self.pick_device = torch.device("cpu" if self.settings.sample_on == "cpu" else device)
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)

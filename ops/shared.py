@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tessera.ops.models.buckets import MODES, Bucketed, default_buckets
+from tessera.ops.models.buckets import MODES, Bucketed, auto_mode, default_buckets
 from tessera.ops.models.loading import ModelBundle, load_model_dir
 from tessera.server.engine import Op
 
@@ -106,7 +106,7 @@ class ModelOp(Op):
         mode = self.settings.forward_mode
         auto = mode == "auto"
         if auto:
-            mode = "cuda_graph" if str(self.device).startswith("cuda") else "off"
+            mode = auto_mode(self.device)
         if mode == "off":
             return fn
         buckets = self.settings.forward_buckets or default_buckets(64)

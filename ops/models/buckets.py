@@ -23,6 +23,12 @@ import torch
 MODES = ("off", "padded", "compile", "cuda_graph")
 
 
+def auto_mode(device: str | torch.device) -> str:
+    """What "auto" means on `device`: CUDA graphs on a CUDA device, eager elsewhere (README,
+    Performance: the CPU measured no gain worth compiling at each start)."""
+    return "cuda_graph" if str(device).startswith("cuda") else "off"
+
+
 def default_buckets(largest: int) -> list[int]:
     """Powers of two up to `largest` (and `largest` itself)."""
     return sorted({2 ** i for i in range(max(largest, 1).bit_length()) if 2 ** i <= largest} | {largest})
@@ -98,8 +104,3 @@ class Bucketed:
             return self._out[b][:n].clone()  # the graph's output buffer is reused by the next replay
         return self._fn(*buffers)[:n]
 
-
-def bucketed_or_eager(fn: Callable[..., torch.Tensor], rows: Sequence[torch.Tensor], buckets: Sequence[int],
-                      mode: str, pad: str = "zero") -> Callable[..., torch.Tensor]:
-    """`fn` itself for mode "off", else a `Bucketed` of it."""
-    return fn if mode == "off" else Bucketed(fn, rows, buckets, mode, pad)

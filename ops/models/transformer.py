@@ -243,8 +243,6 @@ class BucketedDecoder(Bucketed):
     """
 
     def __init__(self, model: ImageGPT, cache: KVCache, buckets: list[int] | tuple[int, ...], mode: str):
-        if mode not in DECODE_MODES[1:]:
-            raise ValueError(f"decode mode {mode!r}: expected one of {', '.join(DECODE_MODES[1:])}")
         fits = [b for b in buckets if 0 < int(b) <= cache.slots]
         if not fits:
             raise ValueError(f"no decode bucket fits the cache's {cache.slots} slots: {list(buckets)}")

@@ -69,7 +69,7 @@ class OpHost:
             with turn or nullcontext():
                 gone = [k for k in call.evict if k in self._keys]
                 rows = len(self._keys) - len(gone) + len(call.admit)
-                policy, n, budget = self.threads, 0, call.budget
+                policy, n = self.threads, 0
                 if policy is not None and rows:  # admission's prefill runs with the steps' count
                     n = reply.threads = policy.choose("step", rows)
                 if gone:
@@ -79,7 +79,7 @@ class OpHost:
                     reply.refused = dict(op.admit(call.admit) or {})
                     self._keys.update(r.key for r in call.admit if r.key not in reply.refused)
                 result, spent = reply.result, 0.0
-                while reply.steps < budget and op.active:
+                while reply.steps < call.budget and op.active:
                     if reply.steps and turn is not None:
                         turn.pass_on()  # another process's call goes between two steps
                     start = time.perf_counter()
