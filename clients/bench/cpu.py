@@ -18,13 +18,19 @@ def _stat(path: Path) -> list[str] | None:
         return None
 
 
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it (children, their children, ...), as /proc has them now."""
-    children: dict[int, list[int]] = {}
+def processes():
+    """(pid, stat fields after "pid (comm)") of every process /proc lists now."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         fields = _stat(stat)
         if fields is not None:
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+            yield int(stat.parent.name), fields
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it (children, their children, ...), as /proc has them now."""
+    children: dict[int, list[int]] = {}
+    for pid, fields in processes():
+        children.setdefault(int(fields[1]), []).append(pid)
     found, todo = [], [root]
     while todo:
         pid = todo.pop()

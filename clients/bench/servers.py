@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from tessera.bench.cpu import processes
+
 
 def bench_configs(model_dir: str | None = None, device: str | None = None,
                   settings: dict | None = None, sample_settings: dict | None = None,
@@ -129,15 +131,7 @@ class ServerProcess:
 def running_in_group(pgid: int) -> list[int]:
     """The processes of process group `pgid` that are not zombies (whoever adopted them reaps
     those in its own time, and a container's init may never)."""
-    running = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            running.append(int(stat.parent.name))
-    return running
+    return [pid for pid, fields in processes() if int(fields[2]) == pgid and fields[0] != "Z"]  # pgrp, state
 
 
 class GenericServer:
