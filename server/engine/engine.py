@@ -55,6 +55,17 @@ class Engine:
         this process cannot order."""
         return self.config.device_turns and any(op.mode != "thread" for op in self.config.ops.values())
 
+    def may_open_team(self, cfg, index: int) -> bool:
+        """Whether worker `index` of OP `cfg` may compute on more than one thread. With device
+        turns the thread workers share one compute thread (one team); a worker in a process
+        or actor of its own has its process to itself. Without turns, thread workers compute
+        side by side, and only the first worker of the first stepping OP (the sampler) may:
+        each extra team would stop libgomp spinning for all of them (threads.py)."""
+        if self.config.device_turns or cfg.mode != "thread":
+            return True
+        first = next((c for c in self.config.ops.values() if c.stepping and c.mode == "thread"), None)
+        return first is not None and first.name == cfg.name and index == 0
+
     def device_thread(self, device: str) -> ComputeThread | None:
         """The one compute thread that thread workers on `device` share (None: each has its own)."""
         if not self.config.device_turns:

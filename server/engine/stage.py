@@ -73,7 +73,7 @@ class OpStage:
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
             spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size, cfg.threads,
-                              turns=engine.node_turns)
+                              turns=engine.node_turns, team=engine.may_open_team(cfg, i))
             shared = engine.device_thread(device) if cfg.mode == "thread" and cfg.op_class.uses_device else None
             worker = make_worker(spec, cfg.mode, shared=shared, on_wait=wait,
                                  ray_actor_options=cfg.ray_actor_options)

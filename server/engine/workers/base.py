@@ -41,6 +41,10 @@ class WorkerSpec:
     capacity: int = 1    # a stepping OP's running batch bound (the OP's batch_size)
     threads: int | str = "auto"  # threads per call: "auto" (chosen by measurement) or a count
     turns: bool = False  # take the node's turn around each call and step (graph.device_turns)
+    # May open an OpenMP team (threads: auto up to all cores). Off for all but one thread
+    # worker of a process whose workers compute side by side (no device turns): with more
+    # teams than cores libgomp stops spinning between parallel regions, for every team.
+    team: bool = True
 
     @property
     def label(self) -> str:

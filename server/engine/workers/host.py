@@ -13,7 +13,7 @@ from typing import Any
 
 from tessera.server.engine.op import Op, StepResult, SteppingOp
 from tessera.server.engine.workers.base import StepCall, StepReply, WorkerSpec
-from tessera.server.engine.workers.threads import ThreadPolicy, node_cores
+from tessera.server.engine.workers.threads import ThreadPolicy, computing, node_cores
 from tessera.server.engine.workers.turns import open_turn
 
 log = logging.getLogger("tessera.engine")
@@ -25,6 +25,7 @@ class OpHost:
         self.op: Op | None = None
         self._keys: set[Hashable] = set()  # rows in a stepping OP's running batch
         computes = spec.device == "cpu" and spec.op_class.uses_device
+        self.computing = computing if computes else nullcontext  # counted among the calls sharing the cores
         # The node's turn, shared with the other processes' workers (see turns.py): while
         # it holds the turn a worker may use every core of the node.
         self.turn = open_turn(spec.device) if computes and spec.turns else None
@@ -32,7 +33,8 @@ class OpHost:
         # An OP that does not compute on the device (tokenize) runs torch on one thread, so
         # its thread never opens an OpenMP team beside the compute thread's.
         if computes:
-            self.threads = ThreadPolicy(spec.threads, most=node_cores() if self.turn else None)
+            most = node_cores() if self.turn else (None if spec.team else 1)
+            self.threads = ThreadPolicy(spec.threads, most=most)
         else:
             self.threads = ThreadPolicy(1) if spec.device == "cpu" else None
 
@@ -52,7 +54,7 @@ class OpHost:
 
     def process(self, rows: list[Any]) -> list[Any]:
         policy = self.threads
-        with self.turn or nullcontext():
+        with self.turn or nullcontext(), self.computing():
             if policy is None:
                 return self.op.process(rows)
             n = policy.choose("batch", len(rows))
@@ -66,7 +68,7 @@ class OpHost:
         finishes, fails or carries a preview (each of those the event loop must see)."""
         op, reply, turn = self.op, StepReply(), self.turn
         try:
-            with turn or nullcontext():
+            with turn or nullcontext(), self.computing():
                 gone = [k for k in call.evict if k in self._keys]
                 rows = len(self._keys) - len(gone) + len(call.admit)
                 policy, n = self.threads, 0
@@ -95,6 +97,8 @@ class OpHost:
                         break
                     if n and reply.steps == 1 and policy.gives_up("step", rows, n, took):
                         break  # a try that clearly lost its first step costs no more steps
+                    if n and policy.crowded(n):
+                        break  # another call started computing beside this one: share the cores
                 if n and reply.steps:
                     policy.record("step", rows, n, spent, units=reply.steps)
         except Exception as exc:  # noqa: BLE001 - the loop re-runs the rows in smaller groups

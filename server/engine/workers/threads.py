@@ -24,6 +24,15 @@ the try's figure is an average over as many steps as the chosen count's; a one-s
 let a single lucky step move 64-row steps to one thread, where they run 1.6 times
 slower, for a fifth of the steps at c=32. `threads: N` fixes the count.
 
+Workers that compute at the same time share the cores. A CPU worker counts itself as
+computing for the length of each call (`computing()`), and a call's count is at most the
+cores divided by the calls computing in the process at its start, so two sampler
+workers stepping side by side each run one thread (two teams of two threads on two cores
+wait at every barrier for a thread the other team preempted), and a worker alone may
+use every core; a stepping call returns to the event loop when another call starts
+beside it and so lowers its share. With `graph.device_turns` only one call computes at a
+time and the share is every core, as before.
+
 Images do not depend on the choice: torch's CPU kernels split rows, not the sums inside
 one, between threads (tests/server/engine/workers/test_threads.py checks tokens and
 images at one and two threads).
@@ -33,6 +42,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 log = logging.getLogger("tessera.engine")
@@ -61,6 +72,28 @@ def node_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+_computing = 0
+_computing_lock = threading.Lock()
+
+
+@contextmanager
+def computing():
+    """Count the calling worker's call as computing on this process's cores while it runs."""
+    global _computing
+    with _computing_lock:
+        _computing += 1
+    try:
+        yield
+    finally:
+        with _computing_lock:
+            _computing -= 1
+
+
+def computing_now() -> int:
+    """The calls computing in this process now (at least 1: the caller's)."""
+    return max(1, _computing)
 
 
 def keep_off_this_thread() -> int | None:
@@ -109,6 +142,7 @@ class ThreadPolicy:
         self._current: int | None = None
         self._sizes: dict[tuple[str, int], _Size] = {}
         self.trying = False   # the last choice was a try of the count that is not the best
+        self.shared = False   # the last choice was a share of the cores (other calls computing)
         self.last = 0         # the last call's thread count
 
     @property
@@ -117,10 +151,21 @@ class ThreadPolicy:
             return (int(self.setting),)
         return (self.most, 1) if self.most > 1 else (1,)
 
+    def share(self) -> int:
+        """The threads a call may use now: the cores over the calls computing beside it."""
+        return max(1, self.most // computing_now())
+
+    def crowded(self, n: int) -> bool:
+        """Whether a call running `n` threads (auto) now has more than its share."""
+        return self.setting == "auto" and self.share() < n
+
     def choose(self, kind: str, rows: int) -> int:
         choices = self.choices
         self.trying = False
-        if len(choices) == 1:
+        self.shared = self.setting == "auto" and self.share() < self.most
+        if self.shared:  # other calls compute beside this one: its share, not measured
+            n = self.share()
+        elif len(choices) == 1:
             n = choices[0]
         else:
             size = self._sizes.setdefault((kind, _bucket(rows)), _Size())
@@ -138,7 +183,7 @@ class ThreadPolicy:
         return n
 
     def record(self, kind: str, rows: int, n: int, seconds: float, units: int = 1) -> None:
-        if len(self.choices) == 1 or units <= 0:
+        if len(self.choices) == 1 or units <= 0 or self.shared:
             return
         size = self._sizes.setdefault((kind, _bucket(rows)), _Size())
         per = seconds / units

@@ -122,3 +122,91 @@ async def test_worker_runs_several_steps_per_call_when_nothing_needs_the_loop(mo
     assert steps_calls <= -(-40 // MAX_STEPS_PER_CALL) + 1  # not one hand-off per step
     assert engine.metrics.registry.get_sample_value(
         "tessera_op_batch_rows_count", {"op": "count"}) == 40  # the metrics still count steps
+
+
+async def test_several_workers_split_the_rows_evenly():
+    """Two workers of batch 8 and eight rows: each runs four, not one worker eight while the
+    other idles (the first to wake would otherwise take every queued row)."""
+    steps = pace("count")
+    config = chain(("count", "CounterByWorker", {"batch_size": 8, "concurrency": 2,
+                                                 "settings": {"pace": "count"}}), device_turns=False)
+    async with running(config) as engine:
+        requests = [engine.submit(5) for _ in range(8)]
+        steps.free()
+        results = await asyncio.gather(*(r.result() for r in requests))
+    assert len(results) == 8
+    most: dict[int, int] = {}
+    for worker, held in calls("count/by-worker").batches:
+        most[worker] = max(most.get(worker, 0), held)
+    assert sorted(most.values()) == [4, 4]
+
+
+async def test_a_small_load_runs_on_the_first_worker_while_the_second_waits():
+    """Three rows against two workers of batch 8: all three on one worker; the other, woken by
+    each arrival, finds nothing that is its share and waits (it must not spin the loop)."""
+    steps = pace("count")
+    config = chain(("count", "CounterByWorker", {"batch_size": 8, "concurrency": 2,
+                                                 "settings": {"pace": "count"}}), device_turns=False)
+    async with running(config) as engine:
+        first = engine.submit(3)
+        steps.allow(1)
+        await steps.taken_at_least(1)
+        later = [engine.submit(3), engine.submit(3)]
+        steps.free()
+        await asyncio.gather(*(r.result() for r in [first, *later]))
+    workers = {worker for worker, _ in calls("count/by-worker").batches}
+    assert len(workers) == 1
+
+
+class _Worker:
+    def __init__(self):
+        self.lost = asyncio.Event()
+
+
+class _Stage:
+    """What StepScheduler.room reads of a stage."""
+
+    def __init__(self, batch_size: int, workers: int, pending: int):
+        from types import SimpleNamespace
+        self.cfg = SimpleNamespace(batch_size=batch_size, name="s", progress_interval_ms=100)
+        self.workers = [_Worker() for _ in range(workers)]
+        self.pending = [object()] * pending
+        self.name = "s"
+        self.engine = SimpleNamespace(config=SimpleNamespace(progress_interval_ms=100))
+
+
+def _room(batch_size: int, workers: int, pending: int, held: int, others: list[int], asking: int = 0,
+          lost: int | None = None) -> int:
+    """StepScheduler.room for worker `asking`, the others holding `others` rows (in order)."""
+    from tessera.server.engine.stepping import StepScheduler
+    stage = _Stage(batch_size, workers, pending)
+    scheduler = StepScheduler(stage)
+    me = stage.workers[asking]
+    for w, n in zip([w for w in stage.workers if w is not me], others):
+        scheduler._held[w] = n
+    if lost is not None:
+        stage.workers[lost].lost.set()
+    return scheduler.room(me, held)
+
+
+def test_a_single_worker_takes_what_fits():
+    assert _room(64, 1, pending=100, held=10, others=[]) == 54
+
+
+def test_a_worker_takes_its_even_share_of_rows_held_and_queued():
+    assert _room(64, 2, pending=128, held=0, others=[0]) == 64
+    assert _room(64, 2, pending=40, held=0, others=[56]) == 48            # (0 + 40 + 56) / 2
+    assert _room(64, 2, pending=8, held=40, others=[40], asking=1) == 4   # (40 + 8 + 40) / 2 = 44
+
+
+def test_a_small_load_stays_on_the_first_worker():
+    """Up to half a batch in all, the first worker takes every row and the others none."""
+    assert _room(64, 2, pending=4, held=0, others=[0]) == 32
+    assert _room(64, 2, pending=4, held=0, others=[0], asking=1) == 0
+    assert _room(64, 2, pending=4, held=0, others=[28], asking=1) == 0    # 32 in all: still small
+    assert _room(64, 2, pending=8, held=0, others=[28], asking=1) == 18   # 36 in all: an even share
+
+
+def test_a_lost_worker_has_no_share():
+    assert _room(64, 2, pending=100, held=0, others=[0], lost=1) == 64
+    assert _room(64, 2, pending=4, held=0, others=[0], asking=1, lost=0) == 64  # the first live one

@@ -383,3 +383,11 @@ class StepPipe:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class CounterByWorker(Counter):
+    """A Counter that notes, at each step, which instance stepped and how many rows it held."""
+
+    def step(self):
+        calls(f"{self.name}/by-worker").add([id(self), len(self.running)])
+        return super().step()

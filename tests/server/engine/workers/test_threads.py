@@ -9,7 +9,7 @@ import pytest
 from tessera.server.engine.op import StepRow
 from tessera.server.engine.workers.base import StepCall, WorkerSpec
 from tessera.server.engine.workers.host import OpHost
-from tessera.server.engine.workers.threads import FIRST_TRY, LONGEST_WAIT, ThreadPolicy
+from tessera.server.engine.workers.threads import FIRST_TRY, LONGEST_WAIT, ThreadPolicy, computing
 from tests.server.engine import toy_ops
 
 
@@ -141,6 +141,52 @@ def test_a_try_that_keeps_up_runs_the_calls_steps():
     """Within 1.5x of the chosen count, the try measures as many steps as a normal call, so
     one lucky or unlucky step does not decide."""
     assert _try_call(Machine(t1=0.012, t2=0.010)) == [(16, 2)] * FIRST_TRY + [(16, 1)]
+
+
+def test_calls_computing_side_by_side_share_the_cores_and_are_not_measured():
+    m = Machine(t1=0.016, t2=0.010)
+    p = m.policy(most=2)
+    with computing():
+        assert [m.call(p) for _ in range(3)] == [2, 2, 2]  # alone: all threads
+        with computing():                                   # a second call starts beside it
+            assert p.crowded(2) and not p.crowded(1)
+            assert [m.call(p) for _ in range(FIRST_TRY)] == [1] * FIRST_TRY
+        assert not p.crowded(2)
+        assert m.call(p) == 2  # the shared calls were not measured: no try of one thread is due yet
+    assert p.snapshot() == {"step/64-127": {2: 0.010}}
+
+
+def test_a_fixed_count_is_never_crowded():
+    m = Machine(t1=0.016, t2=0.010)
+    p = m.policy(setting=2)
+    with computing(), computing():
+        assert m.call(p) == 2 and not p.crowded(2)
+
+
+def test_a_stepping_call_returns_when_another_starts_computing_beside_it():
+    """The host checks its share between steps: a call on two threads hands back to the
+    loop once another call computes beside it, and the next call runs on one."""
+    m = Machine(t1=0.016, t2=0.010)
+    host = OpHost(WorkerSpec(toy_ops.Counter, {}, "count", "cpu", 0, capacity=8))
+    host.setup()
+    host.threads = m.scripted()
+    beside = computing()
+    steps = 0
+
+    def stop() -> bool:  # after the call's second step, another worker starts a call
+        nonlocal steps
+        steps += 1
+        if steps == 2:
+            beside.__enter__()
+        return False
+
+    first = host.step(StepCall(admit=[StepRow(k, 10_000) for k in range(4)], budget=16), stop)
+    second = host.step(StepCall(budget=16), lambda: False)
+    beside.__exit__(None, None, None)
+    third = host.step(StepCall(budget=16), lambda: False)
+    assert (first.steps, first.threads) == (2, 2)
+    assert (second.steps, second.threads) == (16, 1)
+    assert (third.steps, third.threads) == (16, 2)
 
 
 def test_batch_calls_are_measured_per_row():
