@@ -180,8 +180,11 @@ def _pipeline(model_dir: str | None, capacity: int, device: str = "cpu", setting
 
 
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
-                model_dir: str | None, capacity: int, device: str = "cpu", settings: dict | None = None) -> list[dict]:
-    """The same OPs called in process at the sampler's full batch (`settings`: LocalPipeline's)."""
+                model_dir: str | None, capacity: int, device: str = "cpu", settings: dict | None = None,
+                ready=None) -> list[dict]:
+    """The same OPs called in process at the sampler's full batch (`settings`: LocalPipeline's).
+    `ready()`, if given, is called after the warm-up, just before the timed calls (a start
+    line for runs side by side); each summary's `window` is the timed calls' monotonic span."""
     from tessera.ops.messages import GenerateParams
     pipe = _pipeline(model_dir, capacity, device, tuple(sorted((settings or {}).items())))
     reqs = [GenerateParams(prompts[i % len(prompts)], seed=1 + i, **{k: v for k, v in params.items() if v})
@@ -191,6 +194,8 @@ def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int
     # (allocations, oneDNN primitives for new shapes) that a 2-request warm-up left in the
     # timed run (the first of six back-to-back 64-request runs read 7% slower than the rest).
     pipe.generate(reqs[:per_call])
+    if ready is not None:
+        ready()
     start = time.monotonic()
     done = 0
     for at in range(0, len(reqs), per_call):
@@ -204,7 +209,7 @@ def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int
     rows = []
     for c in concurrency_levels:  # offline has no concurrency; one figure per plot point
         summary = summarize([], 1.0)  # no RPC samples offline; the figures are filled in below
-        summary.update(images_per_s=done / wall, requests_per_s=len(reqs) / wall,
+        summary.update(images_per_s=done / wall, requests_per_s=len(reqs) / wall, window=[start, start + wall],
                        latency_ms={"p50": 1000 * statistics.median(single), "p90": 1000 * percentile(single, .9),
                                    "p99": 1000 * percentile(single, .99), "max": 1000 * max(single)},
                        note="throughput at the sampler's full batch; latency of one request alone")
@@ -292,12 +297,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="where the sampler picks tokens (default: its own, auto)")
     ap.add_argument("--forward-mode", default=None, choices=["off", "padded", "cuda_graph"],
                     help="decode, clip_text and rerank's forward_mode (default: their own, auto)")
-    ap.add_argument("--threadings", default="omp1,omp-all",
+    ap.add_argument("--threadings", default="omp1,omp-all,omp1-split",
                     help="the `ceiling` config's threading settings (bench/ceiling.py THREADINGS), best kept")
     ap.add_argument("--contend", type=int, default=0,
                     help="keep this many cores busy with unrelated spinning processes for the whole run")
     ap.add_argument("--concurrency", default="1,2,4,8,16,32,64")
-    ap.add_argument("--requests", type=int, default=0, help="per level (default: max(16, 3 x concurrency))")
+    ap.add_argument("--requests", type=int, default=0, help="per level (default: max(32, 8 x concurrency): eight requests a client, so that a level outlasts its ramp)")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--rate", type=float, default=0, help="open loop: requests/s (Poisson)")
     ap.add_argument("--rate-of", help="open loop at --rate-fraction of this config's measured capacity")
@@ -388,7 +393,7 @@ def _run(args: argparse.Namespace) -> int:
     def sweep(name: str, target: str, metrics: str | None, pid: int | None = None) -> None:
         warm_up(target)
         for c in levels:
-            n = args.requests or max(16, 3 * c)
+            n = args.requests or max(32, 8 * c)
             measure(closed_loop(target, prompts, c, n, params, bar, f"{name} c={c}"), metrics, pid,
                     config=name, mode=f"closed c={c}", concurrency=c)
         bar.close()

@@ -43,6 +43,18 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
     default["graph"]["max_inflight"] = 4096
     for op in default["graph"]["ops"].values():
         op["channel_capacity"] = 4096
+    # What shipped before 2026-12-04: one sampler worker, every CPU call taking the
+    # device's turn with all its cores. On a GPU the figures were measured in this shape,
+    # so there it is also `default`.
+    turns = copy.deepcopy(default)
+    turns["graph"]["device_turns"] = True
+    turns["graph"]["ops"]["sample"]["concurrency"] = 1
+    # Two sampler workers without device turns: every OP computes beside the others on
+    # its share of the cores. Measured, not adopted.
+    shared = copy.deepcopy(default)
+    shared["graph"]["device_turns"] = False
+    if device and not device.startswith("cpu"):
+        default = copy.deepcopy(turns)
     serial = copy.deepcopy(default)
     for op in serial["graph"]["ops"].values():  # one row per call, one worker: no batching anywhere
         op.update(batch_size=1, batch_timeout_ms=0, concurrency=1)
@@ -50,29 +62,38 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
     static["graph"]["ops"]["sample"].setdefault("settings", {})["static_batching"] = True
     static["graph"]["ops"]["sample"]["batch_timeout_ms"] = 5
     # The heavy OPs as Ray actors on a local Ray (started by the server), one CPU each as a
-    # Ray Serve replica would ask; everything else as in default.
-    on_ray = copy.deepcopy(default)
+    # Ray Serve replica would ask; everything else as in `turns`.
+    on_ray = copy.deepcopy(turns)
     for name in ("sample", "decode"):
         on_ray["graph"]["ops"][name].update(mode="ray", ray_actor_options={"num_cpus": 1})
     # The model OPs each in a child process of their own (taking the node's turn), the
     # front end only serving: compute away from the event loop's GIL, as `generic` does.
-    in_processes = copy.deepcopy(default)
+    in_processes = copy.deepcopy(turns)
     for name, op in in_processes["graph"]["ops"].items():
         if name != "tokenize":
             op["mode"] = "process"
-    # What shipped before `threads: auto`: every call on all of torch's threads.
-    all_threads = copy.deepcopy(default)
+    # What shipped before `threads: auto`: every call on all of torch's threads, taking turns.
+    all_threads = copy.deepcopy(turns)
     for op in all_threads["graph"]["ops"].values():
         op["threads"] = os.cpu_count() or 1
-    # No device turns: every OP computes on one thread of its own, concurrently with the
-    # others, so on two cores the sampler steps on one while decode, clip_text and rerank
-    # use the other (instead of pausing the sampler and using both).
-    parallel = copy.deepcopy(default)
+    # No device turns and one thread per OP: on two cores the sampler steps on one while
+    # decode, clip_text and rerank use the other.
+    parallel = copy.deepcopy(turns)
     parallel["graph"]["device_turns"] = False
     for op in parallel["graph"]["ops"].values():
         op["threads"] = 1
-    return {"serial": serial, "static": static, "default": default, "ray": on_ray, "all-threads": all_threads,
-            "processes": in_processes, "parallel": parallel}
+    # `turns` with the sampler's batch doubled (128 rows): measured, not adopted.
+    wide = copy.deepcopy(turns)
+    wide["graph"]["ops"]["sample"]["batch_size"] = 128
+    # Two sampler workers, each in a child process on one thread: measured, not adopted.
+    replicas = copy.deepcopy(default)
+    replicas["graph"]["device_turns"] = False
+    replicas["graph"]["ops"]["sample"].update(mode="process", concurrency=2, threads=1)
+    for name in ("decode", "clip_text", "rerank"):
+        replicas["graph"]["ops"][name]["threads"] = 1
+    return {"serial": serial, "static": static, "default": default, "turns": turns, "shared": shared, "ray": on_ray,
+            "all-threads": all_threads, "processes": in_processes, "parallel": parallel, "wide": wide,
+            "replicas": replicas}
 
 
 class ServerProcess:

@@ -20,6 +20,17 @@ def test_ceiling_runs_each_threading_in_its_own_process_and_states_which_won(tin
     assert "throughput with omp" in s["note"] and "latency with omp" in s["note"]
 
 
+def test_the_split_ceiling_runs_one_single_threaded_child_per_core_together(tiny_model_dir):
+    """`omp1-split`: the cores' children, each with its share of the requests, timed from the
+    first start to the last end; its latency (measured beside the other children) never wins."""
+    rows = ceiling_run(shapes_prompts(4), [1], 4, {"num_candidates": 2}, str(tiny_model_dir), 8, "cpu", {},
+                       ["omp1", "omp1-split"])
+    s = rows[0]["summary"]
+    assert set(s["threadings"]) == {"omp1", "omp1-split"} and s["threadings"]["omp1-split"]["images_per_s"] > 0
+    assert s["latency_ms"]["p50"] == s["threadings"]["omp1"]["p50_ms"]
+    assert "latency with omp1" in s["note"] and "latency with omp1-split" not in s["note"]
+
+
 def test_ratios_against_the_ceiling():
     def row(config, c, img, p50):
         return {"config": config, "concurrency": c, "summary": {"images_per_s": img, "latency_ms": {"p50": p50}}}
