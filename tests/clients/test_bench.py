@@ -164,3 +164,17 @@ def test_every_bench_configuration_is_a_server_configuration_with_settings_where
                for name in ("decode", "clip_text", "rerank"))
     parallel = configs["parallel"]["graph"]
     assert parallel["device_turns"] is False and {op["threads"] for op in parallel["ops"].values()} == {1}
+    turns = configs["turns"]["graph"]  # the shape shipped before two sampler workers
+    assert turns["device_turns"] is True and turns["ops"]["sample"]["concurrency"] == 1
+    assert configs["default"]["graph"]["ops"]["sample"]["concurrency"] == 2
+    assert configs["shared"]["graph"]["device_turns"] is False  # the same two workers, no turns
+
+
+def test_on_a_gpu_default_is_the_shape_its_figures_were_measured_in():
+    """One sampler worker taking the device's turn: two workers on one GPU are unmeasured."""
+    from tessera.bench.servers import bench_configs
+    configs = bench_configs(None, "cuda:0")
+    for name in ("default", "static", "serial"):
+        graph = configs[name]["graph"]
+        assert graph["device_turns"] is True and graph["ops"]["sample"].get("concurrency", 1) == 1
+        assert graph["ops"]["sample"]["devices"] == ["cuda:0"]

@@ -120,3 +120,24 @@ async def test_an_op_that_uses_no_device_keeps_its_own_thread():
     assert [r.value for r in results] == [2 * i for i in range(8)]
     assert Busy.most == 2  # the two ran at once
     assert not waits
+
+
+async def test_without_turns_only_the_stepping_ops_first_worker_may_open_an_openmp_team():
+    """Workers computing side by side each open their own OpenMP team if they may use more
+    than one thread; with more teams than cores libgomp stops spinning for all of them."""
+    config = GraphConfig.from_dict({
+        "output": "tail", "device_turns": False,
+        "ops": {
+            "count": {"type": T + "Counter", "inputs": ["request"], "concurrency": 2},
+            "tail": {"type": T + "Echo", "inputs": ["count"], "concurrency": 2},
+        },
+    })
+    async with running(config) as engine:
+        teams = {(name, w.spec.index): w.spec.team for name in ("count", "tail")
+                 for w in engine.stages[name].workers}
+    assert teams == {("count", 0): True, ("count", 1): False, ("tail", 0): False, ("tail", 1): False}
+
+
+async def test_with_turns_every_worker_may_use_every_core():
+    async with running(fan_out(turns=True)) as engine:
+        assert all(w.spec.team for name in ("left", "right") for w in engine.stages[name].workers)

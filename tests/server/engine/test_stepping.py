@@ -158,6 +158,24 @@ async def test_a_small_load_runs_on_the_first_worker_while_the_second_waits():
     assert len(workers) == 1
 
 
+async def test_with_device_turns_the_second_worker_steps_beside_the_turn():
+    """Past half a batch the second worker steps on a thread of its own while the first holds
+    the device's turn: both wait inside a step at once, which one shared thread cannot do."""
+    steps = pace("count")
+    config = chain(("count", "CounterByWorker", {"batch_size": 8, "concurrency": 2,
+                                                 "settings": {"pace": "count"}}), device_turns=True)
+    async with running(config) as engine:
+        requests = [engine.submit(3) for _ in range(8)]
+        await until(lambda: steps.waiting == 2, "both workers inside a step at once")
+        steps.free()
+        results = await asyncio.gather(*(r.result() for r in requests))
+        first, second = engine.stages["count"].workers
+        assert first.shared is engine.device_thread("cpu") and second.shared is None
+        assert first.spec.team and not second.spec.team  # one OpenMP team beside the turn's: none
+    assert len(results) == 8
+    assert len({worker for worker, _ in calls("count/by-worker").batches}) == 2
+
+
 class _Worker:
     def __init__(self):
         self.lost = asyncio.Event()

@@ -71,11 +71,17 @@ class Pace:
         self._cond = threading.Condition()
         self.allowed = 0
         self.taken = 0
+        self.waiting = 0  # threads inside take(), waiting for a step
 
     def take(self) -> None:  # on the worker thread, at the start of each step
         with self._cond:
-            if not self._cond.wait_for(lambda: self.taken < self.allowed, STUCK_S):
-                raise TimeoutError("the test never allowed this step")
+            self.waiting += 1
+            self._cond.notify_all()
+            try:
+                if not self._cond.wait_for(lambda: self.taken < self.allowed, STUCK_S):
+                    raise TimeoutError("the test never allowed this step")
+            finally:
+                self.waiting -= 1
             self.taken += 1
             self._cond.notify_all()
 
