@@ -48,6 +48,10 @@ def ray_config(model_dir, address: str) -> AppConfig:
     raw["graph"].update({"shutdown_grace_s": 5.0, "ray_address": address})
     for op in ("sample", "decode"):
         raw["graph"]["ops"][op].update(mode="ray", ray_actor_options={"num_cpus": 0, "resources": {RESOURCE: 1}})
+    # One sampler actor, as deploy/ray.yaml has: the node that is left must hold every
+    # replaced actor (two units of the resource), and the shipped second sampler worker is a
+    # choice for a CPU's threads.
+    raw["graph"]["ops"]["sample"]["concurrency"] = 1
     return AppConfig.from_dict(raw)
 
 
