@@ -7,7 +7,8 @@ import copy
 from tessera.clients import Generation, ProgressEvent
 from tessera.server.config import AppConfig
 from tessera.server.defaults import DEFAULT_CONFIG
-from tests.server.rpc.conftest import serving
+from tests.server.engine.toy_ops import until
+from tests.server.rpc.conftest import app_config, paced_sampler, serving
 
 PROMPT = "a small red circle in the top left on a blue background"
 
@@ -108,3 +109,28 @@ async def test_renaming_an_op_in_the_yaml_keeps_the_graph_and_its_images(tiny_mo
         after = await renamed.generate(PROMPT, num_images=2, num_candidates=3, seed=21)
     assert [im.png for im in after.images] == [im.png for im in before.images]
     assert {t.stage for t in after.timings} == {"tokenize", "sample", "vq_decode", "clip_text", "rerank"}
+
+
+async def test_two_sampler_workers_give_the_images_one_gives(tiny_model_dir, monkeypatch):
+    """The shipped sampler has two workers; past half a batch in flight the rows split
+    between them (both are inside a step at once), and every image is the one a single
+    worker computes for the same seed, byte for byte."""
+    async def images(client) -> list[bytes]:
+        gens = await asyncio.gather(*(client.generate(PROMPT, num_images=1, num_candidates=4, seed=70 + i)
+                                      for i in range(12)))  # 48 rows: more than half of 64
+        return [g.images[0].png for g in gens]
+
+    steps = paced_sampler(monkeypatch)
+    two = app_config(tiny_model_dir)
+    assert two.graph.ops["sample"].concurrency == 2
+    async with serving(two) as (_, client):
+        load = asyncio.ensure_future(images(client))
+        await until(lambda: steps.waiting == 2, "both sampler workers inside a step at once")
+        steps.free()
+        split = await load
+    one = copy.deepcopy(DEFAULT_CONFIG)
+    one["model_dir"] = str(tiny_model_dir)
+    one["server"].update({"port": 0, "metrics_port": -1, "http_port": -1})
+    one["graph"]["ops"]["sample"]["concurrency"] = 1
+    async with serving(AppConfig.from_dict(one)) as (_, client):
+        assert await images(client) == split
