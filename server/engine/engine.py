@@ -55,26 +55,24 @@ class Engine:
         this process cannot order."""
         return self.config.device_turns and any(op.mode != "thread" for op in self.config.ops.values())
 
-    def beside_turns(self, cfg, index: int) -> bool:
-        """Whether worker `index` of OP `cfg` computes on a CPU thread of its own beside the
-        device's turn: with device turns, a stepping OP's thread workers after the first. The
+    def beside_turns(self, cfg, index: int, device: str) -> bool:
+        """Whether worker `index` of OP `cfg`, on `device`, computes on a CPU thread of its own
+        beside the device's turn (one thread, no OpenMP team, outside the node's turn): with
+        device turns, a stepping OP's thread workers after the first. The
         first takes turns with the other OPs, with every core while it is alone; the others
         step side by side with whichever call holds the turn, each on its share of the cores
         (threads.py), and hold rows only when the load is more than half a batch
         (stepping.py, `room`). Measured on 2 cores: two sampler workers side by side beat one
         on both cores by 11-13% at 32 requests in flight (README, Performance)."""
         return (self.config.device_turns and cfg.stepping and cfg.mode == "thread" and index > 0
-                and cfg.op_class.uses_device and cfg.devices[index % len(cfg.devices)].startswith("cpu"))
+                and cfg.op_class.uses_device and device == "cpu")
 
     def may_open_team(self, cfg, index: int) -> bool:
         """Whether worker `index` of OP `cfg` may compute on more than one thread. With device
-        turns the thread workers share one compute thread (one team), and a sampler worker
-        beside the turn computes on one; a worker in a process or actor of its own has its
-        process to itself. Without turns, thread workers compute side by side, and only the
-        first worker of the first stepping OP (the sampler) may: each extra team would stop
-        libgomp spinning for all of them (threads.py)."""
-        if self.beside_turns(cfg, index):
-            return False
+        turns the thread workers share one compute thread (one team); a worker in a process
+        or actor of its own has its process to itself. Without turns, thread workers compute
+        side by side, and only the first worker of the first stepping OP (the sampler) may:
+        each extra team would stop libgomp spinning for all of them (threads.py)."""
         if self.config.device_turns or cfg.mode != "thread":
             return True
         first = next((c for c in self.config.ops.values() if c.stepping and c.mode == "thread"), None)

@@ -72,9 +72,10 @@ class OpStage:
         self.workers: list[Worker] = []
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
-            beside = engine.beside_turns(cfg, i)
+            beside = engine.beside_turns(cfg, i, device)
             spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size, cfg.threads,
-                              turns=engine.node_turns and not beside, team=engine.may_open_team(cfg, i))
+                              turns=engine.node_turns and not beside,
+                              team=not beside and engine.may_open_team(cfg, i))
             takes_turns = cfg.mode == "thread" and cfg.op_class.uses_device and not beside
             shared = engine.device_thread(device) if takes_turns else None
             worker = make_worker(spec, cfg.mode, shared=shared, on_wait=wait,
