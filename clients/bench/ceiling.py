@@ -85,10 +85,12 @@ def _split_run(name: str, job: dict, env: dict) -> dict:
         jobs = [{**job, "requests": max(1, job["requests"] // n), "start_line": [start_line, i, n]}
                 for i in range(n)]
         parts = _children(name, jobs, env)
-    images = sum(p["images_per_s"] * (p["window"][1] - p["window"][0]) for p in parts)
     span = max(p["window"][1] for p in parts) - min(p["window"][0] for p in parts)
+
+    def over_span(rate: str) -> float:  # all the children's count over the joint span
+        return sum(p[rate] * (p["window"][1] - p["window"][0]) for p in parts) / span
     summary = dict(parts[0])
-    summary.update(images_per_s=images / span, requests_per_s=sum(p["requests_per_s"] for p in parts),
+    summary.update(images_per_s=over_span("images_per_s"), requests_per_s=over_span("requests_per_s"),
                    note=f"{n} processes side by side, one thread each; latency measured beside the others' work")
     return summary
 
