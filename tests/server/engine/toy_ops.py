@@ -76,7 +76,6 @@ class Pace:
     def take(self) -> None:  # on the worker thread, at the start of each step
         with self._cond:
             self.waiting += 1
-            self._cond.notify_all()
             try:
                 if not self._cond.wait_for(lambda: self.taken < self.allowed, STUCK_S):
                     raise TimeoutError("the test never allowed this step")

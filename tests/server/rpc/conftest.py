@@ -13,12 +13,17 @@ from tessera.server.defaults import DEFAULT_CONFIG
 from tests.server.engine.toy_ops import Pace, pace
 
 
-def app_config(model_dir, **server) -> AppConfig:
+def raw_config(model_dir, **server) -> dict:
+    """The shipped configuration as a dict to edit, on `model_dir`, every port picked free."""
     raw = copy.deepcopy(DEFAULT_CONFIG)
     raw["model_dir"] = str(model_dir)
     raw["server"].update({"port": 0, "metrics_port": 0, "http_port": 0, **server})
     raw["graph"]["shutdown_grace_s"] = 5.0
-    return AppConfig.from_dict(raw)
+    return raw
+
+
+def app_config(model_dir, **server) -> AppConfig:
+    return AppConfig.from_dict(raw_config(model_dir, **server))
 
 
 @contextlib.asynccontextmanager

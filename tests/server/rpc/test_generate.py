@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 
 from tessera.clients import Generation, ProgressEvent
 from tessera.server.config import AppConfig
-from tessera.server.defaults import DEFAULT_CONFIG
 from tests.server.engine.toy_ops import until
-from tests.server.rpc.conftest import app_config, paced_sampler, serving
+from tests.server.rpc.conftest import app_config, paced_sampler, raw_config, serving
 
 PROMPT = "a small red circle in the top left on a blue background"
 
@@ -99,9 +97,7 @@ async def test_renaming_an_op_in_the_yaml_keeps_the_graph_and_its_images(tiny_mo
     """rerank takes `images` and `text_embedding` by its own names: `decode` may be called anything."""
     _, client = served
     before = await client.generate(PROMPT, num_images=2, num_candidates=3, seed=21)
-    raw = copy.deepcopy(DEFAULT_CONFIG)
-    raw["model_dir"] = str(tiny_model_dir)
-    raw["server"].update(port=0, metrics_port=0, http_port=0)
+    raw = raw_config(tiny_model_dir)
     ops = raw["graph"]["ops"]
     ops["vq_decode"] = ops.pop("decode")
     ops["rerank"]["inputs"]["images"] = "vq_decode"
@@ -128,9 +124,7 @@ async def test_two_sampler_workers_give_the_images_one_gives(tiny_model_dir, mon
         await until(lambda: steps.waiting == 2, "both sampler workers inside a step at once")
         steps.free()
         split = await load
-    one = copy.deepcopy(DEFAULT_CONFIG)
-    one["model_dir"] = str(tiny_model_dir)
-    one["server"].update({"port": 0, "metrics_port": -1, "http_port": -1})
+    one = raw_config(tiny_model_dir, metrics_port=-1, http_port=-1)
     one["graph"]["ops"]["sample"]["concurrency"] = 1
     async with serving(AppConfig.from_dict(one)) as (_, client):
         assert await images(client) == split

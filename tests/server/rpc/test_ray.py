@@ -5,7 +5,6 @@ loses no request and changes no image; the replaced actors serve afterwards."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 
 import pytest
@@ -14,8 +13,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from tessera.server.config import AppConfig  # noqa: E402
-from tessera.server.defaults import DEFAULT_CONFIG  # noqa: E402
-from tests.server.rpc.conftest import serving  # noqa: E402
+from tests.server.rpc.conftest import raw_config, serving  # noqa: E402
 from tests.server.rpc.test_supervision import _load  # noqa: E402
 
 MiB = 1024 * 1024
@@ -42,10 +40,8 @@ def cluster():
 
 
 def ray_config(model_dir, address: str) -> AppConfig:
-    raw = copy.deepcopy(DEFAULT_CONFIG)
-    raw["model_dir"] = str(model_dir)
-    raw["server"].update({"port": 0, "metrics_port": -1, "http_port": -1})  # no fixed port: 8080 may be taken
-    raw["graph"].update({"shutdown_grace_s": 5.0, "ray_address": address})
+    raw = raw_config(model_dir, metrics_port=-1, http_port=-1)
+    raw["graph"]["ray_address"] = address
     for op in ("sample", "decode"):
         raw["graph"]["ops"][op].update(mode="ray", ray_actor_options={"num_cpus": 0, "resources": {RESOURCE: 1}})
     # One sampler actor, as deploy/ray.yaml has: the node that is left must hold every

@@ -4,25 +4,20 @@ NOT_SERVING only while an OP has no live worker."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 import signal
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tessera.server.config import AppConfig
-from tessera.server.defaults import DEFAULT_CONFIG
-from tests.server.rpc.conftest import serving
+from tests.server.rpc.conftest import raw_config, serving
 
 PROMPTS = ["a small red circle in the top left on a blue background", "a large green square at the bottom",
            "a blue triangle on a white background", "a yellow diamond in the middle"]
 
 
 def process_config(model_dir) -> AppConfig:
-    raw = copy.deepcopy(DEFAULT_CONFIG)
-    raw["model_dir"] = str(model_dir)
-    raw["server"].update({"port": 0, "metrics_port": -1, "http_port": -1})  # no fixed port: 8080 may be taken
-    raw["graph"]["shutdown_grace_s"] = 5.0
+    raw = raw_config(model_dir, metrics_port=-1, http_port=-1)
     for op in ("sample", "decode"):
         raw["graph"]["ops"][op]["mode"] = "process"
     return AppConfig.from_dict(raw)
