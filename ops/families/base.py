@@ -1,0 +1,151 @@
+"""What a model family gives the OPs: the contract every family's loader fills.
+
+A family is what the sampler and the OPs around it need from a kind of model, and nothing
+more (ARCHITECTURE.md, "Model families"):
+
+    tokenizer   PromptTokenizer   prompt -> the sampling model's text ids (fixed length)
+    transformer SamplingModel     prefill (once per row) and step (one token for every live row)
+    dvae        ImageDecoder      image token grids -> uint8 pixels, as the family's project saves them
+    clip        Reranker | None   prompt and pixels -> unit embeddings; None: sampling order, no score
+
+Every method takes and returns torch tensors on the bundle's device unless it says otherwise.
+The OPs never look past these names, so the bundled shapes model, DALLE-pytorch checkpoints
+and min-dalle's DALL·E Mini/Mega weights all serve through the same sampler: iteration-level
+batching, CFG pairs, per-row seeds, previews and cancellation work alike for each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+class ModelLoadError(RuntimeError):
+    """Model files that cannot be loaded; the message names the file and what to do."""
+
+
+class ModelUnsupported(ModelLoadError):
+    """Files that load but describe a model Tessera cannot serve (sparse attention, a VQGAN
+    without its config, ...): `tessera serve` exits 2 with the message."""
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot take: empty once normalised, or longer than the context."""
+
+
+@dataclass
+class SamplingDefaults:
+    temperature: float = 1.0
+    top_k: int = 0            # 0: off (the whole image vocabulary)
+    top_p: float = 1.0
+    guidance_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A prompt as the sampling model takes it, with what the response should say about it."""
+    ids: list[int]                                   # exactly `text_len` ids, padded
+    notes: list[str] = field(default_factory=list)   # e.g. "prompt cut to 64 tokens"
+
+
+@runtime_checkable
+class PromptTokenizer(Protocol):
+    name: str            # for GetInfo: "CLIP BPE (49408 tokens)", "BART BPE", ...
+    context: int         # ids per prompt row
+
+    def encode_prompt(self, prompt: str) -> Encoded:
+        """The prompt's ids; PromptError (INVALID_ARGUMENT) when the model cannot take it."""
+
+    def empty(self) -> list[int]:
+        """The unconditional text for classifier-free guidance (the family's own null prompt)."""
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words the model cannot know (a closed-vocabulary model); [] for a BPE."""
+
+
+@runtime_checkable
+class RowCache(Protocol):
+    """Per-row state the sampling model keeps between steps (KV cache, cross-attention keys,
+    shifted-token history...), for `slots` rows. The sampler keeps its live rows packed in
+    slots 0..n-1."""
+    slots: int
+    device: torch.device
+
+    def copy_rows(self, src: list[int], dst: list[int]) -> None:
+        """Copy every piece of state of slots `src` to slots `dst` (no slot in both)."""
+
+    def snapshot(self, slot: int) -> Any:
+        """A copy of what `prefill` wrote for slot `slot` (to start other rows from it)."""
+
+    def fill(self, start: int, end: int, snapshot: Any) -> None:
+        """Slots start..end-1 take `snapshot` (from `snapshot()`), as if prefilled with it."""
+
+
+@runtime_checkable
+class SamplingModel(Protocol):
+    text_len: int       # ids per prompt row (the tokenizer's context)
+    image_len: int      # image tokens per image
+    image_vocab: int    # width of the logits: image tokens only
+    graphable: bool     # decode_step may be compiled / captured at fixed batch sizes
+
+    def new_cache(self, slots: int, device: str | torch.device, dtype: torch.dtype) -> RowCache: ...
+
+    def prefill(self, text: torch.Tensor, cache: RowCache, slots: torch.Tensor) -> torch.Tensor:
+        """text (G, text_len) long into cache slots `slots` (G,); logits for image token 0, (G, image_vocab)."""
+
+    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: RowCache) -> torch.Tensor:
+        """Row i (in slot i) feeds image token number index[i], tokens[i]; logits for token
+        index[i] + 1, (n, image_vocab). Rows are independent: a row's logits never depend
+        on its batch-mates."""
+
+
+@runtime_checkable
+class ImageDecoder(Protocol):
+    image_size: int     # pixels per side
+    image_len: int      # tokens per image
+
+    def pixels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, image_len) long -> (B, H, W, 3) uint8, as the family's own project saves images."""
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    name: str           # for GetInfo
+    context: int        # ids per prompt for encode_text
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """The prompt as encode_text takes it (`context` ids)."""
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, context) long -> (B, d) float32, unit length."""
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> (N, d) float32, unit length."""
+
+
+@dataclass
+class ModelBundle:
+    name: str
+    tokenizer: PromptTokenizer
+    dvae: ImageDecoder
+    transformer: SamplingModel
+    clip: Reranker | None
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    kind: str = "tessera"                                # the family: tessera, dalle-pytorch, min-dalle
+    details: dict[str, Any] = field(default_factory=dict)  # family facts for GetInfo (strings, numbers)
+
+    @property
+    def image_size(self) -> int:
+        return self.dvae.image_size
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to serve and the files that go with it: the `model` section of the
+    configuration (and `tessera serve --model/--bpe-path/--vae/--clip`)."""
+    path: str | None = None       # None: the bundled shapes model; a Tessera directory, a
+                                  # DALLE-pytorch .pt, or min-dalle's directory
+    bpe_path: str | None = None   # DALLE-pytorch: CLIP BPE merges (plain or .gz) or a tokenizers JSON
+    vae_path: str | None = None   # DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)
+    clip: str | None = None       # ARCH:PATH of a local OpenCLIP checkpoint for rerank
