@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ops.families.base import ModelLoadError, ModelUnsupported
+from tessera.ops.families.base import ModelLoadError, ModelUnsupported
 
 SPEC_EXAMPLE = "ViT-B-32:/models/open_clip_pytorch_model.bin"
 _SCHEMAS = ("hf-hub", "local-dir")

@@ -20,7 +20,7 @@ import importlib.util
 import os
 from functools import lru_cache
 
-from ops.families.base import Encoded, ModelLoadError, ModelUnsupported, PromptError
+from tessera.ops.families.base import Encoded, ModelLoadError, ModelUnsupported, PromptError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CLIP_VOCAB_SIZE = 49408            # what DALLE-pytorch's SimpleTokenizer reports

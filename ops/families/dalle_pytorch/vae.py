@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ops.families.base import ModelLoadError, ModelUnsupported
+from tessera.ops.families.base import ModelLoadError, ModelUnsupported
 
 OPENAI_VOCAB = 8192
 _DISCRETE_VAE_DEFAULTS = dict(image_size=256, num_tokens=512, codebook_dim=512, num_layers=3,

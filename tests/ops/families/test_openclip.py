@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ops.families.base import ModelLoadError, Reranker
-from ops.families.openclip import load_openclip, parse_spec
+from tessera.ops.families.base import ModelLoadError, Reranker
+from tessera.ops.families.openclip import load_openclip, parse_spec
 from tests.ops.families.references import import_open_clip
 
 ARCH = "tessera-tiny-clip-test"

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from ops.families.base import ModelLoadError, ModelUnsupported, PromptError, PromptTokenizer
-from ops.families.dalle_pytorch import tokenizer as tok
-from ops.families.dalle_pytorch.tokenizer import load_tokenizer
+from tessera.ops.families.base import ModelLoadError, ModelUnsupported, PromptError, PromptTokenizer
+from tessera.ops.families.dalle_pytorch import tokenizer as tok
+from tessera.ops.families.dalle_pytorch.tokenizer import load_tokenizer
 from tests.ops.families.references import import_dalle_pytorch
 
 TEXT_SEQ_LEN = 80
@@ -129,7 +129,7 @@ def test_missing_default_vocabulary_and_bad_files(monkeypatch, tmp_path):
 def test_default_path_found_without_importing_dalle_pytorch():
     import subprocess
     import sys
-    code = ("import sys; from ops.families.dalle_pytorch.tokenizer import default_bpe_path; "
+    code = ("import sys; from tessera.ops.families.dalle_pytorch.tokenizer import default_bpe_path; "
             "p = default_bpe_path(); assert p and 'dalle_pytorch' not in sys.modules, p; print(p)")
     from pathlib import Path
     root = Path(__file__).resolve().parents[4]

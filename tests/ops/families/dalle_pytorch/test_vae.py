@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ops.families.base import ImageDecoder, ModelLoadError, ModelUnsupported
-from ops.families.dalle_pytorch.vae import build_vae, read_vae_file
+from tessera.ops.families.base import ImageDecoder, ModelLoadError, ModelUnsupported
+from tessera.ops.families.dalle_pytorch.vae import build_vae, read_vae_file
 from tests.ops.families.references import import_dall_e, import_dalle_pytorch
 
 
