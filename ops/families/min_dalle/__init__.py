@@ -1,0 +1,144 @@
+"""The min-dalle family: DALL·E Mini / Mega served from min-dalle's own weight files.
+
+Layout (min-dalle's models_root):
+    ROOT/dalle_bart_mega/ or ROOT/dalle_bart_mini/   encoder.pt decoder.pt vocab.json merges.txt
+    ROOT/vqgan/                                      detoker.pt
+Every dimension is read from the weights' shapes; nothing is downloaded. The model is our own
+code (model.py, tokenizer.py, vqgan.py) with min-dalle's parameter names; min-dalle itself is
+only a test oracle.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from tessera.ops.families.base import ModelBundle, ModelLoadError, ModelSpec, SamplingDefaults
+from tessera.ops.families.min_dalle.model import MinDalleBart, MinDalleCache, MinDalleConfig, build_model, read_config
+from tessera.ops.families.min_dalle.tokenizer import MinDalleTokenizer
+from tessera.ops.families.min_dalle.vqgan import VQGan, build_vqgan
+
+__all__ = ["load", "is_min_dalle_dir", "MinDalleBart", "MinDalleCache", "MinDalleConfig",
+           "MinDalleTokenizer", "VQGan", "MODEL_DIRS"]
+
+LOG = logging.getLogger("tessera.ops.min_dalle")
+
+MODEL_DIRS = ("dalle_bart_mega", "dalle_bart_mini")  # mega first: min-dalle's default is_mega=True
+HUB = "https://huggingface.co/kuprel/min-dalle"
+# min-dalle's download_* names on the hub for each local file
+_HUB_NAMES = {"encoder.pt": "encoder{}.pt", "decoder.pt": "decoder{}.pt",
+              "vocab.json": "vocab{}.json", "merges.txt": "merges{}.txt", "detoker.pt": "detoker.pt"}
+
+
+def _root_and_model(path: str) -> tuple[str, str] | None:
+    """(ROOT, model dir name) for min-dalle's ROOT, or for ROOT/dalle_bart_* itself."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        return None
+    for name in MODEL_DIRS:
+        if os.path.isdir(os.path.join(path, name)):
+            return path, name
+    if os.path.basename(path) in MODEL_DIRS:
+        return os.path.dirname(path), os.path.basename(path)
+    return None
+
+
+def is_min_dalle_dir(path: str | os.PathLike) -> bool:
+    """min-dalle's models_root (holding dalle_bart_mega/ or dalle_bart_mini/), or one of those."""
+    return _root_and_model(os.fspath(path)) is not None
+
+
+def _missing(path: str, name: str) -> ModelLoadError:
+    mega = name == "dalle_bart_mega"
+    file = os.path.basename(path)
+    hub_name = _HUB_NAMES[file].format("" if mega else "_mini")
+    root = os.path.dirname(os.path.dirname(path))
+    return ModelLoadError(
+        f"min-dalle: {path} is missing. min-dalle downloads its files from the Hugging Face repo "
+        f"kuprel/min-dalle on first use and Tessera never downloads: run min-dalle once with "
+        f"is_mega={mega} (MinDalle(models_root={root!r}, is_mega={mega})) to fetch them, or copy "
+        f"{hub_name} from the hub ({HUB}/resolve/main/{hub_name}) to {path}")
+
+
+def _load_state(path: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """The file's tensors, memory-mapped where the file allows it (nothing is read until used)."""
+    try:
+        try:
+            return torch.load(path, weights_only=True, map_location="cpu", mmap=True), True
+        except RuntimeError as e:  # a legacy (non-zip) file cannot be mapped
+            if "mmap" not in str(e).lower() and "zip" not in str(e).lower():
+                raise
+            return torch.load(path, weights_only=True, map_location="cpu"), False
+    except Exception as e:  # noqa: BLE001 - unpickling and zip errors alike
+        raise ModelLoadError(f"min-dalle: cannot load {path}: {e}") from e
+
+
+def _numel(sd: dict) -> int:
+    return sum(t.numel() for t in sd.values() if isinstance(t, torch.Tensor))
+
+
+def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> ModelBundle:
+    if spec.path is None:
+        raise ModelLoadError("min-dalle: no model path")
+    found = _root_and_model(spec.path)
+    if found is None:
+        raise ModelLoadError(f"min-dalle: {spec.path} holds neither {MODEL_DIRS[0]}/ nor {MODEL_DIRS[1]}/ "
+                             "(min-dalle's models_root layout)")
+    root, name = found
+    model_dir = os.path.join(root, name)
+    files = {f: os.path.join(model_dir, f) for f in ("encoder.pt", "decoder.pt", "vocab.json", "merges.txt")}
+    files["detoker.pt"] = os.path.join(root, "vqgan", "detoker.pt")
+    for path in files.values():
+        if not os.path.isfile(path):
+            raise _missing(path, name)
+
+    # Memory first: the files' sizes, then (from the mapped tensors, before anything is
+    # allocated on the device) the weights' size in fp32 and fp16.
+    file_bytes = sum(os.path.getsize(files[f]) for f in ("encoder.pt", "decoder.pt", "detoker.pt"))
+    LOG.info("min-dalle %s: weight files %.1f MiB", name, file_bytes / 2 ** 20)
+    enc_sd, _ = _load_state(files["encoder.pt"])
+    dec_sd, _ = _load_state(files["decoder.pt"])
+    vq_sd, _ = _load_state(files["detoker.pt"])
+    if "embedding.weight" not in vq_sd:
+        raise ModelLoadError(f"min-dalle {files['detoker.pt']} has no embedding.weight: not min-dalle's VQGAN")
+    image_vocab = vq_sd["embedding.weight"].shape[0]
+    cfg = read_config(enc_sd, dec_sd, image_vocab, files["encoder.pt"], files["decoder.pt"])
+    bart = _numel(enc_sd) + _numel(dec_sd) - (cfg.decoder_vocab - cfg.image_vocab) * cfg.embed  # lm_head rows dropped
+    vqgan = _numel(vq_sd)
+    fp32, fp16 = 4 * bart + 4 * vqgan, 2 * bart + 4 * vqgan  # the VQGAN stays float32 (as min-dalle's)
+    weights_bytes = torch.tensor([], dtype=dtype).element_size() * bart + 4 * vqgan
+    LOG.info("min-dalle %s: %d layers, %d wide; weights %.2f GiB in fp32, %.2f GiB in fp16 (%.2f GiB as %s)",
+             name, cfg.decoder_layers, cfg.embed, fp32 / 2 ** 30, fp16 / 2 ** 30, weights_bytes / 2 ** 30,
+             str(dtype).removeprefix("torch."))
+
+    tokenizer = MinDalleTokenizer.from_files(files["vocab.json"], files["merges.txt"], cfg.text_len)
+    top = max(tokenizer.vocab.values())
+    if top >= cfg.text_vocab:
+        raise ModelLoadError(f"min-dalle {files['vocab.json']} has id {top}, past the encoder's "
+                             f"{cfg.text_vocab} text tokens: vocab.json and encoder.pt do not go together")
+    transformer = build_model(cfg, enc_sd, dec_sd, device, dtype, files["encoder.pt"], files["decoder.pt"])
+    del enc_sd, dec_sd
+    try:
+        dvae = build_vqgan(vq_sd, device)
+    except RuntimeError as e:
+        raise ModelLoadError(f"min-dalle {files['detoker.pt']}: not min-dalle's VQGAN: {e}") from e
+    del vq_sd
+
+    clip = None
+    if spec.clip:
+        from tessera.ops.families.openclip import load_openclip  # its own family, loaded on demand
+        clip = load_openclip(spec.clip, device, dtype)
+
+    details = {
+        "layers": cfg.decoder_layers, "encoder_layers": cfg.encoder_layers, "embed": cfg.embed,
+        "heads": cfg.heads, "glu": cfg.decoder_glu, "encoder_glu": cfg.encoder_glu,
+        "text_vocab": cfg.text_vocab, "text_len": cfg.text_len, "image_vocab": cfg.image_vocab,
+        "decoder_vocab": cfg.decoder_vocab, "image_len": cfg.image_len,
+        "weights_bytes": weights_bytes, "weights_fp32_bytes": fp32, "weights_fp16_bytes": fp16,
+        "files_bytes": file_bytes, "root": root,
+    }
+    return ModelBundle(
+        name=name, tokenizer=tokenizer, dvae=dvae, transformer=transformer, clip=clip,
+        sampling=SamplingDefaults(temperature=1.0, top_k=256, top_p=1.0, guidance_scale=16.0),
+        kind="min-dalle", details=details)

@@ -1,0 +1,231 @@
+"""The min-dalle family against min-dalle 0.4.11 itself (tiny models built with its classes)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tessera.ops.families.base import (ImageDecoder, ModelLoadError, ModelSpec, PromptError, PromptTokenizer,
+                                       RowCache, SamplingModel)
+from tessera.ops.families.min_dalle import is_min_dalle_dir, load
+from tessera.ops.families.min_dalle.model import START_TOKEN, heads_for
+
+from .conftest import EMBED, GLU, HEADS, LAYERS, TEXT_VOCAB, build_root, import_min_dalle
+
+PROMPT_A = "a photo of the cat sitting on the mat"
+PROMPT_B = "Avocado 🐶 armchair in the shape of an avocado, at night"
+SCALE = 16.0
+V = 2 ** 14
+
+
+def test_bundle_reads_every_dimension_from_the_weights(bundle):
+    d = bundle.details
+    assert (bundle.kind, bundle.name) == ("min-dalle", "dalle_bart_mini")
+    assert (d["layers"], d["encoder_layers"], d["embed"], d["heads"], d["glu"]) == (LAYERS, LAYERS, EMBED, HEADS, GLU)
+    assert (d["text_vocab"], d["text_len"], d["image_vocab"], d["decoder_vocab"]) == (TEXT_VOCAB, 64, V, V + 1)
+    assert d["weights_fp32_bytes"] == d["weights_bytes"] > d["weights_fp16_bytes"] > 0
+    m = bundle.transformer
+    assert (m.text_len, m.image_len, m.image_vocab) == (64, 256, V)
+    assert m.decoder.lm_head.weight.shape == (V, EMBED)  # only the image tokens' rows are kept
+    assert isinstance(m, SamplingModel) and isinstance(bundle.tokenizer, PromptTokenizer)
+    assert isinstance(bundle.dvae, ImageDecoder) and isinstance(m.new_cache(2, "cpu", torch.float32), RowCache)
+    assert (bundle.sampling.top_k, bundle.sampling.guidance_scale, bundle.clip) == (256, 16.0, None)
+    assert bundle.tokenizer.name == f"BART BPE ({len(bundle.tokenizer.vocab)} tokens)"
+
+
+def test_head_count_matches_min_dalles_constants():
+    """min-dalle's MinDalle: mega 32 heads at 2048 wide, mini 16 at 1024; read as embed // 64."""
+    md = import_min_dalle().min_dalle
+    for is_mega in (True, False):
+        fake = md.MinDalle.__new__(md.MinDalle)
+        # the constants MinDalle.__init__ sets, without running it (it downloads)
+        src = md.MinDalle.__init__.__code__.co_consts
+        assert 32 in src and 16 in src and 2048 in src and 1024 in src
+        embed, heads = (2048, 32) if is_mega else (1024, 16)
+        assert heads_for(embed) == heads
+        del fake
+
+
+def test_encoder_matches_min_dalle(oracle, bundle):
+    tok = bundle.tokenizer
+    text = torch.tensor([tok.encode_prompt(PROMPT_A).ids, tok.encode_prompt(PROMPT_B).ids])
+    with torch.no_grad():
+        want = oracle.encoder(text)  # min-dalle's encoder takes batches of 2 only
+    got = bundle.transformer.encode(text)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def _min_dalle_trace(oracle, ids: list[int], steps: int = 256):
+    """min-dalle's decoder driven as generate_raw_image_stream drives it for one image: a
+    [uncond, cond] batch, one token a step at position i, greedy on uncond*(1-s) + cond*s.
+    Returns per step the uncond and cond logits (256, 2, V) and the picks (256,)."""
+    text = torch.ones(2, 64, dtype=torch.long)
+    n = ids.index(1) if 1 in ids else 64
+    text[0, :2] = torch.tensor([ids[0], ids[n - 1]])
+    text[1, :n] = torch.tensor(ids[:n])
+    with torch.no_grad():
+        state = oracle.encoder(text)
+        mask = text.ne(1)[:, None, None, :]
+        attn = torch.zeros(LAYERS, 4, 256, EMBED)
+        tokens = torch.full((1, 257), START_TOKEN, dtype=torch.long)
+        logits_all = torch.zeros(steps, 2, V)
+        for i in range(steps):
+            logits, attn = oracle.decoder.forward(attention_mask=mask, encoder_state=state, attention_state=attn,
+                                                  prev_tokens=tokens[:, [i]], token_index=torch.tensor([i]))
+            lg = logits[:, -1, :V]
+            logits_all[i] = lg
+            tokens[0, i + 1] = (lg[0] * (1 - SCALE) + lg[1] * SCALE).argmax()
+    return logits_all, tokens[0, 1:]
+
+
+def test_decoder_logits_match_min_dalle_every_step(oracle, bundle):
+    """Two prompts (different lengths, so different text masks) share every step, each with
+    its unconditional row from the empty text's snapshot, as the sampler runs them. Each row's
+    logits equal min-dalle's at all 256 steps; the greedy super-conditioned picks agree."""
+    tok, model = bundle.tokenizer, bundle.transformer
+    ids = [tok.encode_prompt(p).ids for p in (PROMPT_A, PROMPT_B)]
+    want = [_min_dalle_trace(oracle, i) for i in ids]
+
+    cache = model.new_cache(4, "cpu", torch.float32)  # slots: A, B, uncond A, uncond B
+    scratch = model.new_cache(1, "cpu", torch.float32)
+    uncond0 = model.prefill(torch.tensor([tok.empty()]), scratch, torch.tensor([0]))[0]
+    cache.fill(2, 4, scratch.snapshot(0))
+    cond0 = model.prefill(torch.tensor(ids), cache, torch.tensor([0, 1]))
+    got = torch.cat([cond0, uncond0.expand(2, -1)])
+    for i in range(256):
+        for r, (logits, picks) in enumerate(want):
+            torch.testing.assert_close(got[r], logits[i, 1], atol=1e-4, rtol=0, msg=f"cond row {r} step {i}")
+            torch.testing.assert_close(got[r + 2], logits[i, 0], atol=1e-4, rtol=0, msg=f"uncond row {r} step {i}")
+            mixed = got[r + 2] * (1 - SCALE) + got[r] * SCALE
+            mixed_want = logits[i, 0] * (1 - SCALE) + logits[i, 1] * SCALE
+            torch.testing.assert_close(mixed, mixed_want, atol=1e-4 * 2 * SCALE, rtol=0)
+            top2 = mixed_want.topk(2).values
+            if top2[0] - top2[1] > 1e-3:  # no near-tie: the greedy pick is the same
+                assert int(mixed.argmax()) == int(picks[i])
+        if i == 255:
+            break
+        # the next token is min-dalle's pick (teacher forcing), for the cond and uncond slots alike
+        step_tokens = torch.stack([want[0][1][i], want[1][1][i]]).repeat(2)
+        got = model.decode_step(step_tokens, torch.full((4,), i), cache)
+
+
+def test_copy_rows_and_fill_carry_a_row(oracle, bundle):
+    """A row moved to another slot (copy_rows, as an eviction does) continues bit for bit."""
+    tok, model = bundle.tokenizer, bundle.transformer
+    ids = torch.tensor([tok.encode_prompt(PROMPT_B).ids])
+    a = model.new_cache(3, "cpu", torch.float32)
+    model.prefill(ids, a, torch.tensor([2]))
+    a.copy_rows([2], [0])
+    toks = [5, 77, 16000]
+    for i, t in enumerate(toks):
+        out_a = model.decode_step(torch.tensor([t]), torch.tensor([i]), a)
+    b = model.new_cache(1, "cpu", torch.float32)
+    model.prefill(ids, b, torch.tensor([0]))
+    for i, t in enumerate(toks):
+        out_b = model.decode_step(torch.tensor([t]), torch.tensor([i]), b)
+    torch.testing.assert_close(out_a, out_b, atol=0, rtol=0)
+
+
+def test_greedy_image_equals_min_dalle_generate_image(oracle, bundle, monkeypatch):
+    md = import_min_dalle().min_dalle
+    fetched = []
+
+    def no_download(url, *args, **kwargs):
+        fetched.append(url)
+        if url.endswith("config.json"):  # init_tokenizer pings this unconditionally; nothing is saved
+            return None
+        raise AssertionError(f"min-dalle tried to download {url}")
+
+    monkeypatch.setattr(md.requests, "get", no_download)
+    # is_reusable=False: the constructor reads only the tokenizer; the tiny dimensions are set
+    # before its init_* read our files (MinDalle hardcodes mega's / mini's)
+    dalle = md.MinDalle(models_root=str(oracle.root), dtype=torch.float32, device="cpu", is_mega=False,
+                        is_reusable=False, is_verbose=False)
+    dalle.layer_count, dalle.attention_head_count, dalle.embed_count = LAYERS, HEADS, EMBED
+    dalle.glu_embed_count, dalle.text_vocab_count, dalle.image_vocab_count = GLU, TEXT_VOCAB, V
+    dalle.init_encoder()
+    dalle.init_decoder()
+    dalle.init_detokenizer()
+    dalle.is_reusable = True
+    grad = torch.is_grad_enabled()
+    image = np.asarray(dalle.generate_image(PROMPT_A, seed=7, grid_size=1, top_k=1, supercondition_factor=16))
+    torch.set_grad_enabled(grad)
+    assert all(u.endswith("config.json") for u in fetched)
+    assert image.shape == (256, 256, 3)
+
+    tok, model = bundle.tokenizer, bundle.transformer
+    cache = model.new_cache(2, "cpu", torch.float32)
+    scratch = model.new_cache(1, "cpu", torch.float32)
+    uncond = model.prefill(torch.tensor([tok.empty()]), scratch, torch.tensor([0]))[0]
+    cache.fill(1, 2, scratch.snapshot(0))
+    cond = model.prefill(torch.tensor([tok.encode_prompt(PROMPT_A).ids]), cache, torch.tensor([0]))[0]
+    picks = []
+    for i in range(256):
+        picks.append(int((uncond * (1 - SCALE) + cond * SCALE).argmax()))
+        if i < 255:
+            cond, uncond = model.decode_step(torch.tensor([picks[-1]] * 2), torch.tensor([i, i]), cache)
+    pixels = bundle.dvae.pixels(torch.tensor([picks]))
+    assert pixels.shape == (1, 256, 256, 3) and pixels.dtype == torch.uint8
+    diff = np.abs(pixels[0].numpy().astype(int) - image.astype(int))
+    assert diff.max() <= 1, f"{(diff > 1).sum()} pixels differ by more than 1/255"
+    assert 10 < image.mean() < 245  # not an all-clipped image: the comparison means something
+
+
+LONG = " ".join(["the cat sat on the mat with a hat"] * 8)
+
+
+@pytest.mark.parametrize("text", [
+    "a photo of the cat", "A Photo OF the   Cat!", "I ❤️ my 🐶 and 😍", "café crème brûlée naïve",
+    "zebra quiz 1987 xylophone", "", "   ", "日本語 only", LONG, "tab\tand\nnewline"])
+def test_tokenizer_matches_min_dalle(oracle, bundle, text):
+    want = oracle.tokenizer.tokenize(text)
+    tok = bundle.tokenizer
+    assert tok.tokenize(text) == want
+    if len(want) <= 2:
+        with pytest.raises(PromptError):
+            tok.encode_prompt(text)
+        return
+    enc = tok.encode_prompt(text)
+    assert len(enc.ids) == 64
+    cut = want[:64]  # generate_raw_image_stream's cut
+    assert enc.ids == cut + [1] * (64 - len(cut))
+    if len(want) > 64:
+        assert enc.notes == [f"prompt cut to 64 tokens ({len(want)} before)"]
+    else:
+        assert enc.notes == []
+    assert tok.empty() == [0, 2] + [1] * 62 and tok.unknown_words(text) == []
+
+
+def test_over_long_prompt_is_cut_with_a_note(bundle):
+    enc = bundle.tokenizer.encode_prompt(LONG)
+    assert len(enc.ids) == 64 and 1 not in enc.ids and enc.notes and enc.notes[0].startswith("prompt cut to 64")
+
+
+def test_is_min_dalle_dir(oracle, tmp_path):
+    assert is_min_dalle_dir(oracle.root) and is_min_dalle_dir(oracle.root / "dalle_bart_mini")
+    assert not is_min_dalle_dir(tmp_path) and not is_min_dalle_dir(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("missing", ["dalle_bart_mini/encoder.pt", "dalle_bart_mini/decoder.pt",
+                                     "dalle_bart_mini/vocab.json", "dalle_bart_mini/merges.txt",
+                                     "vqgan/detoker.pt"])
+def test_missing_file_names_it(oracle, tmp_path, missing):
+    for sub in ("dalle_bart_mini", "vqgan"):
+        (tmp_path / sub).mkdir()
+        for f in os.listdir(oracle.root / sub):
+            if f"{sub}/{f}" != missing:
+                os.symlink(oracle.root / sub / f, tmp_path / sub / f)
+    with pytest.raises(ModelLoadError) as e:
+        load(ModelSpec(path=str(tmp_path)), "cpu", torch.float32)
+    msg = str(e.value)
+    assert str(tmp_path / missing) in msg and "kuprel/min-dalle" in msg and "is_mega=False" in msg
+
+
+def test_mega_layout_and_fp16_estimate(tmp_path, detoker_file):
+    """A dalle_bart_mega directory loads under its name; details carry the fp16 estimate."""
+    root = build_root(tmp_path, detoker_file, name="dalle_bart_mega", seed=3)
+    b = load(ModelSpec(path=str(root)), "cpu", torch.bfloat16)
+    assert b.name == "dalle_bart_mega" and b.transformer.decoder.lm_head.weight.dtype == torch.bfloat16
+    assert b.details["weights_bytes"] == b.details["weights_fp16_bytes"] < b.details["weights_fp32_bytes"]
