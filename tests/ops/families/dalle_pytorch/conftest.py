@@ -1,0 +1,58 @@
+"""Tiny random-weight DALLE models built with DALLE-pytorch's own classes, saved as train_dalle.py saves."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.ops.families.references import import_dalle_pytorch
+
+TEXT_SEQ_LEN = 8
+NUM_TEXT_TOKENS = 100
+
+
+def build_dalle(image_size: int = 16, vae_layers: int = 2, **kwargs):
+    """A DALLE in eval mode with every zero/constant-initialised parameter randomised, and the
+    hparams dict train_dalle.py would save for it (kwargs override / add DALLE arguments)."""
+    dp = import_dalle_pytorch()
+    torch.manual_seed(kwargs.pop("seed", 0))
+    vae_params = dict(image_size=image_size, num_layers=vae_layers, num_tokens=24, codebook_dim=16, hidden_dim=8)
+    vae = dp.DiscreteVAE(**vae_params)
+    hparams = dict(num_text_tokens=NUM_TEXT_TOKENS, text_seq_len=TEXT_SEQ_LEN, dim=32, depth=2, heads=2,
+                   dim_head=16, reversible=False, loss_img_weight=7, attn_types=("full",), ff_dropout=0.0,
+                   attn_dropout=0.0, stable=False, shift_tokens=True, rotary_emb=True, shared_attn_ids=None,
+                   shared_ff_ids=None, share_input_output_emb=False)
+    hparams.update(kwargs)
+    dalle_kwargs = dict(hparams)
+    dalle = dp.DALLE(vae=vae, **dalle_kwargs)
+    with torch.no_grad():
+        for name, p in dalle.named_parameters():
+            if name.startswith("vae."):
+                continue
+            if name.endswith("scale"):        # LayerScale: 0.1 everywhere otherwise
+                p.uniform_(0.3, 1.5)
+            elif name.endswith("bias"):       # zero-initialised
+                p.normal_(0, 0.2)
+            elif "norm" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.3)
+            else:
+                p.normal_(0, 0.3 if p.dim() > 1 else 1.0)
+    return dalle.eval(), hparams, vae_params
+
+
+def save_checkpoint(path, dalle, hparams, vae_params, drop_hparams=(), drop_weights=()):
+    """train_dalle.py's exact layout."""
+    hp = {k: v for k, v in hparams.items() if k not in drop_hparams}
+    weights = {k: v for k, v in dalle.state_dict().items() if k not in drop_weights}
+    torch.save({"hparams": hp, "vae_params": vae_params, "epoch": 3, "version": "1.6.6",
+                "vae_class_name": "DiscreteVAE", "weights": weights, "opt_state": {}, "scheduler_state": None},
+               path)
+    return path
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    def make(name="dalle", image_size=16, vae_layers=2, drop_hparams=(), drop_weights=(), **kwargs):
+        dalle, hp, vp = build_dalle(image_size, vae_layers, **kwargs)
+        path = save_checkpoint(tmp_path / f"{name}.pt", dalle, hp, vp, drop_hparams, drop_weights)
+        return path, dalle
+    return make
