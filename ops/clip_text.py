@@ -1,4 +1,7 @@
-"""clip_text: prompt tokens -> CLIP text embedding, in parallel with sampling."""
+"""clip_text: prompt tokens -> CLIP text embedding, in parallel with sampling.
+
+A model with no reranker (a DALLE-pytorch checkpoint served without --clip) passes the
+request's answer-shaping fields through with no embedding: rerank keeps sampling order."""
 from __future__ import annotations
 
 import torch
@@ -13,14 +16,17 @@ class ClipTextOp(ModelOp):
     def setup(self, device: str) -> None:
         super().setup(device)
         clip = self.bundle.clip
-        # An example row of real tokens, and padding rows copying a call's first: a row of
-        # <pad> alone would be masked whole.
-        text = torch.full((1, clip.cfg.text_len), clip.pad_id, dtype=torch.long, device=device)
-        text[0, 0] = (clip.pad_id + 1) % clip.cfg.text_vocab
-        self._encode = self.forward(lambda ids: clip.encode_text(ids).float(), [text], pad="first")
+        if clip is None:
+            return
+        # An example row of a real prompt, and padding rows copying a call's first: a row of
+        # padding alone may be masked whole.
+        text = torch.tensor([clip.tokenize("a")], dtype=torch.long, device=device)
+        self._encode = self.forward(clip.encode_text, [text], pad="first")
 
     @torch.inference_mode()
     def process(self, rows: list[TokenizedPrompt]) -> list[TextEmbedding]:
-        text = torch.tensor([r.text for r in rows], device=self.device)
-        emb = self._encode(text).cpu()  # (B, d_embed)
-        return [TextEmbedding(e, r.num_images, r.unknown_words) for e, r in zip(emb, rows)]
+        if self.bundle.clip is None:
+            return [TextEmbedding(None, r.num_images, r.unknown_words, r.notes) for r in rows]
+        text = torch.tensor([r.clip_text for r in rows], device=self.device)
+        emb = self._encode(text).float().cpu()  # (B, d_embed)
+        return [TextEmbedding(e, r.num_images, r.unknown_words, r.notes) for e, r in zip(emb, rows)]

@@ -1,10 +1,11 @@
-"""decode: image token grids -> pixels with the dVAE decoder, one row per candidate."""
+"""decode: image token grids -> pixels with the family's decoder (a dVAE, OpenAI's dVAE, a
+VQGAN), one row per candidate, converted to uint8 as the family's own project saves images."""
 from __future__ import annotations
 
 import torch
 
 from tessera.ops.messages import DecodedImage, SampledCandidate
-from tessera.ops.shared import ForwardSettings, ModelOp, uint8_pixels
+from tessera.ops.shared import ForwardSettings, ModelOp
 
 
 class DecodeOp(ModelOp):
@@ -13,8 +14,8 @@ class DecodeOp(ModelOp):
     def setup(self, device: str) -> None:
         super().setup(device)
         dvae = self.bundle.dvae
-        grid = torch.zeros(1, dvae.cfg.grid ** 2, dtype=torch.long, device=device)
-        self._decode = self.forward(lambda tokens: uint8_pixels(dvae.decode(tokens)), [grid])
+        grid = torch.zeros(1, dvae.image_len, dtype=torch.long, device=device)
+        self._decode = self.forward(dvae.pixels, [grid])
 
     def split(self, value: list[SampledCandidate]) -> list[SampledCandidate]:
         return value  # the sampler's candidates

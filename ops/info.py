@@ -1,21 +1,44 @@
-"""What a model directory declares, read from config.json alone (no torch, no weights)."""
+"""What a served model declares, for GetInfo, the page and the clients.
+
+The bundled layout is described from its config.json alone (no torch, no weights); another
+family from the bundle this process loaded for the OPs (or, with the OPs in other processes,
+loaded here on the CPU once).
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 from pathlib import Path
 
+from tessera.ops.families import ModelBundle, ModelSpec, family_of
 from tessera.ops.shapes.vocabulary import VOCABULARY
 
 BUNDLED = Path(__file__).resolve().parent / "bundled" / "shapes-dalle"
 
 
-def describe_model(model_dir: str | None) -> dict:
-    root = Path(model_dir) if model_dir else BUNDLED
-    cfg = json.loads((root / "config.json").read_text())
-    size = cfg["dvae"]["image_size"]
-    return {"name": cfg.get("name", root.name), "image_width": size, "image_height": size,
-            "text_context": cfg["transformer"]["text_len"], "image_tokens": cfg["transformer"]["image_len"],
-            "sampling": cfg.get("sampling", {}),
-            # What the captions it was trained on name: {"colors": [{"en", "zh"}, ...], ...}.
-            "vocabulary": asdict(VOCABULARY)}
+def describe_model(model: ModelSpec | str | None) -> dict:
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(path=model or None)
+    if family_of(spec.path) == "tessera":
+        root = Path(spec.path) if spec.path else BUNDLED
+        cfg = json.loads((root / "config.json").read_text())
+        size = cfg["dvae"]["image_size"]
+        return {"name": cfg.get("name", root.name), "kind": "tessera", "image_width": size, "image_height": size,
+                "text_context": cfg["transformer"]["text_len"], "image_tokens": cfg["transformer"]["image_len"],
+                "sampling": cfg.get("sampling", {}), "tokenizer": "byte-level BPE (its tokenizer.json)",
+                "rerank": True, "reranker": "the shapes CLIP", "details": {},
+                # What the captions it was trained on name: {"colors": [{"en", "zh"}, ...], ...}.
+                "vocabulary": asdict(VOCABULARY)}
+    from tessera.ops.shared import bundle_for, loaded_bundle  # torch: only for the other families
+    return bundle_info(loaded_bundle(spec) or bundle_for(spec, "cpu"))
+
+
+def bundle_info(bundle: ModelBundle) -> dict:
+    """A loaded family's description (an open vocabulary: no word list)."""
+    size = bundle.image_size
+    return {"name": bundle.name, "kind": bundle.kind, "image_width": size, "image_height": size,
+            "text_context": bundle.transformer.text_len, "image_tokens": bundle.transformer.image_len,
+            "sampling": asdict(bundle.sampling), "tokenizer": bundle.tokenizer.name,
+            "rerank": bundle.clip is not None,
+            "reranker": bundle.clip.name if bundle.clip is not None else "",
+            "details": {str(k): str(v) for k, v in bundle.details.items()},
+            "vocabulary": {"colors": [], "shapes": [], "sizes": [], "positions": []}}

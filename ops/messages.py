@@ -56,6 +56,8 @@ class TokenizedPrompt:
     sampling: Sampling
     preview_every: int = 0
     unknown_words: list[str] = field(default_factory=list)  # prompt words the model never saw
+    clip_text: list[int] | None = None  # the prompt as the reranker reads it; None: no reranker
+    notes: list[str] = field(default_factory=list)  # what the response should say (a prompt cut short...)
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,10 @@ class DecodedImage:
 class TextEmbedding:
     """clip_text's output: the prompt's CLIP embedding, with what the answer needs from the
     request (it rides along this branch to rerank, which has no other view of the request)."""
-    embedding: torch.Tensor       # (d_embed,) float32, unit length
+    embedding: torch.Tensor | None  # (d_embed,) float32, unit length; None: the model has no reranker
     num_images: int               # how many of the best candidates the request keeps
     unknown_words: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class RankedImage:
 
 @dataclass(frozen=True)
 class RankedImages:
-    """rerank's output, the request's answer: the best `num_images`, best first."""
+    """rerank's output, the request's answer: the best `num_images`, best first (in sampling
+    order, with no score, when the model has no reranker)."""
     images: list[RankedImage]
     unknown_words: list[str] = field(default_factory=list)  # the prompt's words the model does not know
+    reranked: bool = True
+    notes: list[str] = field(default_factory=list)

@@ -1,4 +1,7 @@
-"""rerank: joins decode and clip_text; scores each candidate with CLIP, keeps the best."""
+"""rerank: joins decode and clip_text; scores each candidate with CLIP, keeps the best.
+
+With no reranker (the model has none and none was given) the first `num_images` candidates
+come back in sampling order with no score, and the response says they were not reranked."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,15 +18,16 @@ class RerankOp(ModelOp):
     def setup(self, device: str) -> None:
         super().setup(device)
         clip = self.bundle.clip
-        dtype = clip.logit_scale.dtype
-        side = self.bundle.dvae.cfg.image_size
-
-        def encode(pixels: torch.Tensor) -> torch.Tensor:  # (N, H, W, 3) uint8 -> (N, d_embed)
-            return clip.encode_image(pixels.permute(0, 3, 1, 2).to(dtype) / 255.0).float()
-        self._encode = self.forward(encode, [torch.zeros(1, side, side, 3, dtype=torch.uint8, device=device)])
+        if clip is None:
+            return
+        side = self.bundle.dvae.image_size
+        self._encode = self.forward(clip.encode_image,
+                                    [torch.zeros(1, side, side, 3, dtype=torch.uint8, device=device)])
 
     @torch.inference_mode()
     def process(self, rows: list[RerankInputs]) -> list[RankedImages]:
+        if self.bundle.clip is None:
+            return [self._unranked(r) for r in rows]
         # One image-encoder call for every candidate of every request in the batch.
         candidates = [c for r in rows for c in r.images]
         pixels = torch.from_numpy(np.stack([c.pixels for c in candidates])).to(self.device)
@@ -35,8 +39,14 @@ class RerankOp(ModelOp):
             at += n
             order = sorted(range(n), key=lambda i: (-scores[i], i))[: r.text_embedding.num_images]
             out.append(RankedImages([self._image(r.images[i], scores[i]) for i in order],
-                                    r.text_embedding.unknown_words))
+                                    r.text_embedding.unknown_words, notes=r.text_embedding.notes))
         return out
+
+    def _unranked(self, r: RerankInputs) -> RankedImages:
+        """Sampling order, score 0: no reranker to ask."""
+        best = sorted(r.images, key=lambda c: c.candidate_index)[: r.text_embedding.num_images]
+        return RankedImages([self._image(c, 0.0) for c in best], r.text_embedding.unknown_words,
+                            reranked=False, notes=r.text_embedding.notes)
 
     @staticmethod
     def _image(candidate: DecodedImage, score: float) -> RankedImage:

@@ -1,12 +1,13 @@
-"""sample: the stepping OP that turns text tokens into image token grids.
+"""sample: the stepping OP that turns text tokens into image token grids, for any model
+family (ops/families/base.py: the family's SamplingModel and its RowCache).
 
 Iteration-level batching: rows join the running batch between steps and leave the
 moment their last token is sampled. Each live row holds one KV-cache slot (two with
 classifier-free guidance: the caption's and the empty caption's); slots stay packed
 in 0..m-1 so a decode step reads the cache through views (an eviction moves
 only the rows past the new end into the holes). A request's candidates share
-one prefill of their prompt, copied slot to slot; the empty caption's prefix is
-computed once at setup.
+one prefill of their prompt, copied slot to slot; the empty caption's prefill (the
+family's null prompt) is computed once at setup.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import torch
 
 from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
 from tessera.ops.models.buckets import auto_mode
-from tessera.ops.models.transformer import DECODE_MODES, BucketedDecoder, KVCache
+from tessera.ops.families import RowCache
+from tessera.ops.models.transformer import DECODE_MODES, BucketedDecoder
 from tessera.ops.messages import CandidateRow, SampledCandidate, TokenizedPrompt
-from tessera.ops.shared import ModelOp, ModelSettings, candidate_seed, to_png, to_uint8
+from tessera.ops.shared import LOG, ModelOp, ModelSettings, candidate_seed, to_png
 from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow
 
 
@@ -72,21 +74,26 @@ class SampleOp(SteppingOp, ModelOp):
     def setup(self, device: str) -> None:
         super().setup(device)
         self.model = self.bundle.transformer
-        self.cfg = self.model.cfg
+        self.image_len = self.model.image_len
         self.dtype = next(self.model.parameters()).dtype
-        self.cache: KVCache | None = None
+        self.cache: RowCache | None = None
         self.decode_mode = self.settings.decode_mode
         if self.decode_mode == "auto":  # measured: README, Performance
             self.decode_mode = auto_mode(device)
+        if self.decode_mode != "off" and not getattr(self.model, "graphable", False):
+            if self.settings.decode_mode != "auto":
+                LOG.warning("sample: the %s model's step cannot be compiled or captured; decode_mode %s "
+                            "runs eagerly", self.bundle.kind, self.decode_mode)
+            self.decode_mode = "off"
         self.pick_device = torch.device("cpu" if self.settings.sample_on == "cpu" else device)
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)
-        # The empty caption's prefix, once: every guided row starts from a copy of it.
-        scratch = KVCache(self.cfg, 1, device, self.dtype)
-        empty = torch.tensor([self.bundle.tokenizer.empty()], device=device)
-        self.uncond_logits = self.model.prefill(empty, scratch, torch.tensor([0], device=device))[0]
-        L = self.cfg.text_len
-        self.uncond_prefix = scratch.prefix(0, L)
+        # The null prompt's prefill, once: every guided row's unconditional twin starts from a copy.
+        with torch.inference_mode():
+            scratch = self.model.new_cache(1, device, self.dtype)
+            empty = torch.tensor([self.bundle.tokenizer.empty()], device=device)
+            self.uncond_logits = self.model.prefill(empty, scratch, torch.tensor([0], device=device))[0]
+            self.uncond_prefix = scratch.snapshot(0)
 
     # -- the engine's view -------------------------------------------------------------------
     def split(self, value: TokenizedPrompt) -> list[CandidateRow]:
@@ -106,7 +113,7 @@ class SampleOp(SteppingOp, ModelOp):
         if self.cache is None or self.cache.slots < 2 * self.capacity:
             if self.rows:
                 raise RuntimeError("capacity grew while rows were running")
-            self.cache = KVCache(self.cfg, 2 * self.capacity, self.device, self.dtype)
+            self.cache = self.model.new_cache(2 * self.capacity, self.device, self.dtype)
             self.decoder = self._decoder(self.cache)
         if len(self.rows) + len(rows) > self.capacity:
             raise RuntimeError(f"admitting {len(rows)} rows would exceed capacity {self.capacity}")
@@ -114,7 +121,7 @@ class SampleOp(SteppingOp, ModelOp):
         new = [_Row(r.key, v.seed, v.candidate_index,
                     (float(v.sampling.temperature), int(v.sampling.top_k), float(v.sampling.top_p),
                      float(v.sampling.guidance_scale)),
-                    v.preview_every, row_uniforms(v.seed, self.cfg.image_len))
+                    v.preview_every, row_uniforms(v.seed, self.image_len))
                for r, v in zip(rows, values)]
         # One prefill per distinct prompt (a request's candidates share theirs).
         groups: dict[tuple, list[_Row]] = {}
@@ -138,7 +145,7 @@ class SampleOp(SteppingOp, ModelOp):
         if guided_rows:
             at = len(self.slots)
             self.slots += [(row, True) for row in guided_rows]
-            self.cache.fill_prefix(at, at + len(guided_rows), self.uncond_prefix)
+            self.cache.fill(at, at + len(guided_rows), self.uncond_prefix)
         self.rows += ordered
         self._index_rows()
         # Token 0 comes from the prefill logits.
@@ -152,7 +159,7 @@ class SampleOp(SteppingOp, ModelOp):
     @torch.inference_mode()
     def step(self) -> StepResult:
         result = StepResult()
-        live = [row for row in self.rows if len(row.tokens) < self.cfg.image_len]
+        live = [row for row in self.rows if len(row.tokens) < self.image_len]
         if live:
             tokens = torch.tensor([row.tokens[-1] for row, _ in self.slots], device=self.device)
             index = torch.tensor([len(row.tokens) - 1 for row, _ in self.slots], device=self.device)
@@ -165,10 +172,10 @@ class SampleOp(SteppingOp, ModelOp):
         for row in self.rows:
             n = len(row.tokens)
             preview = None
-            if row.preview_every and n % row.preview_every == 0 and n < self.cfg.image_len:
+            if row.preview_every and n % row.preview_every == 0 and n < self.image_len:
                 preview = self._preview(row)
-            result.progress[row.key] = StepProgress(n, self.cfg.image_len, preview)
-            if n >= self.cfg.image_len:
+            result.progress[row.key] = StepProgress(n, self.image_len, preview)
+            if n >= self.image_len:
                 result.finished[row.key] = SampledCandidate(torch.tensor(row.tokens), row.seed,
                                                             row.candidate_index)
                 done.append(row.key)
@@ -196,7 +203,7 @@ class SampleOp(SteppingOp, ModelOp):
         self._index_rows()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _decoder(self, cache: KVCache):
+    def _decoder(self, cache: RowCache):
         """The decode step over `cache`: eager, or compiled/captured over batch-size buckets
         (setting `decode_buckets`, default powers of two up to the cache's slots)."""
         if self.decode_mode == "off":
@@ -217,7 +224,7 @@ class SampleOp(SteppingOp, ModelOp):
         """Per-row temperature, top_k, top_p, guidance scale and uniforms, where tokens are picked."""
         p = list(zip(*(r.params for r in rows))) or [(), (), (), ()]
         uniforms = (torch.stack([r.uniforms for r in rows]) if rows
-                    else torch.zeros(0, self.cfg.image_len, dtype=torch.float64))
+                    else torch.zeros(0, self.image_len, dtype=torch.float64))
         return tuple(t.to(self.pick_device) for t in (
             torch.tensor(p[0], dtype=torch.float32), torch.tensor(p[1], dtype=torch.long),
             torch.tensor(p[2], dtype=torch.float32), torch.tensor(p[3], dtype=torch.float32), uniforms))
@@ -236,6 +243,6 @@ class SampleOp(SteppingOp, ModelOp):
 
     def _preview(self, row: _Row) -> bytes:
         """The partial grid decoded: unsampled cells repeat the first token (background)."""
-        grid = row.tokens + [row.tokens[0]] * (self.cfg.image_len - len(row.tokens))
-        image = self.bundle.dvae.decode(torch.tensor([grid], device=self.device))
-        return to_png(np.ascontiguousarray(to_uint8(image)[0]))
+        grid = row.tokens + [row.tokens[0]] * (self.image_len - len(row.tokens))
+        pixels = self.bundle.dvae.pixels(torch.tensor([grid], device=self.device))
+        return to_png(np.ascontiguousarray(pixels[0].cpu().numpy()))

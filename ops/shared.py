@@ -1,4 +1,4 @@
-"""What the DALL·E OPs share: one loaded model bundle per (directory, device, precision)."""
+"""What the DALL·E OPs share: one loaded model bundle per (model files, device, precision)."""
 from __future__ import annotations
 
 import io
@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tessera.ops.models.dvae import uint8_pixels
 from tessera.ops.models.buckets import MODES, Bucketed, auto_mode, default_buckets
-from tessera.ops.models.loading import ModelBundle, load_model_dir
+from tessera.ops.families import ModelBundle, ModelSpec, load_model
 from tessera.server.engine import Op
 
 LOG = logging.getLogger("tessera.ops")
@@ -22,18 +23,26 @@ _LOCK = threading.Lock()
 HALF = {False: torch.float32, True: torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def bundle_for(model_dir: str | None, device: str, half: bool | str = False) -> ModelBundle:
+def bundle_for(model: ModelSpec | str | None, device: str, half: bool | str = False) -> ModelBundle:
     """Load once per process; workers on the same device share read-only weights.
 
-    `half` (CUDA only; a CPU keeps fp32): true or "fp16" for float16, "bf16" for bfloat16."""
+    `model` is a ModelSpec (a path alone names a model with no extra files); `half` (CUDA
+    only; a CPU keeps fp32): true or "fp16" for float16, "bf16" for bfloat16."""
     if half not in HALF:
         raise ValueError(f"half must be true, false, 'fp16' or 'bf16', got {half!r}")
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(path=model or None)
     dtype = HALF[half] if device.startswith("cuda") else torch.float32
-    key = (model_dir or "", device, dtype)
+    key = (spec, device, dtype)
     with _LOCK:
         if key not in _BUNDLES:
-            _BUNDLES[key] = load_model_dir(model_dir, device=device, dtype=dtype)
+            _BUNDLES[key] = load_model(spec, device=device, dtype=dtype)
         return _BUNDLES[key]
+
+
+def loaded_bundle(spec: ModelSpec) -> ModelBundle | None:
+    """A bundle of `spec` this process has loaded already, on any device (None if none)."""
+    with _LOCK:
+        return next((b for (s, _, _), b in _BUNDLES.items() if s == spec), None)
 
 
 def to_png(image: np.ndarray) -> bytes:
@@ -41,11 +50,6 @@ def to_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def uint8_pixels(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, on the images' device."""
-    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -65,8 +69,22 @@ def candidate_seed(seed: int, index: int) -> int:
 
 
 @dataclass
-class ModelSettings:
-    model_dir: str | None = None  # None: the bundled model
+class ModelFiles:
+    # The model's files (the configuration's top-level `model` section fills these in for every
+    # OP): a Tessera model directory, a DALLE-pytorch .pt, or min-dalle's directory; None: the
+    # bundled shapes model.
+    model_dir: str | None = None
+    bpe_path: str | None = None   # DALLE-pytorch: CLIP's BPE merges (plain or .gz) or a tokenizers JSON
+    vae_path: str | None = None   # DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)
+    clip: str | None = None       # ARCH:PATH of a local OpenCLIP checkpoint that reranks
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(path=self.model_dir, bpe_path=self.bpe_path, vae_path=self.vae_path, clip=self.clip)
+
+
+@dataclass
+class ModelSettings(ModelFiles):
     half: bool | str = False      # on a CUDA device: true or "fp16" float16, "bf16" bfloat16 (a CPU keeps fp32)
 
     def __post_init__(self) -> None:
@@ -97,7 +115,7 @@ class ModelOp(Op):
 
     def setup(self, device: str) -> None:
         self.device = device
-        self.bundle = bundle_for(self.settings.model_dir, device, self.settings.half)
+        self.bundle = bundle_for(self.settings.spec, device, self.settings.half)
 
     def forward(self, fn, rows: list[torch.Tensor], pad: str = "zero"):
         """`fn` as the `forward_mode` setting asks (ForwardSettings): itself, or bucketed

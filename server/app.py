@@ -59,9 +59,17 @@ class TesseraServer:
         self._health_tasks: set[asyncio.Task] = set()
 
     def model_info(self) -> dict:
-        from tessera.ops.info import describe_model  # reads config.json only
-        dirs = [op.settings.get("model_dir") for op in self.config.graph.ops.values()]
-        return describe_model(next((d for d in dirs if d), self.config.model_dir))
+        from tessera.ops.families import ModelSpec
+        from tessera.ops.info import describe_model  # the bundled layout: config.json only
+        model = self.config.model
+        spec = ModelSpec(path=model.path, bpe_path=model.bpe_path, vae_path=model.vae, clip=model.clip)
+        for op in self.config.graph.ops.values():  # an OP's own settings name the model it serves
+            if op.settings.get("model_dir") or op.settings.get("clip"):
+                s = op.settings
+                spec = ModelSpec(path=s.get("model_dir"), bpe_path=s.get("bpe_path"),
+                                 vae_path=s.get("vae_path"), clip=s.get("clip"))
+                break
+        return describe_model(spec)
 
     async def start(self) -> int:
         """Bind the port, load the OPs, serve; PortInUse or ConfigError before any model loads."""

@@ -1,4 +1,4 @@
-"""The server's configuration: a `server` section, the model, and the engine's `graph`.
+"""The server's configuration: a `server` section, the `model`, and the engine's `graph`.
 
     config = AppConfig.from_dict(yaml.safe_load(path.read_text()))
 
@@ -38,17 +38,55 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
 
 
+# The `model` section's keys -> the model OPs' settings they fill in (ops/shared.py, ModelSettings).
+MODEL_KEYS = {"path": "model_dir", "bpe_path": "bpe_path", "vae": "vae_path", "clip": "clip"}
+
+
+@dataclass
+class ModelConfig:
+    """Which model to serve (`model:`; `tessera serve --model/--bpe-path/--vae/--clip`)."""
+    path: str | None = None      # a Tessera model directory, a DALLE-pytorch .pt, min-dalle's
+                                 # directory; None: the bundled shapes model
+    bpe_path: str | None = None  # DALLE-pytorch: CLIP's BPE merges (plain or .gz) or a tokenizers JSON
+    vae: str | None = None       # DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)
+    clip: str | None = None      # ARCH:PATH, a local OpenCLIP checkpoint that reranks
+
+    @classmethod
+    def from_raw(cls, raw: Any, model_dir: Any) -> ModelConfig:
+        """`model: PATH`, `model: {path: ..., ...}`, or the older top-level `model_dir: PATH`."""
+        if raw is None:
+            raw = {}
+        elif isinstance(raw, str):
+            raw = {"path": raw}
+        _known("model.", raw, set(MODEL_KEYS))
+        if model_dir is not None:
+            if raw.get("path") is not None:
+                raise ConfigError("model_dir", "names the model a second time; keep model.path alone")
+            raw = {**raw, "path": model_dir}
+        for key, value in raw.items():
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError("model_dir" if model_dir is not None and key == "path" else f"model.{key}",
+                                  f"must be a path, got {value!r}")
+        if raw.get("clip") is not None and ":" not in raw["clip"]:
+            raise ConfigError("model.clip", f"must be ARCH:PATH (e.g. ViT-B-32:/models/clip.bin), got {raw['clip']!r}")
+        return cls(**raw)
+
+
 @dataclass
 class AppConfig:
     server: ServerConfig
     graph: GraphConfig
-    model_dir: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def model_dir(self) -> str | None:
+        return self.model.path
 
     @classmethod
     def from_dict(cls, raw: Any) -> AppConfig:
         if not isinstance(raw, dict):
             raise ConfigError("(top level)", "the configuration must be a mapping")
-        _known("", raw, {"server", "graph", "model_dir"})
+        _known("", raw, {"server", "graph", "model", "model_dir"})
         if "graph" not in raw:
             raise ConfigError("graph", "is required: the OPs and how they connect")
         s = raw.get("server") or {}
@@ -73,19 +111,21 @@ class AppConfig:
             raise ConfigError("server.auth_exempt_health", f"must be true or false, got {server.auth_exempt_health!r}")
         if (server.tls_cert_file is None) != (server.tls_key_file is None):
             raise ConfigError("server.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file")
-        model_dir = raw.get("model_dir")
-        if model_dir is not None and not isinstance(model_dir, str):
-            raise ConfigError("model_dir", "must be a path")
+        model = ModelConfig.from_raw(raw.get("model"), raw.get("model_dir"))
+        given = {setting: getattr(model, key) for key, setting in MODEL_KEYS.items()
+                 if getattr(model, key) is not None}
         graph_raw = copy.deepcopy(raw["graph"])
         if isinstance(graph_raw, dict) and isinstance(graph_raw.get("ops"), dict):
-            for op in graph_raw["ops"].values():  # one model directory for every OP by default
-                if isinstance(op, dict) and model_dir is not None and _takes_model_dir(op):
-                    op.setdefault("settings", {}).setdefault("model_dir", model_dir)
+            for op in graph_raw["ops"].values():  # one model for every OP by default
+                if isinstance(op, dict) and given and _takes_model_dir(op):
+                    settings = op.setdefault("settings", {})
+                    for setting, value in given.items():
+                        settings.setdefault(setting, value)
         try:
             graph = GraphConfig.from_dict(graph_raw)
         except ConfigError as exc:
             raise ConfigError(f"graph.{exc.key}", str(exc).split(": ", 1)[1]) from None
-        return cls(server=server, graph=graph, model_dir=model_dir)
+        return cls(server=server, graph=graph, model=model)
 
 
 def _takes_model_dir(op: dict) -> bool:

@@ -6,7 +6,9 @@ the two equal).
 from __future__ import annotations
 
 DEFAULT_CONFIG: dict = {
-    "model_dir": None,  # None: the bundled shapes-dalle model
+    # path None: the bundled shapes-dalle model; else a Tessera model directory, a DALLE-pytorch
+    # checkpoint (.pt, with bpe_path, vae, clip) or min-dalle's directory (README, Models).
+    "model": {"path": None, "bpe_path": None, "vae": None, "clip": None},
     "server": {
         "host": "127.0.0.1",
         "port": 50051,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from tessera.ops.families.base import ModelLoadError
 from tessera.server.config import AppConfig
 from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError
@@ -26,7 +27,10 @@ EXIT_PORT_IN_USE = 3
 
 
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
-                ray_address: str | None = None, http_port: int | None = None) -> AppConfig:
+                ray_address: str | None = None, http_port: int | None = None,
+                model: dict[str, str | None] | None = None) -> AppConfig:
+    """The configuration file (or the shipped one) with the command line's overrides; `model`
+    holds --model/--bpe-path/--vae/--clip by the `model` section's keys."""
     if path:
         try:
             raw = yaml.safe_load(Path(path).read_text())
@@ -45,6 +49,15 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
                 server[key] = value
         if ray_address is not None and isinstance(raw.get("graph"), dict):
             raw["graph"]["ray_address"] = ray_address
+        given = {k: v for k, v in (model or {}).items() if v is not None}
+        if given:
+            section = raw.get("model")
+            section = {"path": section} if isinstance(section, str) else dict(section or {})
+            if "path" in given:
+                raw.pop("model_dir", None)  # --model replaces the file's model, whichever key named it
+            elif raw.get("model_dir") is not None:
+                section["path"] = raw.pop("model_dir")
+            raw["model"] = {**section, **given}
     return AppConfig.from_dict(raw)
 
 
@@ -62,6 +75,10 @@ async def _serve(config: AppConfig) -> int:
         print(f"tessera serve: {exc}", file=sys.stderr)
         await server.stop(0)
         return EXIT_PORT_IN_USE
+    except ModelLoadError as exc:  # the model's files: the user's input, like the configuration
+        print(f"tessera serve: cannot load the model: {exc}", file=sys.stderr)
+        await server.stop(0)
+        return EXIT_CONFIG
     except Exception as exc:  # noqa: BLE001 - a start-up failure is one clear line, not a traceback
         print(f"tessera serve: could not start: {exc}", file=sys.stderr)
         await server.stop(0)
@@ -85,6 +102,18 @@ async def _serve(config: AppConfig) -> int:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """`tessera serve`'s arguments (the command line is tessera.server.cli)."""
     ap.add_argument("--config", help="YAML configuration (default: the bundled model on the CPU)")
+    ap.add_argument("--model", metavar="PATH",
+                    help="the model to serve (model.path): a Tessera model directory, a DALLE-pytorch "
+                         "checkpoint (.pt, as train_dalle.py writes it), or the directory holding "
+                         "min-dalle's dalle_bart_mega/ or dalle_bart_mini/ and vqgan/ (default: the bundled model)")
+    ap.add_argument("--bpe-path", metavar="FILE",
+                    help="DALLE-pytorch: the tokenizer the checkpoint was trained with: CLIP's BPE merges "
+                         "(bpe_simple_vocab_16e6.txt, plain or .gz) or a tokenizers JSON (model.bpe_path)")
+    ap.add_argument("--vae", metavar="FILE",
+                    help="DALLE-pytorch: a DiscreteVAE trained apart (train_vae.py's vae.pt) (model.vae)")
+    ap.add_argument("--clip", metavar="ARCH:PATH",
+                    help="rerank with a local OpenCLIP checkpoint, e.g. ViT-B-32:/models/clip.bin "
+                         "(model.clip; without one, images come back in sampling order)")
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
@@ -99,9 +128,17 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
         config = load_config(args.config, args.host, args.port, args.metrics_port,
-                             ray_address=args.ray_address, http_port=args.http_port)
+                             ray_address=args.ray_address, http_port=args.http_port,
+                             model={"path": args.model, "bpe_path": args.bpe_path, "vae": args.vae,
+                                    "clip": args.clip})
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:  # before any port is bound: a path that names no model is one line and exit 2
+        from tessera.ops.families import family_of
+        family_of(config.model.path)
+    except ModelLoadError as exc:
+        print(f"tessera serve: cannot load the model: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return run_event_loop(_serve(config))
 

@@ -69,3 +69,25 @@ class CLIP(nn.Module):
     def score(self, text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of one text (1, text_len) with each image -> (B,)."""
         return (self.encode_image(images) @ self.encode_text(text).t()).squeeze(-1)
+
+
+class ShapesReranker:
+    """The bundled CLIP as the families' Reranker (ops/families/base.py): the model's own
+    tokenizer for the text, uint8 pixels scaled to [0, 1] for the images."""
+
+    def __init__(self, model: CLIP, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.name = "the shapes CLIP"
+        self.context = model.cfg.text_len
+        self.pad_id = model.pad_id
+
+    def tokenize(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(ids).float()
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> (N, d_embed) float32, unit length."""
+        dtype = self.model.logit_scale.dtype
+        return self.model.encode_image(pixels.permute(0, 3, 1, 2).to(dtype) / 255.0).float()

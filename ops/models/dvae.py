@@ -31,6 +31,11 @@ class DVAEConfig:
             raise ValueError("n_codes, code_dim and width must be positive")
 
 
+def uint8_pixels(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, on the images' device."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 class ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
@@ -111,6 +116,19 @@ class DVAE(nn.Module):
             ResBlock(h),
             nn.ReLU(), nn.ConvTranspose2d(h, 3, 4, stride=2, padding=1),    # (B, 3, 64, 64)
         )
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def image_len(self) -> int:
+        return self.cfg.grid ** 2
+
+    @torch.no_grad()
+    def pixels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, grid * grid) token ids -> (B, 64, 64, 3) uint8 (rounded, as the shapes model saves them)."""
+        return uint8_pixels(self.decode(tokens))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images in [0, 1], (B, 3, 64, 64) -> (reconstruction, tokens, commitment loss)."""

@@ -7,15 +7,17 @@ Every failure to load names the file at fault (ModelLoadError), never a bare tra
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tessera.ops.models.clip import CLIP, CLIPConfig
+from tessera.ops.families.base import ModelBundle, ModelLoadError, SamplingDefaults
+from tessera.ops.models.clip import CLIP, CLIPConfig, ShapesReranker
 from tessera.ops.models.dvae import DVAE, DVAEConfig
 from tessera.ops.models.tokenizer import TextTokenizer
 from tessera.ops.models.transformer import ImageGPT, TransformerConfig
@@ -23,30 +25,8 @@ from tessera.ops.models.transformer import ImageGPT, TransformerConfig
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled" / "shapes-dalle"
 
 
-class ModelLoadError(RuntimeError):
-    """A model directory that cannot be loaded; the message names the file."""
-
-
-@dataclass
-class SamplingDefaults:
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    guidance_scale: float = 1.0
-
-
-@dataclass
-class ModelBundle:
-    name: str
-    tokenizer: TextTokenizer
-    dvae: DVAE
-    transformer: ImageGPT
-    clip: CLIP
-    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
-
-    @property
-    def image_size(self) -> int:
-        return self.dvae.cfg.image_size
+__all__ = ["BUNDLED_MODEL_DIR", "ModelBundle", "ModelLoadError", "SamplingDefaults", "load_model_dir",
+           "save_model_dir"]
 
 
 def _config(cls, raw: dict, path: Path, key: str):
@@ -117,12 +97,15 @@ def load_model_dir(path: str | Path | None = None, device: str = "cpu",
         _load_weights(module, root / f"{fname}.safetensors")
         module.to(device=device, dtype=dtype).eval()
     dvae, transformer, clip = models
-    return ModelBundle(raw.get("name", root.name), tokenizer, dvae, transformer, clip, sampling)
+    return ModelBundle(raw.get("name", root.name), tokenizer, dvae, transformer, ShapesReranker(clip, tokenizer),
+                       sampling, kind="tessera")
 
 
 def save_model_dir(root: str | Path, bundle: ModelBundle, extra: dict | None = None) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    if isinstance(bundle.clip, ShapesReranker):  # a loaded bundle: save the CLIP it wraps
+        bundle = dataclasses.replace(bundle, clip=bundle.clip.model)
     config = {"name": bundle.name, "transformer": asdict(bundle.transformer.cfg),
               "dvae": asdict(bundle.dvae.cfg), "clip": asdict(bundle.clip.cfg),
               "sampling": asdict(bundle.sampling), **(extra or {})}

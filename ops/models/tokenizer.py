@@ -11,13 +11,11 @@ from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from tessera.ops.families.base import Encoded, PromptError
+
 PAD = "<pad>"
 _PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
 _SPACE = re.compile(r"\s+")
-
-
-class PromptError(ValueError):
-    """A prompt the model cannot take: empty once normalised, or longer than the context."""
 
 
 def normalize_prompt(prompt: str) -> str:
@@ -71,6 +69,18 @@ class TextTokenizer:
             raise PromptError(
                 f"prompt is {len(ids)} tokens long; the limit is {self.context} tokens")
         return ids + [self.pad_id] * (self.context - len(ids))
+
+    @property
+    def name(self) -> str:
+        return f"byte-level BPE ({self.vocab_size} tokens)"
+
+    def encode_prompt(self, prompt: str) -> Encoded:
+        return Encoded(self.encode(prompt))
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words no training caption used: the shapes model cannot follow them."""
+        from tessera.ops.shapes.vocabulary import unknown_words  # the shapes world's words
+        return unknown_words(prompt)
 
     def empty(self) -> list[int]:
         """The unconditional (caption-dropped) text: all padding."""

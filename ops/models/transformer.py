@@ -58,6 +58,7 @@ class KVCache:
 
     def __init__(self, cfg: TransformerConfig, slots: int, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):
+        self.text_len = cfg.text_len
         shape = (slots, cfg.n_head, cfg.seq_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
@@ -76,12 +77,13 @@ class KVCache:
                 k[d].copy_(k[s])
                 v[d].copy_(v[s])
 
-    def prefix(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, a copy of slot `slot`'s keys and values at positions 0..length-1."""
+    def snapshot(self, slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, a copy of slot `slot`'s keys and values over the text (what prefill wrote)."""
+        length = self.text_len
         return [(k[slot, :, :length].clone(), v[slot, :, :length].clone()) for k, v in zip(self.k, self.v)]
 
-    def fill_prefix(self, start: int, end: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Slots start..end-1 take `prefix` (from `prefix()`) at its positions."""
+    def fill(self, start: int, end: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Slots start..end-1 take `prefix` (from `snapshot()`) at its positions."""
         for k, v, (pk, pv) in zip(self.k, self.v, prefix):
             length = pk.shape[1]
             k[start:end, :, :length] = pk  # broadcast over the slots
@@ -167,6 +169,9 @@ class Block(nn.Module):
 
 
 class ImageGPT(nn.Module):
+    """The bundled family's sampling model (ops/families/base.py, SamplingModel)."""
+    graphable = True  # decode_step has fixed shapes per batch size: compiled or captured per bucket
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
@@ -180,6 +185,21 @@ class ImageGPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @property
+    def text_len(self) -> int:
+        return self.cfg.text_len
+
+    @property
+    def image_len(self) -> int:
+        return self.cfg.image_len
+
+    @property
+    def image_vocab(self) -> int:
+        return self.cfg.image_vocab
+
+    def new_cache(self, slots: int, device: str | torch.device, dtype: torch.dtype) -> KVCache:
+        return KVCache(self.cfg, slots, device, dtype)
 
     @staticmethod
     def _init(m: nn.Module) -> None:

@@ -63,7 +63,7 @@ def dvae_roundtrip(pipe: LocalPipeline, n: int, seed: int) -> dict:
 def clip_pick(pipe: LocalPipeline, n: int, seed: int) -> float:
     """CLIP picks the true caption among five that differ from it in one attribute."""
     rng = random.Random(f"{seed}/eval/clip")
-    tok, clip = pipe.bundle.tokenizer, pipe.bundle.clip
+    tok, clip = pipe.bundle.tokenizer, pipe.bundle.clip.model
     right = 0
     for _ in range(n):
         scene = random_scene(rng)

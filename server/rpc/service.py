@@ -73,7 +73,10 @@ class GenerationService:
                                  num_images=1),
             version=self.version,
             vocabulary=pb.Vocabulary(**{kind: [pb.Term(**t) for t in terms]
-                                        for kind, terms in self.info["vocabulary"].items()}))
+                                        for kind, terms in self.info["vocabulary"].items()}),
+            model_kind=self.info["kind"], image_tokens=self.info["image_tokens"],
+            tokenizer=self.info["tokenizer"], rerank=self.info["rerank"], reranker=self.info["reranker"],
+            details=self.info["details"])
 
 
 def to_response(result: Result) -> pb.GenerateResponse:
@@ -84,7 +87,8 @@ def to_response(result: Result) -> pb.GenerateResponse:
     timings = [pb.StageTiming(stage=t.stage, queue_ms=t.queue_ms, compute_ms=t.compute_ms)
                for t in result.timings]
     return pb.GenerateResponse(request_id=result.request_id, images=images, timings=timings,
-                               total_ms=result.total_ms, unknown_words=ranked.unknown_words)
+                               total_ms=result.total_ms, unknown_words=ranked.unknown_words,
+                               reranked=ranked.reranked, notes=ranked.notes)
 
 
 def to_event(event: Progress | Result) -> pb.GenerateEvent:

@@ -46,7 +46,7 @@ def test_model_dir_reaches_every_op_unless_it_sets_its_own():
     (lambda c: c["graph"]["ops"]["sample"].update(settings={"static_batching": 1}),
      "graph.ops.sample.settings.static_batching: must be true or false"),
     (lambda c: c["graph"]["ops"]["tokenize"].update(settings={"half": True}),
-     "graph.ops.tokenize.settings.half: unknown key; expected one of ['model_dir']"),
+     "graph.ops.tokenize.settings.half: unknown key; expected one of ['bpe_path', 'clip', 'model_dir', 'vae_path']"),
     (lambda c: c["graph"]["ops"]["rerank"].update(inputs={"images": "decode"}),
      "graph.ops.rerank.inputs.text_embedding: is required"),
     (lambda c: c["graph"]["ops"]["rerank"].update(inputs=["decode", "clip_text"]),

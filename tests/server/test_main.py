@@ -37,7 +37,7 @@ def test_deploy_default_yaml_is_the_shipped_default():
     (lambda c: c["graph"]["ops"]["rerank"].update(type="tessera.ops.rerank:Nope"), "graph.ops.rerank.type"),
     # each OP's settings are its own typed dataclass
     (lambda c: c["graph"]["ops"]["sample"].update(settings={"halff": True}),
-     "graph.ops.sample.settings.halff: unknown key; expected one of ['decode_buckets', 'decode_mode', 'half', 'model_dir', 'sample_on', 'static_batching']"),
+     "graph.ops.sample.settings.halff: unknown key; expected one of ['bpe_path', 'clip', 'decode_buckets', 'decode_mode', 'half', 'model_dir', 'sample_on', 'static_batching', 'vae_path']"),
     (lambda c: c["graph"]["ops"]["decode"].update(settings={"half": "yes"}),
      "graph.ops.decode.settings.half: must be true, false, 'fp16' or 'bf16', got 'yes'"),
     # a fan-in OP's inputs by its own names (tests/server/test_config.py has the other cases)

@@ -57,18 +57,22 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "images", "timings", "total_ms", "unknown_words")
+    __slots__ = ("request_id", "images", "timings", "total_ms", "unknown_words", "reranked", "notes")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_WORDS_FIELD_NUMBER: _ClassVar[int]
+    RERANKED_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     images: _containers.RepeatedCompositeFieldContainer[Image]
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     total_ms: float
     unknown_words: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., total_ms: _Optional[float] = ..., unknown_words: _Optional[_Iterable[str]] = ...) -> None: ...
+    reranked: bool
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., total_ms: _Optional[float] = ..., unknown_words: _Optional[_Iterable[str]] = ..., reranked: _Optional[bool] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "completed", "total", "preview_png")
@@ -141,7 +145,14 @@ class Vocabulary(_message.Message):
     def __init__(self, colors: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., shapes: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., positions: _Optional[_Iterable[_Union[Term, _Mapping]]] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model_name", "image_width", "image_height", "text_context", "limits", "defaults", "version", "vocabulary")
+    __slots__ = ("model_name", "image_width", "image_height", "text_context", "limits", "defaults", "version", "vocabulary", "model_kind", "image_tokens", "tokenizer", "rerank", "reranker", "details")
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +161,12 @@ class ServerInfo(_message.Message):
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VOCABULARY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    RERANKER_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     image_width: int
     image_height: int
@@ -158,4 +175,10 @@ class ServerInfo(_message.Message):
     defaults: Defaults
     version: str
     vocabulary: Vocabulary
-    def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ...) -> None: ...
+    model_kind: str
+    image_tokens: int
+    tokenizer: str
+    rerank: bool
+    reranker: str
+    details: _containers.ScalarMap[str, str]
+    def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., model_kind: _Optional[str] = ..., image_tokens: _Optional[int] = ..., tokenizer: _Optional[str] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...

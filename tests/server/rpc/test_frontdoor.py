@@ -132,7 +132,7 @@ async def test_health_needs_no_token_by_default_but_can_be_made_to(tiny_model_di
 async def test_every_call_is_counted_once_by_its_real_outcome(tiny_model_dir, monkeypatch):
     steps = paced_sampler(monkeypatch)
     config = app_config(tiny_model_dir)
-    config.server.limits.max_message_bytes = 3000  # a 64 x 64 PNG or two fit; sixteen do not
+    config.server.limits.max_message_bytes = 3200  # a 64 x 64 PNG or two fit; sixteen do not
     async with serving(config) as (server, client):
         for kwargs in ({"num_images": 99}, {"top_p": 2.0}, {"prompt": ""}):
             with pytest.raises(Exception):
