@@ -141,6 +141,11 @@ def run_generate(args: argparse.Namespace) -> int:
     if result.unknown_words:
         print(f"{prog}: the model does not know {', '.join(map(repr, result.unknown_words))}; "
               "the images ignore them (`tessera info` lists the words it knows)", file=sys.stderr)
+    for note in result.notes:
+        print(f"{prog}: {note}", file=sys.stderr)
+    if not result.reranked:
+        print(f"{prog}: the server has no reranker: the images are the first candidates in sampling order, "
+              "unscored", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -172,9 +177,12 @@ def run_info(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
-    print(f"model      {info.model_name} {info.version}".rstrip())
-    print(f"images     {info.image_width} x {info.image_height}")
-    print(f"prompt     up to {info.text_context} tokens")
+    print(f"model      {info.model_name} ({info.model_kind or 'tessera'}) {info.version}".rstrip())
+    print(f"images     {info.image_width} x {info.image_height}, {info.image_tokens} image tokens")
+    print(f"prompt     up to {info.text_context} tokens ({info.tokenizer})")
+    print(f"rerank     {info.reranker if info.rerank else 'off: images come back in sampling order'}")
+    if info.details:
+        print("details    " + ", ".join(f"{k} {v}" for k, v in sorted(info.details.items())))
     print("limits     " + ", ".join(f"{k} {v}" for k, v in info.limits.items()))
     print("defaults   " + ", ".join(f"{k} {v:g}" for k, v in info.defaults.items()))
     for kind, words in info.vocabulary.items():  # what the model can draw, English / Chinese

@@ -75,6 +75,8 @@ class Generation:
     timings: list[StageTiming]
     total_ms: float
     unknown_words: list[str] = field(default_factory=list)  # prompt words the model never learned
+    reranked: bool = True   # False: no reranker on the server; sampling order, clip_score 0
+    notes: list[str] = field(default_factory=list)  # what the server did to the request, e.g. a prompt cut short
 
 
 @dataclass
@@ -100,6 +102,12 @@ class ServerInfo:
     version: str = ""
     # What the model can draw: {"colors": [("red", "红色"), ...], "shapes": ..., "sizes": ..., "positions": ...}
     vocabulary: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    model_kind: str = ""    # the family: tessera, dalle-pytorch, min-dalle
+    image_tokens: int = 0
+    tokenizer: str = ""
+    rerank: bool = True     # False: images come back in sampling order, unscored
+    reranker: str = ""
+    details: dict[str, str] = field(default_factory=dict)
 
 
 def channel_target(target: str) -> str:
@@ -161,7 +169,7 @@ def _generation(resp: pb.GenerateResponse) -> Generation:
                 for i in resp.images],
         timings=[StageTiming(t.stage, t.queue_ms, t.compute_ms) for t in resp.timings],
         total_ms=resp.total_ms,
-        unknown_words=list(resp.unknown_words))
+        unknown_words=list(resp.unknown_words), reranked=resp.reranked, notes=list(resp.notes))
 
 
 def _event(ev: pb.GenerateEvent) -> ProgressEvent | Generation:
@@ -177,7 +185,7 @@ def _info(i: pb.ServerInfo) -> ServerInfo:
     vocabulary = {f.name: [(t.en, t.zh) for t in getattr(i.vocabulary, f.name)]
                   for f in i.vocabulary.DESCRIPTOR.fields}
     return ServerInfo(i.model_name, i.image_width, i.image_height, i.text_context, limits, defaults, i.version,
-                      vocabulary)
+                      vocabulary, i.model_kind, i.image_tokens, i.tokenizer, i.rerank, i.reranker, dict(i.details))
 
 
 def _checked_token(token: str) -> str:

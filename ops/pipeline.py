@@ -24,13 +24,16 @@ from tessera.server.engine import StepRow
 class LocalPipeline:
     def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int = 64,
                  half: bool | str = False, forward_mode: str = "auto", forward_buckets: list[int] | None = None,
+                 *, bpe_path: str | None = None, vae_path: str | None = None, clip: str | None = None,
                  **sample_settings: Any):
-        """`half` goes to the model OPs, `forward_mode` and `forward_buckets` to decode, clip_text
-        and rerank, and `sample_settings` (`decode_mode`, ...) to the sampler, as a server's
-        configuration would give them."""
-        model = {"model_dir": model_dir, "half": half}
+        """`model_dir` and the files beside it (`bpe_path`, `vae_path`, `clip`: the configuration's
+        `model` section) go to every OP, `half` to the model OPs, `forward_mode` and
+        `forward_buckets` to decode, clip_text and rerank, and `sample_settings` (`decode_mode`,
+        ...) to the sampler, as a server's configuration would give them."""
+        files = {"model_dir": model_dir, "bpe_path": bpe_path, "vae_path": vae_path, "clip": clip}
+        model = {**files, "half": half}
         forward = {**model, "forward_mode": forward_mode, "forward_buckets": forward_buckets}
-        self.tokenize, self.decode = TokenizeOp(model_dir=model_dir), DecodeOp(**forward)
+        self.tokenize, self.decode = TokenizeOp(**files), DecodeOp(**forward)
         self.sample = SampleOp(**model, **sample_settings)
         self.clip_text, self.rerank = ClipTextOp(**forward), RerankOp(**forward)
         self.sample.capacity = capacity

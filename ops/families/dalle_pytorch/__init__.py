@@ -36,6 +36,11 @@ def load(spec: ModelSpec, device, dtype) -> ModelBundle:
     from tessera.ops.families.dalle_pytorch.vae import build_vae, read_vae_file
 
     tokenizer = load_tokenizer(spec.bpe_path, hp.text_seq_len)
+    if tokenizer.vocab_size > hp.num_text_tokens:  # its ids would index past the text embedding
+        raise ModelLoadError(
+            f"{source}: the tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} tokens but the checkpoint "
+            f"was trained with num_text_tokens {hp.num_text_tokens}: pass the tokenizer it was trained with "
+            f"(--bpe-path)")
     if spec.vae_path:
         vae_hparams, vae_state = read_vae_file(spec.vae_path)
         vae = build_vae("DiscreteVAE", vae_hparams, vae_state, spec.vae_path)

@@ -18,7 +18,6 @@ What min-dalle 0.4.11 does to a prompt, and where:
 from __future__ import annotations
 
 import json
-import os
 from math import inf
 
 from tessera.ops.families.base import Encoded, ModelLoadError, PromptError
@@ -109,6 +108,3 @@ class MinDalleTokenizer:
     def unknown_words(self, prompt: str) -> list[str]:
         return []
 
-
-def tokenizer_files(model_dir: str) -> tuple[str, str]:
-    return os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, "merges.txt")

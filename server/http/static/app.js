@@ -48,7 +48,10 @@ async function loadInfo() {
     $("vocabulary-note").textContent = "Could not ask the server what it can draw: " + e.message;
     return;
   }
-  $("model").textContent = `${info.modelName} · ${info.imageWidth}×${info.imageHeight} images`;
+  const kind = info.modelKind && info.modelKind !== "tessera" ? ` (${info.modelKind})` : "";
+  const rerank = info.rerank ? `reranked by ${info.reranker || "CLIP"}` : "no reranker: sampling order";
+  $("model").textContent = `${info.modelName}${kind} · ${info.imageWidth}×${info.imageHeight} images · ` +
+    `prompts up to ${info.textContext} tokens (${info.tokenizer || "BPE"}) · ${rerank}`;
   const limits = info.limits || {};
   if (limits.maxNumImages) $("num-images").max = limits.maxNumImages;
   if (limits.maxNumCandidates) $("num-candidates").max = limits.maxNumCandidates;
@@ -60,7 +63,7 @@ function showVocabulary(vocabulary) {
   const note = $("vocabulary-note"), terms = $("terms");
   const kinds = vocabulary ? Object.entries(vocabulary).filter(([, list]) => list && list.length) : [];
   if (!kinds.length) {
-    note.textContent = "This server does not list its vocabulary; describe colours, shapes, sizes and positions.";
+    note.textContent = "This model reads any English text: describe the picture you want.";
     return;
   }
   note.textContent = "Tap a word to add it to the prompt.";
@@ -163,7 +166,8 @@ function card(image, rank, prompt) {
   meta.className = "meta";
   meta.innerHTML = '<span class="rank"></span><span class="score"></span>';
   meta.querySelector(".rank").textContent = `#${rank}`;
-  meta.querySelector(".score").textContent = `CLIP ${(image.clipScore || 0).toFixed(3)}`;
+  meta.querySelector(".score").textContent = info && info.rerank === false ? "not reranked"
+    : `CLIP ${(image.clipScore || 0).toFixed(3)}`;
   const seed = document.createElement("div");
   seed.className = "meta seed";
   seed.textContent = `seed ${image.seed}`;
