@@ -257,3 +257,40 @@ def test_mega_layout_and_fp16_estimate(tmp_path, detoker_file, caplog):
                       torch.tensor([0, 1]))
     nxt = m.decode_step(first.argmax(-1), torch.zeros(2, dtype=torch.long), cache)
     assert nxt.shape == (2, V) and torch.isfinite(nxt.float()).all()
+
+
+def _run_sampler(bundle, monkeypatch, rows_by_step, capacity=4, **settings):
+    """The shared SampleOp over this bundle: rows_by_step[i] join before step i; run to the end."""
+    from tessera.ops.sample import SampleOp
+    monkeypatch.setattr("tessera.ops.shared.bundle_for", lambda *a, **k: bundle)
+    op = SampleOp(**settings)
+    op.capacity = capacity
+    op.setup("cpu")
+    out, i = {}, 0
+    while i < len(rows_by_step) or op.active:
+        if i < len(rows_by_step) and rows_by_step[i]:
+            op.admit(rows_by_step[i])
+        out.update({k: v.tokens.tolist() for k, v in op.step().finished.items()})
+        i += 1
+    return out
+
+
+def test_shared_sampler_greedy_guided_equals_min_dalle_and_buckets_change_nothing(oracle, bundle, monkeypatch):
+    """Through the real sampler (snapshot/fill of the empty text, copy_rows on joins and evictions,
+    rows of different prompts at different positions in one step): a greedy row with guidance 16
+    picks min-dalle's tokens, and padded decode buckets sample exactly the eager tokens."""
+    from tessera.ops.messages import CandidateRow, Sampling
+    from tessera.server.engine import StepRow
+    tok = bundle.tokenizer
+    a, b = tok.encode_prompt(PROMPT_A).ids, tok.encode_prompt(PROMPT_B).ids
+
+    def row(key, ids, seed, **kw):
+        s = Sampling(kw.get("temperature", 1.0), kw.get("top_k", 256), 1.0, kw.get("guidance", 16.0))
+        return StepRow(key, CandidateRow(ids, seed, 0, s))
+
+    steps = [[row("a", a, 1, top_k=1)], [], [row("b", b, 2)], [row("c", a, 3, guidance=1.0, temperature=0.9)]]
+    eager = _run_sampler(bundle, monkeypatch, steps, decode_mode="off")
+    (_, picks_a), = _min_dalle_trace(oracle, [a])
+    assert eager["a"] == picks_a.tolist()
+    padded = _run_sampler(bundle, monkeypatch, steps, decode_mode="padded", decode_buckets=[2, 4, 8])
+    assert padded == eager
