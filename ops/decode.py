@@ -14,6 +14,9 @@ class DecodeOp(ModelOp):
     def setup(self, device: str) -> None:
         super().setup(device)
         dvae = self.bundle.dvae
+        # A decoder whose convolutions split their sums between threads (min-dalle's VQGAN:
+        # 1 uint8 level apart at one and two threads) computes with one count always.
+        self.thread_exact = not getattr(dvae, "thread_invariant", False)
         grid = torch.zeros(1, dvae.image_len, dtype=torch.long, device=device)
         self._decode = self.forward(dvae.pixels, [grid])
 

@@ -76,7 +76,6 @@ class SampleOp(SteppingOp, ModelOp):
         self.model = self.bundle.transformer
         self.image_len = self.model.image_len
         self.dtype = next(self.model.parameters()).dtype
-        self.cache: RowCache | None = None
         self.decode_mode = self.settings.decode_mode
         if self.decode_mode == "auto":  # measured: README, Performance
             self.decode_mode = auto_mode(device)
@@ -88,6 +87,22 @@ class SampleOp(SteppingOp, ModelOp):
         self.pick_device = torch.device("cpu" if self.settings.sample_on == "cpu" else device)
         self.rows: list[_Row] = []
         self.slots: list[tuple[_Row, bool]] = []  # slot j -> (row, is the unconditional slot)
+        # The whole cache now, after checking it fits: a model too big for its batch_size fails at
+        # start-up with a line saying what fits, never with an out-of-memory crash under load.
+        slots = 2 * self.capacity
+        need, free = cache_bytes(self.model, slots, device, self.dtype), free_memory(device)
+        if free is not None and need > 0.9 * free:
+            fits = max(int(0.9 * free / max(need / slots, 1)) // 2, 0)
+            raise MemoryError(
+                f"sample: the {self.bundle.kind} model's cache for {self.capacity} rows (x2 for guidance) needs "
+                f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is free on {device}: set "
+                f"graph.ops.sample.batch_size to at most {fits}" if fits else
+                f"sample: not even one row of the {self.bundle.kind} model's cache fits in the "
+                f"{free / 2**30:.1f} GiB free on {device} beside its weights")
+        LOG.info("sample: %s cache for %d rows: %.2f GiB on %s", self.bundle.kind, self.capacity, need / 2**30, device)
+        with torch.inference_mode():
+            self.cache = self.model.new_cache(slots, device, self.dtype)
+            self.decoder = self._decoder(self.cache)
         # The null prompt's prefill, once: every guided row's unconditional twin starts from a copy.
         with torch.inference_mode():
             scratch = self.model.new_cache(1, device, self.dtype)
@@ -246,3 +261,36 @@ class SampleOp(SteppingOp, ModelOp):
         grid = row.tokens + [row.tokens[0]] * (self.image_len - len(row.tokens))
         pixels = self.bundle.dvae.pixels(torch.tensor([grid], device=self.device))
         return to_png(np.ascontiguousarray(pixels[0].cpu().numpy()))
+
+
+def cache_bytes(model, slots: int, device: str, dtype: torch.dtype) -> int:
+    """Bytes a cache of `slots` rows takes: a one-row cache's tensors, times the rows."""
+    one = model.new_cache(1, "cpu" if str(device).startswith("cuda") else device, dtype)
+    seen: set[int] = set()
+
+    def walk(x) -> int:
+        if isinstance(x, torch.Tensor):
+            if id(x) in seen:
+                return 0
+            seen.add(id(x))
+            return x.numel() * x.element_size()
+        if isinstance(x, (list, tuple)):
+            return sum(walk(v) for v in x)
+        if isinstance(x, dict):
+            return sum(walk(v) for v in x.values())
+        return 0
+    return walk(list(vars(one).values())) * slots
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free for new tensors on `device` (MemAvailable on a CPU); None if unknown."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -93,6 +93,9 @@ class Quantizer(nn.Module):
 
 
 class DVAE(nn.Module):
+    # Its pixels are the same at any thread count (tests/server/engine/workers/test_threads.py).
+    thread_invariant = True
+
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
         self.cfg = cfg

@@ -46,6 +46,9 @@ class Op:
     # tokenizer, a lookup): with graph.device_turns its workers keep a thread of their own
     # instead of waiting for the device's turn behind model calls, and never delay them.
     uses_device: bool = True
+    # True (set in setup) for an OP whose outputs change with the number of threads it
+    # computes with: its CPU workers then keep one count instead of `threads: auto`'s choice.
+    thread_exact: bool = False
     # The dataclass `settings:` must fit (unknown keys and wrong types fail start-up).
     Settings: ClassVar[type] = NoSettings
     # A dataclass whose fields name the OP's inputs (None: the inputs are not named).

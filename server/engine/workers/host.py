@@ -44,6 +44,10 @@ class OpHost:
         if isinstance(op, SteppingOp):
             op.capacity = self.spec.capacity
         op.setup(self.spec.device)
+        if op.thread_exact and self.threads is not None and self.threads.setting == "auto":
+            # Its outputs change with the thread count (a convolution that splits its sums
+            # between threads): one count always, so the same request gives the same bytes.
+            self.threads = ThreadPolicy(self.threads.most, most=self.threads.most)
         self.op, self._keys = op, set()
 
     def close(self) -> None:

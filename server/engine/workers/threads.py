@@ -139,7 +139,6 @@ class ThreadPolicy:
         self.setting = setting
         self.most = most if most is not None else process_threads()
         self._set = set_threads or _torch_set_threads
-        self._current: int | None = None
         self._sizes: dict[tuple[str, int], _Size] = {}
         self.trying = False   # the last choice was a try of the count that is not the best
         self.shared = False   # the last choice was a share of the cores (other calls computing)
@@ -176,9 +175,12 @@ class ThreadPolicy:
                 n, self.trying = next(c for c in choices if c != best), True
             else:
                 n = best
-        if n != self._current:
+        # The count last set on this OS thread, by any policy: thread workers taking device
+        # turns share one compute thread, so another OP's call may have changed it since.
+        last = _SET_HERE.__dict__.setdefault("by_setter", {})
+        if last.get(self._set) != n:
             self._set(n)
-            self._current = n
+            last[self._set] = n
         self.last = n
         return n
 
@@ -234,6 +236,9 @@ class ThreadPolicy:
     @staticmethod
     def _best(size: _Size) -> int | None:
         return min(size.per_unit, key=size.per_unit.get) if size.per_unit else None
+
+
+_SET_HERE = threading.local()  # .by_setter: {setter: the count it last set on this OS thread}
 
 
 def _bucket(rows: int) -> int:

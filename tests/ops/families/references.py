@@ -83,3 +83,15 @@ def import_dall_e():
     """OpenAI's `dall_e` package (its dVAE), as installed `--no-deps`."""
     import dall_e
     return dall_e
+
+
+def import_min_dalle():
+    """min_dalle, with the global state its import changes put back: it turns autograd off for the
+    whole process (torch.set_grad_enabled(False)) and sets the thread count to os.cpu_count()."""
+    import torch
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    import min_dalle
+    import min_dalle.min_dalle  # noqa: F401
+    torch.set_grad_enabled(grad)
+    torch.set_num_threads(threads)
+    return min_dalle

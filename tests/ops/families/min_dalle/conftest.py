@@ -18,15 +18,7 @@ import pytest
 import torch
 
 
-def import_min_dalle():
-    """min_dalle, with the global state its import changes put back: it turns autograd off for the
-    whole process (torch.set_grad_enabled(False)) and sets the thread count to os.cpu_count()."""
-    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
-    import min_dalle
-    import min_dalle.min_dalle  # noqa: F401
-    torch.set_grad_enabled(grad)
-    torch.set_num_threads(threads)
-    return min_dalle
+from tests.ops.families.references import import_min_dalle
 
 
 TEXT_VOCAB = 256
@@ -90,8 +82,7 @@ class Oracle:
     tokenizer: object             # min-dalle's TextTokenizer
 
 
-@pytest.fixture(scope="session")
-def detoker_file(tmp_path_factory) -> Path:
+def build_detoker(path: Path) -> Path:
     """min-dalle's VQGanDetokenizer (fixed shape), seeded, its output layer scaled so that most
     pixels land inside 0..1 (a random one clips nearly everything to 0 or 255)."""
     md = import_min_dalle()
@@ -100,9 +91,13 @@ def detoker_file(tmp_path_factory) -> Path:
         vq = md.models.VQGanDetokenizer()
         vq.decoder.conv_out.weight.mul_(0.05)
         vq.decoder.conv_out.bias.fill_(0.5)
-    path = tmp_path_factory.mktemp("vqgan") / "detoker.pt"
     torch.save(vq.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def detoker_file(tmp_path_factory) -> Path:
+    return build_detoker(tmp_path_factory.mktemp("vqgan") / "detoker.pt")
 
 
 def build_root(root: Path, detoker: Path, name: str = "dalle_bart_mini", seed: int = 1) -> Path:

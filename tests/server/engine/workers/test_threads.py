@@ -239,3 +239,15 @@ async def test_only_compute_threads_run_torch_on_more_than_one_thread():
         assert worker.host.threads.most == process_threads() == before
         assert (await engine.submit(7).result()).value == 7
     assert torch.get_num_threads() == before
+
+
+def test_policies_sharing_a_compute_thread_each_get_their_own_count():
+    """Thread workers taking device turns share one OS thread: a policy must set its count
+    again after another OP's policy changed it there (it once kept a stale count of its own,
+    and a decode call ran on the sampler's one thread)."""
+    counts: list[int] = []
+    sampler = ThreadPolicy(1, set_threads=counts.append)
+    decoder = ThreadPolicy(2, set_threads=counts.append)
+    for policy in (decoder, sampler, decoder, decoder, sampler):
+        policy.choose("batch", 4)
+    assert counts == [2, 1, 2, 1]  # set whenever the thread's count changes, and only then
