@@ -20,6 +20,7 @@ import torch
 from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
 from tessera.ops.models.buckets import auto_mode
 from tessera.ops.families import RowCache
+from tessera.ops.families.base import free_memory
 from tessera.ops.models.transformer import DECODE_MODES, BucketedDecoder
 from tessera.ops.messages import CandidateRow, SampledCandidate, TokenizedPrompt
 from tessera.ops.shared import LOG, ModelOp, ModelSettings, candidate_seed, to_png
@@ -281,16 +282,3 @@ def cache_bytes(model, slots: int, device: str, dtype: torch.dtype) -> int:
         return 0
     return walk(list(vars(one).values())) * slots
 
-
-def free_memory(device: str) -> int | None:
-    """Bytes free for new tensors on `device` (MemAvailable on a CPU); None if unknown."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

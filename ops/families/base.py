@@ -149,3 +149,17 @@ class ModelSpec:
     bpe_path: str | None = None   # DALLE-pytorch: CLIP BPE merges (plain or .gz) or a tokenizers JSON
     vae_path: str | None = None   # DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)
     clip: str | None = None       # ARCH:PATH of a local OpenCLIP checkpoint for rerank
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free for new tensors on `device` (MemAvailable on a CPU); None if unknown."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -21,7 +21,7 @@ def test_a_batch_size_that_does_not_fit_fails_at_setup_saying_what_fits(monkeypa
     op = SampleOp()
     op.capacity = 64
     per_row = cache_bytes(load_model_dir(None).transformer, 1, "cpu", torch.float32)
-    monkeypatch.setattr(sample, "free_memory", lambda device: 40 * per_row)  # room for 36 slots: 18 rows
+    monkeypatch.setattr(sample, "free_memory", lambda device: 40 * per_row)  # as sample.py looks it up  # room for 36 slots: 18 rows
     with pytest.raises(MemoryError, match="batch_size to at most 18"):
         op.setup("cpu")
     op.capacity = 16

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from tessera.ops.families.base import ModelBundle, ModelLoadError, ModelSpec, SamplingDefaults
+from tessera.ops.families.base import ModelBundle, ModelLoadError, ModelSpec, SamplingDefaults, free_memory
 from tessera.ops.families.min_dalle.model import MinDalleBart, MinDalleCache, MinDalleConfig, build_model, read_config
 from tessera.ops.families.min_dalle.tokenizer import MinDalleTokenizer
 from tessera.ops.families.min_dalle.vqgan import VQGan, build_vqgan
@@ -112,6 +112,13 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
              name, cfg.decoder_layers, cfg.embed, fp32 / 2 ** 30, fp16 / 2 ** 30, weights_bytes / 2 ** 30,
              str(dtype).removeprefix("torch."))
 
+    free = free_memory(device)
+    if free is not None and weights_bytes > 0.9 * free:  # refuse before allocating: no out-of-memory kill
+        raise ModelLoadError(
+            f"min-dalle {name}: its weights need {weights_bytes / 2 ** 30:.1f} GiB as "
+            f"{str(dtype).removeprefix('torch.')} and {free / 2 ** 30:.1f} GiB is free on {device}"
+            + (" (half: true on a CUDA device halves them)" if dtype == torch.float32 else ""))
+
     tokenizer = MinDalleTokenizer.from_files(files["vocab.json"], files["merges.txt"], cfg.text_len)
     top = max(tokenizer.vocab.values())
     if top >= cfg.text_vocab:
@@ -137,6 +144,7 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
         "decoder_vocab": cfg.decoder_vocab, "image_len": cfg.image_len,
         "weights_bytes": weights_bytes, "weights_fp32_bytes": fp32, "weights_fp16_bytes": fp16,
         "files_bytes": file_bytes, "root": root,
+        "memory_free_at_load_bytes": free if free is not None else "unknown",
     }
     return ModelBundle(
         name=name, tokenizer=tokenizer, dvae=dvae, transformer=transformer, clip=clip,
