@@ -46,17 +46,20 @@ def build_parser(prog: str, description: str, commands: tuple[Command, ...], cho
         if hasattr(module, "add_arguments"):  # a module of one command: its docstring describes it
             p.description = module.__doc__ or cmd.help
             module.add_arguments(p)
-            p.set_defaults(run=module.run, prog=p.prog)
+            p.set_defaults(run=module.run, prog=p.prog, parser=p)
         else:  # a module of several: add_<name>_arguments and run_<name>
             getattr(module, f"add_{cmd.name}_arguments")(p)
-            p.set_defaults(run=getattr(module, f"run_{cmd.name}"), prog=p.prog)
+            p.set_defaults(run=getattr(module, f"run_{cmd.name}"), prog=p.prog, parser=p)
     return ap
 
 
 def dispatch(prog: str, description: str, commands: tuple[Command, ...], argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((c.name for c in commands if argv and argv[0] == c.name), None)
-    args = build_parser(prog, description, commands, chosen).parse_args(argv)
+    ap = build_parser(prog, description, commands, chosen)
+    args, unknown = ap.parse_known_args(argv)
+    if unknown:  # argparse would report these with the top-level usage; the command's own is the useful one
+        getattr(args, "parser", ap).error(f"unrecognized arguments: {' '.join(unknown)}")
     return args.run(args)
 
 
@@ -83,7 +86,10 @@ def _client(args):
 
 
 def _refused(prog: str, server: str, exc) -> int:
-    if exc.code.name == "UNAVAILABLE":
+    if exc.code.name == "UNAVAILABLE" and "shutting down" in exc.details:  # it answered: reachable, but draining
+        print(f"{prog}: the server at {server} is shutting down and admits no new requests; "
+              "try again once it has restarted", file=sys.stderr)
+    elif exc.code.name == "UNAVAILABLE":
         print(f"{prog}: cannot reach the server at {server} ({exc.details}). "
               "Is `tessera serve` running there?", file=sys.stderr)
     else:
@@ -91,16 +97,39 @@ def _refused(prog: str, server: str, exc) -> int:
     return 1
 
 
+def _unsigned(bits: int):
+    """An argparse type for a proto uint field: refused here, naming the flag, rather than by
+    protobuf as a bare `Value out of range`."""
+    top = 2**bits - 1
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 0 <= value <= top:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: 0 to {top}")
+        return value
+    parse.__name__ = f"uint{bits}"
+    return parse
+
+
+DEFAULT_OUT = "tessera-out"
+
+
 def add_generate_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("prompt", help="English or Chinese")
-    ap.add_argument("-n", "--num-images", type=int, default=1, help="images returned, best CLIP score first")
-    ap.add_argument("--candidates", type=int, default=0, help="sampled then reranked (default: -n)")
-    ap.add_argument("--seed", type=int, default=0, help="0: the server picks; the same seed gives the same images")
+    ap.add_argument("-n", "--num-images", type=_unsigned(32), default=1, help="images returned, best CLIP score first")
+    ap.add_argument("--candidates", type=_unsigned(32), default=0, help="sampled then reranked (default: -n)")
+    ap.add_argument("--seed", type=_unsigned(64), default=0,
+                    help="0 to 2^64-1; 0: the server picks; the same seed gives the same images")
     ap.add_argument("--temperature", type=float, default=0, help="0: the model's default")
-    ap.add_argument("--top-k", type=int, default=0, help="0: the model's default")
+    ap.add_argument("--top-k", type=_unsigned(32), default=0, help="0: the model's default")
     ap.add_argument("--top-p", type=float, default=0, help="0: the model's default")
     ap.add_argument("--guidance-scale", type=float, default=0, help="0: the model's default")
-    ap.add_argument("-o", "--out", default="tessera-out", help="directory for the PNGs and the contact sheet")
+    ap.add_argument("-o", "--out", default=DEFAULT_OUT, metavar="DIR",
+                    help=f"directory for the PNGs and the contact sheet, made if missing "
+                         f"(default: ./{DEFAULT_OUT}/ in the current directory)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds")
     _connection_arguments(ap)
 

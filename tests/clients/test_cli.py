@@ -81,3 +81,44 @@ async def test_generate_warns_about_words_the_model_does_not_know(tiny_model_dir
             "generate", "a red cat", "--seed", "9", "-o", str(tmp_path), "--server", f"127.0.0.1:{server.port}"])
     assert code == 0
     assert "does not know 'cat'" in capsys.readouterr().err
+
+
+def test_a_wrong_flag_shows_the_commands_own_usage(capsys):
+    from tessera.server.cli import main as tessera
+    with pytest.raises(SystemExit) as exit_:
+        tessera(["serve", "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: tessera serve ")
+    assert "unrecognized arguments: --no-such-flag" in err and "--metrics-port" in err
+    with pytest.raises(SystemExit):
+        main(["generate", "a red circle", "--sede", "7"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tessera-client generate ") and "unrecognized arguments: --sede 7" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "-5"), ("--seed", str(2**64)), ("-n", "-1"),
+                                         ("--top-k", "seven")])
+def test_a_number_out_of_range_names_its_flag(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "a red circle", flag, value, "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}" in err and value in err
+    assert "Value out of range" not in err and not (tmp_path / "out").exists()
+
+
+def test_generate_help_names_the_default_output_folder(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "tessera-out/" in " ".join(capsys.readouterr().out.split())
+
+
+async def test_a_call_refused_during_shutdown_says_so_and_nothing_else(tiny_model_dir, tmp_path, capsys):
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        server.engine.accepting = False  # draining: reachable, admitting nothing
+        try:
+            code = await asyncio.to_thread(main, [
+                "generate", "a red circle", "-o", str(tmp_path), "--server", f"127.0.0.1:{server.port}"])
+        finally:
+            server.engine.accepting = True
+    err = capsys.readouterr().err
+    assert code == 1 and "is shutting down" in err and "cannot reach" not in err
