@@ -346,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     argv = getattr(args, "command_line", None)
     console = Console()
+    if not console.is_terminal:  # a file or a pipe: the whole table, not one cut to 80 columns
+        console = Console(width=1000)
     levels = [int(x) for x in args.concurrency.split(",") if x]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

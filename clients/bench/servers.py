@@ -97,39 +97,65 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
 
 
 class ServerProcess:
-    """`tessera serve` in a child process on free ports; stopped with SIGTERM."""
+    """`tessera serve` in a child process on free ports; stopped with SIGTERM.
 
-    def __init__(self, name: str, config: dict):
-        self.name, self.config = name, config
+    Its output goes to a file, not a pipe: once started nobody reads it while the bench
+    runs, and a pipe left unread blocks the server when it fills (a local Ray forwards its
+    actors' output to the server's). Ready once the file holds the serving line; if the
+    server exits first, or prints no such line within `start_timeout_s`, the error says
+    how it ended and what it printed last."""
+
+    SERVING = re.compile(r"tessera: serving .*:(\d+); metrics on http://[^:]+:(\d+)/metrics")
+
+    def __init__(self, name: str, config: dict, start_timeout_s: float = 600):
+        # 600 s: a local Ray's start (GCS, raylet, one actor per worker loading the model) on
+        # two busy cores has taken minutes; a server that fails exits, and is reported, sooner.
+        self.name, self.config, self.start_timeout_s = name, config, start_timeout_s
         self.proc: subprocess.Popen | None = None
         self.port = self.metrics_port = None
+        self._path: Path | None = None
+        self._log = None
 
     @property
     def pid(self) -> int | None:
         """The server's own process: the bench reads the CPU time of its process tree."""
         return self.proc.pid if self.proc is not None else None
 
+    def environment(self) -> dict[str, str]:
+        """The server's environment. With no `graph.ray_address` the server starts a Ray of its
+        own, but `ray.init()` joins the cluster named in /tmp/ray/ray_current_cluster when that
+        file exists: `ray start`'s, or ray.cluster_utils.Cluster's while a test (test_ray.py)
+        runs on the same machine, which kills its nodes and then the cluster. RAY_ADDRESS=local
+        makes `ray.init()` start a local Ray whatever that file says."""
+        env = dict(os.environ)
+        if not (self.config.get("graph") or {}).get("ray_address"):
+            env["RAY_ADDRESS"] = "local"
+        return env
+
     def __enter__(self) -> ServerProcess:
         fd, path = tempfile.mkstemp(suffix=".yaml", prefix=f"tessera-{self.name}-")
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(self.config, f)
         self._path = Path(path)
+        self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tessera.server.cli", "serve", "--config", path, "--port", "0",
              "--metrics-port", "0", "--http-port", "-1", "--log-level", "WARNING"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for line in self.proc.stdout:  # Ray, when a config uses it, may print lines first
-            match = re.search(r":(\d+); metrics on http://[^:]+:(\d+)", line)
-            if match or line.startswith("tessera serve:"):
-                break
-        else:
-            line, match = "", None
-        if not match:
-            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
-            self.__exit__()
-            raise RuntimeError(f"server {self.name!r} did not start: {line.strip()} {err.strip()}")
+            stdout=self._log, stderr=subprocess.STDOUT, text=True, env=self.environment())
+        deadline = time.monotonic() + self.start_timeout_s
+        while (match := self.SERVING.search(_read(self._log))) is None:
+            if self.proc.poll() is not None:  # exited: its output is all in the file now
+                self._fail(f"exited with {_exit_status(self.proc.returncode)} before serving")
+            if time.monotonic() > deadline:
+                self._fail(f"printed no serving line within {self.start_timeout_s:.0f} s")
+            time.sleep(0.1)
         self.port, self.metrics_port = int(match.group(1)), int(match.group(2))
         return self
+
+    def _fail(self, how: str) -> None:
+        tail = _tail(_read(self._log)) or "(it printed nothing)"
+        self.__exit__()
+        raise RuntimeError(f"server {self.name!r} did not start: it {how}; its output ends:\n{tail}")
 
     @property
     def target(self) -> str:
@@ -146,7 +172,35 @@ class ServerProcess:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        self._path.unlink(missing_ok=True)
+                self.proc.wait()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _read(log) -> str:
+    """All of a child's output file so far."""
+    log.seek(0)
+    return log.read()
+
+
+def _tail(output: str, limit: int = 2000) -> str:
+    """A child's last lines without tracebacks' frames: the errors themselves."""
+    lines = [ln for ln in output.splitlines() if ln.strip() and not ln[0].isspace()
+             and not ln.startswith("Traceback")]
+    return "\n".join(lines)[-limit:]
+
+
+def _exit_status(code: int) -> str:
+    """`2`, or `-9 (SIGKILL)` for a signal."""
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
 
 
 def running_in_group(pgid: int) -> list[int]:
@@ -224,11 +278,7 @@ class GenericServer:
         raise RuntimeError(f"generic server not ready after {self.start_timeout_s:.0f} s: {log}")
 
     def _log_tail(self) -> str:
-        """Its output without tracebacks' frames: the errors themselves."""
-        self._log.seek(0)
-        lines = [ln for ln in self._log.read().splitlines() if ln.strip() and not ln[0].isspace()
-                 and not ln.startswith("Traceback")]
-        return "\n".join(lines)[-2000:]
+        return _tail(_read(self._log))
 
     def __exit__(self, *exc) -> None:
         if self.proc is None:

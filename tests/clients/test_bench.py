@@ -178,3 +178,47 @@ def test_on_a_gpu_default_is_the_shape_its_figures_were_measured_in():
         graph = configs[name]["graph"]
         assert graph["device_turns"] is True and graph["ops"]["sample"].get("concurrency", 1) == 1
         assert graph["ops"]["sample"]["devices"] == ["cuda:0"]
+
+
+def test_the_table_is_whole_when_stdout_is_not_a_terminal(tmp_path, capsys):
+    from tessera.bench import main
+    assert main(["--engine-only", "--concurrency", "1,8", "--requests", "100", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out  # captured: not a terminal, where rich would cut to 80 columns
+    header = next(line for line in out.splitlines() if "config" in line)
+    assert all(name in header for name in ("img/s", "p50 ms", "p99 ms", "max ms", "1st ev ms", "errors"))
+    assert "…" not in out
+    assert sum(line.split()[:1] == ["engine"] for line in out.splitlines()) == 2
+
+
+def test_p99_over_a_narrow_range_is_linear_and_over_decades_log_with_plain_labels():
+    narrow = {"default": [(1, [3.0], [900.0]), (8, [9.0], [1050.0]), (32, [12.0], [1180.0])]}
+    wide = {"default": [(1, [3.0], [300.0]), (32, [15.0], [26000.0])]}
+    for series, scale in ((narrow, "linear"), (wide, "log")):
+        fig = figure(series)
+        _, lat = fig.axes
+        fig.canvas.draw()
+        assert lat.get_yscale() == scale
+        low, high = lat.get_ylim()
+        labels = [t.get_text() for t in lat.get_yticklabels() if t.get_text() and low <= t.get_position()[1] <= high]
+        assert len(labels) >= 3, labels  # enough numbers to read a point's value off the axis
+        assert all("10^" not in t and "\\times" not in t for t in labels), labels  # 200, 500, 1,000: no 2×10²
+
+
+def test_a_server_that_does_not_start_says_how_it_ended_and_what_it_printed(tmp_path):
+    import pytest
+    from tessera.bench.servers import ServerProcess, bench_configs
+    config = bench_configs(str(tmp_path / "no-model"))["default"]  # `tessera serve` exits 2 at once
+    with pytest.raises(RuntimeError) as failed:
+        with ServerProcess("default", config):
+            pass
+    message = str(failed.value)
+    assert message.startswith("server 'default' did not start: it exited with 2 before serving")
+    assert "tessera serve: cannot load the model" in message and "no-model" in message
+
+
+def test_a_bench_server_starts_a_ray_of_its_own_unless_told_to_join_one():
+    from tessera.bench.servers import ServerProcess, bench_configs
+    ray = bench_configs()["ray"]
+    assert ServerProcess("ray", ray).environment()["RAY_ADDRESS"] == "local"  # not ray_current_cluster's
+    joined = {**ray, "graph": {**ray["graph"], "ray_address": "10.0.0.1:6379"}}
+    assert ServerProcess("ray", joined).environment().get("RAY_ADDRESS") != "local"
