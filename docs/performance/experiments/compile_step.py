@@ -1,7 +1,8 @@
-"""The sampler's decode step: eager, padded and torch.compile'd, side by side (README,
-Performance: The decode step). A benchmark; nothing here runs in the test suite.
+"""The sampler's decode step: eager, padded and torch.compile'd, side by side
+(docs/performance.md, The decode step). An experiment kept beside its figures, not installed;
+nothing here runs in the test suite. Run it from the repository root with the server installed:
 
-    python -m tessera.bench.compile_step --threads 2 --out step.json
+    python docs/performance/experiments/compile_step.py --threads 2 --out step.json
 
 Builds the bundled model's decode step over one KV cache at the given buckets, compiles
 it (timed), then times each mode at each row count in interleaved rounds (the order
@@ -56,7 +57,7 @@ def measure(threads: int, buckets: list[int], rounds: int, calls: int, slots: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tessera.bench.compile_step", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python docs/performance/experiments/compile_step.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch's threads")
     ap.add_argument("--buckets", default="4,16,64", help="row counts, each compiled and timed")

@@ -1,7 +1,7 @@
-"""The GPU checklist (docs: README, Performance on a GPU) in one run, on a machine with CUDA.
+"""The GPU checklist (docs/performance.md, On a GPU) in one run, on a machine with CUDA.
 
-    python -m tessera.bench.gpu_check --out OUT              # on the GPU machine
-    python -m tessera.bench.gpu_check --make-reference       # on a CPU: the images to compare with
+    python docs/performance/experiments/gpu_check.py --out OUT              # on the GPU machine
+    python docs/performance/experiments/gpu_check.py --make-reference       # on a CPU: the images to compare with
 
 Installed there with both distributions (`pip install ./clients .`, or `--target DIR` and
 PYTHONPATH=DIR where the tree is copied in; `--reference` then points at the tree's
@@ -27,7 +27,8 @@ a 64-row step's time and offline images/s of each; and (`forward`): decode, clip
 rerank's model calls eager against CUDA graphs, per call and offline.
 
 Every section writes its figures into OUT/gpu_check.json as soon as it has them, and a
-failing section is recorded and the next one runs. Nothing here runs in the test suite.
+failing section is recorded and the next one runs. An experiment kept beside its figures
+(docs/performance/gpu/), not installed; nothing here runs in the test suite.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ import time
 import traceback
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "performance" / "gpu" / "cpu_reference.json"
+REFERENCE = Path(__file__).resolve().parents[1] / "gpu" / "cpu_reference.json"  # docs/performance/gpu/
 # Fixed: prompts of the shapes world (both languages), one seed each, num_candidates 4.
 PROMPTS = [("a small red circle in the top left on a blue background", 7),
            ("a large green square in the center on a white background", 11),
@@ -376,7 +377,7 @@ def read_smi(path: Path) -> list[tuple[float, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tessera.bench.gpu_check", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python docs/performance/experiments/gpu_check.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/gpu")
     ap.add_argument("--device", default="cuda:0")
