@@ -27,7 +27,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: tessera_generate PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] "
-    "[--seed N] [--timeout SECONDS] [--out DIR]\n";
+    "[--seed N] [--timeout SECONDS] [--out DIR, default ./tessera-out]\n";
 
 struct Options {
   std::string prompt;
@@ -154,7 +154,8 @@ int main(int argc, char** argv) {
   for (int rank = 0; rank < result.images_size(); ++rank) {
     const auto& image = result.images(rank);
     std::ostringstream name;
-    name << std::setw(2) << std::setfill('0') << rank << "_seed" << image.seed() << ".png";
+    // "cpp_": the Node and Python clients write to the same default folder under their own names
+    name << "cpp_" << std::setw(2) << std::setfill('0') << rank << "_seed" << image.seed() << ".png";
     const std::filesystem::path file = std::filesystem::path(opt.out) / name.str();
     std::ofstream png(file, std::ios::binary);
     png.write(image.png().data(), static_cast<std::streamsize>(image.png().size()));

@@ -9,7 +9,7 @@ const path = require("path");
 const { parseArgs } = require("util");
 const { TesseraClient } = require("./tessera");
 
-const USAGE = `usage: node generate.js PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] [--seed N] [--out DIR]`;
+const USAGE = `usage: node generate.js PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] [--seed N] [--out DIR, default ./tessera-out]`;
 
 async function main() {
   const { values, positionals } = parseArgs({
@@ -41,7 +41,8 @@ async function main() {
     if (process.stderr.isTTY) process.stderr.write("\n");
     fs.mkdirSync(values.out, { recursive: true });
     result.images.forEach((im, rank) => {
-      const file = path.join(values.out, `${String(rank).padStart(2, "0")}_seed${im.seed}.png`);
+      // "node_": the C++ and Python clients write to the same default folder under their own names
+      const file = path.join(values.out, `node_${String(rank).padStart(2, "0")}_seed${im.seed}.png`);
       fs.writeFileSync(file, im.png);
       console.log(`${file}  clip_score=${im.clip_score.toFixed(3)} seed=${im.seed}`);
     });

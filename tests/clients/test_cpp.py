@@ -19,7 +19,7 @@ async def test_cpp_client_writes_the_python_clients_bytes_for_a_seed(tiny_model_
         expected = await asyncio.to_thread(_python_pngs, target, 11)
     assert proc.returncode == 0, proc.stderr
     written = sorted(tmp_path.glob("*.png"))
-    assert [p.name[:2] for p in written] == ["00", "01"]
+    assert [p.name[:7] for p in written] == ["cpp_00_", "cpp_01_"]  # best CLIP score first; not Node's names
     assert [p.read_bytes() for p in written] == expected
     assert all("clip_score=" in line for line in proc.stdout.splitlines()) and len(proc.stdout.splitlines()) == 2
 

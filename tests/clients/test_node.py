@@ -27,7 +27,7 @@ async def test_node_client_writes_the_python_clients_bytes_for_a_seed(tiny_model
         expected = await asyncio.to_thread(_python_pngs, target, 11)
     assert proc.returncode == 0, proc.stderr
     written = sorted(tmp_path.glob("*.png"))
-    assert [p.name[:2] for p in written] == ["00", "01"]  # rank first: best CLIP score first
+    assert [p.name[:8] for p in written] == ["node_00_", "node_01_"]  # best CLIP score first; not the C++ names
     assert [p.read_bytes() for p in written] == expected
     assert all("clip_score=" in line for line in proc.stdout.splitlines()) and len(proc.stdout.splitlines()) == 2
 
