@@ -28,9 +28,10 @@ EXIT_PORT_IN_USE = 3
 
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
                 ray_address: str | None = None, http_port: int | None = None,
-                model: dict[str, str | None] | None = None) -> AppConfig:
+                model: dict[str, str | None] | None = None, device: str | None = None) -> AppConfig:
     """The configuration file (or the shipped one) with the command line's overrides; `model`
-    holds --model/--bpe-path/--vae/--clip by the `model` section's keys."""
+    holds --model/--bpe-path/--vae/--clip by the `model` section's keys; `device` (--device)
+    becomes the `devices` of every OP that computes on a device (not the tokenizer)."""
     if path:
         try:
             raw = yaml.safe_load(Path(path).read_text())
@@ -58,7 +59,33 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
             elif raw.get("model_dir") is not None:
                 section["path"] = raw.pop("model_dir")
             raw["model"] = {**section, **given}
+        if device is not None:
+            _set_device(raw.get("graph"), device)
     return AppConfig.from_dict(raw)
+
+
+def _set_device(graph: object, device: str) -> None:
+    """Put every model OP (one whose class computes on a device) on `device`, before the
+    configuration is checked; an OP whose type does not resolve is left for that check."""
+    from tessera.server.engine.config import resolve_op_type
+
+    ops = graph.get("ops") if isinstance(graph, dict) else None
+    for name, op in (ops or {}).items() if isinstance(ops, dict) else ():
+        if not isinstance(op, dict) or not isinstance(op.get("type"), str):
+            continue
+        try:
+            op_class = resolve_op_type(f"ops.{name}.type", op["type"])
+        except ConfigError:
+            continue
+        if op_class.uses_device:
+            op["devices"] = [device]
+
+
+def device_name(value: str) -> str:
+    """--device's value: cpu, cuda or cuda:N."""
+    if value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda or cuda:N")
 
 
 async def _serve(config: AppConfig) -> int:
@@ -114,6 +141,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--clip", metavar="ARCH:PATH",
                     help="rerank with a local OpenCLIP checkpoint, e.g. ViT-B-32:/models/clip.bin "
                          "(model.clip; without one, images come back in sampling order)")
+    ap.add_argument("--device", type=device_name, metavar="DEVICE",
+                    help="where the model OPs compute: cpu or cuda:N (sets their devices; default: "
+                         "the configuration's). The platform picks the device's shape: on a GPU one "
+                         "sampler worker per GPU, on a CPU thread counts and turns")
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
@@ -130,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.host, args.port, args.metrics_port,
                              ray_address=args.ray_address, http_port=args.http_port,
                              model={"path": args.model, "bpe_path": args.bpe_path, "vae": args.vae,
-                                    "clip": args.clip})
+                                    "clip": args.clip},
+                             device=getattr(args, "device", None))
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

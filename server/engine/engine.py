@@ -21,10 +21,9 @@ from tessera.server.engine.config import REQUEST, GraphConfig
 from tessera.server.engine.errors import (Cancelled, DeadlineExceeded, EngineError, InvalidInput,
                                   OpFailed, Overloaded, ShuttingDown)
 from tessera.server.engine.metrics import EngineMetrics
+from tessera.server.engine.platforms import Platforms
 from tessera.server.engine.request import Request, Result, StageTiming
 from tessera.server.engine.stage import OpStage
-from tessera.server.engine.workers import ComputeThread
-from tessera.server.engine.workers.threads import keep_off_this_thread, restore
 
 log = logging.getLogger("tessera.engine")
 
@@ -42,49 +41,10 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.accepting = False
         self._idle = asyncio.Event()
-        self._device_threads: dict[str, ComputeThread] = {}
+        self.platforms = Platforms(config)  # how workers compute on each device (platforms/)
         self._health_listeners: list[Callable[[bool], None]] = []
         self._serving = False
         self._ray = None  # the Ray connection, when an OP runs in mode: ray
-        self._loop_threads: int | None = None  # torch's count on the loop's thread before start
-
-    @property
-    def node_turns(self) -> bool:
-        """Workers take the node's turn (workers/turns.py) when device turns are on and some OP
-        computes in another process (mode process or ray), which the one compute thread of
-        this process cannot order."""
-        return self.config.device_turns and any(op.mode != "thread" for op in self.config.ops.values())
-
-    def beside_turns(self, cfg, index: int, device: str) -> bool:
-        """Whether worker `index` of OP `cfg`, on `device`, computes on a CPU thread of its own
-        beside the device's turn (one thread, no OpenMP team, outside the node's turn): with
-        device turns, a stepping OP's thread workers after the first. The
-        first takes turns with the other OPs, with every core while it is alone; the others
-        step side by side with whichever call holds the turn, each on its share of the cores
-        (threads.py), and hold rows only when the load is more than half a batch
-        (stepping.py, `room`). Measured on 2 cores: two sampler workers side by side beat one
-        on both cores by 11-13% at 32 requests in flight (README, Performance)."""
-        return (self.config.device_turns and cfg.stepping and cfg.mode == "thread" and index > 0
-                and cfg.op_class.uses_device and device == "cpu")
-
-    def may_open_team(self, cfg, index: int) -> bool:
-        """Whether worker `index` of OP `cfg` may compute on more than one thread. With device
-        turns the thread workers share one compute thread (one team); a worker in a process
-        or actor of its own has its process to itself. Without turns, thread workers compute
-        side by side, and only the first worker of the first stepping OP (the sampler) may:
-        each extra team would stop libgomp spinning for all of them (threads.py)."""
-        if self.config.device_turns or cfg.mode != "thread":
-            return True
-        first = next((c for c in self.config.ops.values() if c.stepping and c.mode == "thread"), None)
-        return first is not None and first.name == cfg.name and index == 0
-
-    def device_thread(self, device: str) -> ComputeThread | None:
-        """The one compute thread that thread workers on `device` share (None: each has its own)."""
-        if not self.config.device_turns:
-            return None
-        if device not in self._device_threads:
-            self._device_threads[device] = ComputeThread(f"device-{device}")
-        return self._device_threads[device]
 
     # -- health ----------------------------------------------------------------------------
     @property
@@ -109,7 +69,7 @@ class Engine:
             listener(serving)
 
     async def start(self) -> None:
-        self._loop_threads = keep_off_this_thread()
+        self.platforms.open()
         if any(op.mode == "ray" for op in self.config.ops.values()):
             from tessera.server.engine.workers.ray import RayConnection
             self._ray = RayConnection(self.config.ray_address)
@@ -120,7 +80,7 @@ class Engine:
         self.accepting = True
         self._idle.set()
         log.info("engine started: %s", ", ".join(
-            f"{n}(x{c.concurrency}, batch {c.batch_size})" for n, c in self.config.ops.items()))
+            f"{n}(x{len(s.workers)}, batch {s.cfg.batch_size})" for n, s in self.stages.items()))
 
     def submit(self, payload: Any, *, request_id: str | None = None, timeout_s: float | None = None,
                events: bool = False) -> Request:
@@ -204,16 +164,15 @@ class Engine:
         """Stop admitting, let in-flight requests finish within the grace, then stop workers."""
         self.accepting = False
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        try:
-            await asyncio.wait_for(self._idle.wait(), grace)
-        except asyncio.TimeoutError:
-            log.warning("shutdown grace of %.1fs over; failing %d requests", grace, len(self.requests))
+        if self.requests:  # nothing admitted (a start that failed, an idle server): nothing to wait for
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except asyncio.TimeoutError:
+                log.warning("shutdown grace of %.1fs over; failing %d requests", grace, len(self.requests))
         for request in list(self.requests.values()):
             self.fail(request, ShuttingDown("the server shut down before the request finished"))
         await asyncio.gather(*(stage.stop() for stage in self.stages.values()))
-        for thread in self._device_threads.values():
-            thread.close()
-        restore(self._loop_threads)
+        self.platforms.close()
         if self._ray is not None:
             self._ray.close()
         self._serving = False

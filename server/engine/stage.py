@@ -72,17 +72,16 @@ class OpStage:
         self.workers: list[Worker] = []
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
-            beside = engine.beside_turns(cfg, i, device)
-            spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size, cfg.threads,
-                              turns=engine.node_turns and not beside,
-                              team=not beside and engine.may_open_team(cfg, i))
-            takes_turns = cfg.mode == "thread" and cfg.op_class.uses_device and not beside
-            shared = engine.device_thread(device) if takes_turns else None
-            worker = make_worker(spec, cfg.mode, shared=shared, on_wait=wait,
+            plan = engine.platforms.of(device).plan(cfg, i, device)
+            if plan is None:  # the platform runs fewer (one stepping worker per GPU)
+                continue
+            spec = WorkerSpec(cfg.op_class, cfg.settings, cfg.name, device, i, cfg.batch_size,
+                              compute=plan.compute)
+            worker = make_worker(spec, cfg.mode, shared=plan.shared, on_wait=wait,
                                  ray_actor_options=cfg.ray_actor_options)
             worker.on_lost = self._on_lost
             self.workers.append(worker)
-        self.high_water = cfg.batch_size * cfg.concurrency  # rows pulled ahead of the workers
+        self.high_water = cfg.batch_size * len(self.workers)  # rows pulled ahead of the workers
         self._rows_event = asyncio.Event()
         self._room_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []

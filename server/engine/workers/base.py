@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from tessera.server.engine.op import Op, StepResult, StepRow
@@ -39,12 +39,16 @@ class WorkerSpec:
     device: str
     index: int
     capacity: int = 1    # a stepping OP's running batch bound (the OP's batch_size)
-    threads: int | str = "auto"  # threads per call: "auto" (chosen by measurement) or a count
-    turns: bool = False  # take the node's turn around each call and step (graph.device_turns)
-    # May open an OpenMP team (threads: auto up to all cores). Off for all but one thread
-    # worker of a process whose workers compute side by side (no device turns): with more
-    # teams than cores libgomp stops spinning between parallel regions, for every team.
-    team: bool = True
+    # The device's platform's plan for this worker (platforms/: a CpuPlan on the CPU).
+    compute: Any = None
+    # Kept for callers that build a CPU spec by hand with the node's turn
+    # (tests/server/engine/workers/test_turns.py): the same as compute=CpuPlan(turns=True).
+    turns: InitVar[bool] = False
+
+    def __post_init__(self, turns: bool) -> None:
+        if turns:
+            from tessera.server.engine.platforms.cpu import CpuPlan
+            self.compute = CpuPlan(turns=True)
 
     @property
     def label(self) -> str:

@@ -169,7 +169,7 @@ class ThreadWorker(Worker):
     async def process(self, rows: list[Any]) -> list[Any]:
         self._check()
         out = await self._submit(self.host.process, rows)
-        self.last_threads = self.host.threads.last if self.host.threads is not None else 0
+        self.last_threads = self.host.device.last
         return out
 
     async def step(self, call: StepCall) -> StepReply:

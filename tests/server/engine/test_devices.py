@@ -52,7 +52,7 @@ async def test_workers_on_one_device_take_turns():
 async def test_workers_on_one_device_share_its_one_compute_thread():
     async with running(fan_out(turns=True)) as engine:
         threads = {w.shared for name in ("left", "right") for w in engine.stages[name].workers}
-        assert threads == {engine.device_thread("cpu")}
+        assert threads == {engine.platforms.device_thread("cpu")}
 
 
 async def test_without_turns_workers_on_one_device_overlap():
@@ -116,7 +116,7 @@ async def test_an_op_that_uses_no_device_keeps_its_own_thread():
         waits = engine.metrics.registry.get_sample_value(
             "tessera_op_device_wait_seconds_count", {"op": "right"})
         assert engine.stages["right"].workers[0].shared is None
-        assert engine.stages["left"].workers[0].shared is engine.device_thread("cpu")
+        assert engine.stages["left"].workers[0].shared is engine.platforms.device_thread("cpu")
     assert [r.value for r in results] == [2 * i for i in range(8)]
     assert Busy.most == 2  # the two ran at once
     assert not waits
@@ -133,11 +133,11 @@ async def test_without_turns_only_the_stepping_ops_first_worker_may_open_an_open
         },
     })
     async with running(config) as engine:
-        teams = {(name, w.spec.index): w.spec.team for name in ("count", "tail")
+        teams = {(name, w.spec.index): w.spec.compute.team for name in ("count", "tail")
                  for w in engine.stages[name].workers}
     assert teams == {("count", 0): True, ("count", 1): False, ("tail", 0): False, ("tail", 1): False}
 
 
 async def test_with_turns_every_worker_may_use_every_core():
     async with running(fan_out(turns=True)) as engine:
-        assert all(w.spec.team for name in ("left", "right") for w in engine.stages[name].workers)
+        assert all(w.spec.compute.team for name in ("left", "right") for w in engine.stages[name].workers)

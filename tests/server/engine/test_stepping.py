@@ -170,8 +170,8 @@ async def test_with_device_turns_the_second_worker_steps_beside_the_turn():
         steps.free()
         results = await asyncio.gather(*(r.result() for r in requests))
         first, second = engine.stages["count"].workers
-        assert first.shared is engine.device_thread("cpu") and second.shared is None
-        assert first.spec.team and not second.spec.team  # one OpenMP team beside the turn's: none
+        assert first.shared is engine.platforms.device_thread("cpu") and second.shared is None
+        assert first.spec.compute.team and not second.spec.compute.team  # one OpenMP team beside the turn's: none
     assert len(results) == 8
     assert len({worker for worker, _ in calls("count/by-worker").batches}) == 2
 

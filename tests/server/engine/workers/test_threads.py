@@ -9,7 +9,7 @@ import pytest
 from tessera.server.engine.op import StepRow
 from tessera.server.engine.workers.base import StepCall, WorkerSpec
 from tessera.server.engine.workers.host import OpHost
-from tessera.server.engine.workers.threads import FIRST_TRY, LONGEST_WAIT, ThreadPolicy, computing
+from tessera.server.engine.platforms.threads import FIRST_TRY, LONGEST_WAIT, ThreadPolicy, computing
 from tests.server.engine import toy_ops
 
 
@@ -125,10 +125,10 @@ def _try_call(m: Machine) -> list[tuple[int, int]]:
     """(steps, threads) of FIRST_TRY calls on all threads, then the try of one thread."""
     host = OpHost(WorkerSpec(toy_ops.Counter, {}, "count", "cpu", 0, capacity=8))
     host.setup()
-    host.threads = m.scripted()
+    host.device.policy = m.scripted()
     replies = [host.step(StepCall(admit=[StepRow(k, 10_000) for k in range(4)], budget=16), lambda: False)]
     replies += [host.step(StepCall(budget=16), lambda: False) for _ in range(FIRST_TRY)]
-    assert set(host.threads.snapshot()) == {"step/4-7"}
+    assert set(host.device.policy.snapshot()) == {"step/4-7"}
     return [(r.steps, r.threads) for r in replies]
 
 
@@ -169,7 +169,7 @@ def test_a_stepping_call_returns_when_another_starts_computing_beside_it():
     m = Machine(t1=0.016, t2=0.010)
     host = OpHost(WorkerSpec(toy_ops.Counter, {}, "count", "cpu", 0, capacity=8))
     host.setup()
-    host.threads = m.scripted()
+    host.device.policy = m.scripted()
     beside = computing()
     steps = 0
 
@@ -193,11 +193,11 @@ def test_batch_calls_are_measured_per_row():
     m = Machine(t1=0.001, t2=0.002)
     host = OpHost(WorkerSpec(toy_ops.Echo, {}, "echo", "cpu", 0))
     host.setup()
-    host.threads = m.scripted()
+    host.device.policy = m.scripted()
     assert [host.process([i, i + 1, i + 2]) for i in range(FIRST_TRY + 2)][-1] == [9, 10, 11]
-    assert host.threads.last == 1 and m.set_to == [2, 1]   # one thread tried, won, kept
-    assert set(host.threads.snapshot()) == {"batch/2-3"}
-    assert set(host.threads.snapshot()["batch/2-3"]) == {1, 2}
+    assert host.device.policy.last == 1 and m.set_to == [2, 1]   # one thread tried, won, kept
+    assert set(host.device.policy.snapshot()) == {"batch/2-3"}
+    assert set(host.device.policy.snapshot()["batch/2-3"]) == {1, 2}
 
 
 def test_images_do_not_depend_on_the_thread_count():
@@ -229,14 +229,14 @@ async def test_only_compute_threads_run_torch_on_more_than_one_thread():
     of its own would slow the compute thread's), and gets its count back at stop; the
     compute thread still chooses among all of them."""
     torch = pytest.importorskip("torch")
-    from tessera.server.engine.workers.threads import process_threads
+    from tessera.server.engine.platforms.threads import process_threads
     from tests.server.engine.helpers import chain, running
 
     before = torch.get_num_threads()
     async with running(chain(("echo", "Echo", {}))) as engine:
         assert torch.get_num_threads() == 1
         worker = engine.stages["echo"].workers[0]
-        assert worker.host.threads.most == process_threads() == before
+        assert worker.host.device.policy.most == process_threads() == before
         assert (await engine.submit(7).result()).value == 7
     assert torch.get_num_threads() == before
 

@@ -1,0 +1,149 @@
+"""Platforms: how workers compute on one kind of device, the engine's one view of devices.
+
+The engine, its stages and the scheduler know devices only through this interface. A
+stage asks the platform of each worker's device for the worker's `WorkerPlan` (whether it
+runs at all, which compute thread it shares, what its worker side needs to know); the
+worker side (`OpHost`, in whatever process the worker runs) asks the platform for a
+`DeviceHost`, which wraps every call and step.
+
+    platforms = Platforms(graph)               # one per engine
+    platforms.open()                           # on the event loop's thread, before workers start
+    plan = platforms.of("cpu").plan(cfg, index=0, device="cpu")
+    ...
+    platforms.close()
+
+What differs by platform lives in its own module: `cpu.py` (thread counts, OpenMP teams,
+device and node turns, the worker stepping beside the turn), `cuda.py` (one stepping
+worker per GPU).
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tessera.server.engine.workers.thread import ComputeThread
+    from tessera.server.engine.config import GraphConfig, OpConfig
+    from tessera.server.engine.op import Op
+    from tessera.server.engine.workers.base import WorkerSpec
+
+
+@dataclass
+class WorkerPlan:
+    """A platform's decision for one worker, read by the stage that builds it."""
+    device: str
+    compute: Any = None                    # what the worker side needs (goes in WorkerSpec.compute)
+    shared: ComputeThread | None = None    # the device's compute thread, for a thread worker taking turns
+
+
+class DeviceHost:
+    """A worker's side of its platform: what happens around each call and between steps.
+    This base does nothing (no thread policy, no turns): a device that needs none."""
+
+    last = 0  # the thread count the last call computed with (0: not chosen here)
+
+    def adopt(self, op: Op) -> None:
+        """The OP was set up (again): read what the platform needs of it."""
+
+    def hold(self) -> AbstractContextManager:
+        """Around a whole call (a batch call, or a stepping call's admission and steps)."""
+        return nullcontext()
+
+    def choose(self, kind: str, rows: int) -> int:
+        """Set up the call's compute; the thread count chosen (0: none)."""
+        return 0
+
+    def record(self, kind: str, rows: int, threads: int, seconds: float, units: int) -> None:
+        """How long a call with `threads` (non-zero) took, over `units` rows or steps."""
+
+    def between_steps(self) -> None:
+        """Between two steps of one call (a CPU worker hands the node's turn on here)."""
+
+    def keep_stepping(self, rows: int, threads: int, steps: int, took: float) -> bool:
+        """After step `steps` (it took `took` s) of a call with `threads` (non-zero):
+        whether the call may run another step for the platform's sake."""
+        return True
+
+    def close(self) -> None:
+        """Free what the host holds (no call may run)."""
+
+
+class Platform:
+    """One kind of device (`kind`), for one engine's graph. Subclasses decide the plans."""
+
+    kind = ""
+
+    def __init__(self, graph: GraphConfig):
+        self.graph = graph
+        self._device_threads: dict[str, ComputeThread] = {}
+
+    def plan(self, cfg: OpConfig, index: int, device: str) -> WorkerPlan | None:
+        """Worker `index` of OP `cfg` on `device`, or None: the platform runs no such worker."""
+        raise NotImplementedError
+
+    @staticmethod
+    def host(spec: WorkerSpec) -> DeviceHost:
+        """The worker side, built where the worker runs."""
+        return DeviceHost()
+
+    def device_thread(self, device: str) -> ComputeThread | None:
+        """The one compute thread that thread workers on `device` share while device turns
+        are on (graph.device_turns): one call at a time per device; None: each its own."""
+        if not self.graph.device_turns:
+            return None
+        if device not in self._device_threads:
+            from tessera.server.engine.workers.thread import ComputeThread
+            self._device_threads[device] = ComputeThread(f"device-{device}")
+        return self._device_threads[device]
+
+    def open(self) -> None:
+        """On the event loop's thread, before any worker starts."""
+
+    def close(self) -> None:
+        for thread in self._device_threads.values():
+            thread.close()
+        self._device_threads.clear()
+
+
+def kind_of(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def platform_class(device: str) -> type[Platform]:
+    if kind_of(device) == "cuda":
+        from tessera.server.engine.platforms.cuda import CudaPlatform
+        return CudaPlatform
+    from tessera.server.engine.platforms.cpu import CpuPlatform
+    return CpuPlatform
+
+
+def host_for(spec: WorkerSpec) -> DeviceHost:
+    """The worker side of `spec`'s platform (called where the worker runs)."""
+    return platform_class(spec.device).host(spec)
+
+
+class Platforms:
+    """An engine's platforms, one per kind of device its graph names. The CPU's is always
+    there: the event loop runs on the CPU whatever the OPs compute on."""
+
+    def __init__(self, graph: GraphConfig):
+        kinds = {"cpu"} | {kind_of(d) for op in graph.ops.values() for d in op.devices}
+        self._by_kind = {kind: platform_class(kind)(graph) for kind in sorted(kinds)}
+
+    def of(self, device: str) -> Platform:
+        return self._by_kind[kind_of(device)]
+
+    def device_thread(self, device: str) -> ComputeThread | None:
+        return self.of(device).device_thread(device)
+
+    def open(self) -> None:
+        for platform in self._by_kind.values():
+            platform.open()
+
+    def close(self) -> None:
+        for platform in self._by_kind.values():
+            platform.close()
+
+
+__all__ = ["DeviceHost", "Platform", "Platforms", "WorkerPlan", "host_for", "kind_of", "platform_class"]

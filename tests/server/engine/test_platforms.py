@@ -1,0 +1,85 @@
+"""Platforms: the engine knows devices only through them; each picks its device's shape."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from tessera.server.engine import Engine, GraphConfig
+from tessera.server.engine.platforms.cpu import CpuPlan
+from tests.server.engine import toy_ops
+from tests.server.engine.helpers import T, running
+
+
+def stepper(devices: list[str], concurrency: int = 2, turns: bool = True) -> GraphConfig:
+    return GraphConfig.from_dict({"output": "count", "device_turns": turns, "ops": {
+        "count": {"type": T + "Counter", "inputs": ["request"], "batch_size": 4,
+                  "concurrency": concurrency, "devices": devices}}})
+
+
+async def test_on_a_gpu_a_stepping_op_runs_one_worker_per_gpu_and_says_so_once(caplog):
+    caplog.set_level(logging.INFO, "tessera.engine")
+    async with running(stepper(["cuda:0"], concurrency=3)) as engine:
+        workers = engine.stages["count"].workers
+        assert [(w.index, w.device) for w in workers] == [(0, "cuda:0")]
+        assert workers[0].spec.compute is None  # no thread policy, no turns on a GPU
+        assert [(await engine.submit(n).result()).value["finished_at"] > 0 for n in (2, 3)] == [True, True]
+    told = [r for r in caplog.records if "one stepping worker per GPU" in r.getMessage()]
+    assert len(told) == 1 and told[0].levelno == logging.INFO
+
+
+async def test_stepping_workers_on_different_gpus_all_run():
+    async with running(stepper(["cuda:0", "cuda:1"], concurrency=2)) as engine:
+        assert [w.device for w in engine.stages["count"].workers] == ["cuda:0", "cuda:1"]
+
+
+async def test_on_the_cpu_the_second_stepping_worker_steps_beside_the_turn():
+    """The CPU platform's shape, unchanged: the first worker takes the device's turn with
+    every core; the second computes on a thread of its own, one core, outside the node turn."""
+    async with running(stepper(["cpu"], concurrency=2)) as engine:
+        first, second = engine.stages["count"].workers
+        assert first.shared is engine.platforms.device_thread("cpu") and second.shared is None
+        assert first.spec.compute == CpuPlan("auto", turns=False, team=True)
+        assert second.spec.compute == CpuPlan("auto", turns=False, team=False)
+
+
+async def test_a_start_that_fails_stops_without_a_shutdown_grace_warning(monkeypatch, caplog):
+    def broken(self, device):
+        raise RuntimeError("no weights")
+
+    monkeypatch.setattr(toy_ops.Echo, "setup", broken)
+    engine = Engine(GraphConfig.from_dict({"output": "e", "ops": {"e": {"type": T + "Echo", "inputs": ["request"]}}}))
+    with pytest.raises(RuntimeError, match="no weights"):
+        await engine.start()
+    with caplog.at_level(logging.WARNING, "tessera.engine"):
+        await engine.stop(0)
+    assert not [r for r in caplog.records if "shutdown grace" in r.getMessage()]
+
+
+def test_the_engine_core_imports_no_torch():
+    code = ("import sys; import tessera.server.engine.engine, tessera.server.engine.stepping, "
+            "tessera.server.engine.platforms.cpu, tessera.server.engine.platforms.cuda; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_serve_device_puts_every_model_op_on_it():
+    from tessera.server.main import load_config
+
+    config = load_config(None, None, None, None, device="cuda:0")
+    devices = {name: op.devices for name, op in config.graph.ops.items()}
+    assert devices.pop("tokenize") == ["cpu"]  # a tokenizer computes on no device
+    assert devices and all(d == ["cuda:0"] for d in devices.values())
+    on_cpu = load_config(None, None, None, None, device="cpu")
+    assert all(op.devices == ["cpu"] for op in on_cpu.graph.ops.values())
+
+
+def test_serve_refuses_an_unknown_device_in_one_line(capsys):
+    from tessera.server.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--device", "tpu"])
+    assert exit_.value.code == 2 and "unknown device 'tpu'" in capsys.readouterr().err
