@@ -2,130 +2,164 @@
 
     config = AppConfig.from_dict(yaml.safe_load(path.read_text()))
 
-Validated once at start-up; every mistake is a ConfigError naming the key.
+Typed pydantic models, validated once at start-up; every mistake is a ConfigError naming
+the key. docs/configuration.md is generated from these models (`tessera config --docs`) and
+`tessera config --schema` prints the JSON Schema an editor checks a YAML file against.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import fields
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tessera.server.engine import ConfigError, GraphConfig
-from tessera.server.engine.config import resolve_op_type
+from tessera.server.engine.config import Section, resolve_op_type
+from tessera.server.engine.settings import TOP, config_error, invalid
 
 MiB = 1024 * 1024
+Int32 = 2**31 - 1
+Port = Annotated[int, Field(ge=0, le=65535)]
+# A port, 0 to pick a free one, or -1 to turn the listener off.
+OptionalPort = Annotated[int, Field(ge=-1, le=65535)]
+Path = Annotated[str, Field(min_length=1, pattern=r"\S")]
 
 
-@dataclass
-class Limits:
-    max_num_images: int = 16
-    max_num_candidates: int = 64
-    max_prompt_chars: int = 1000
-    max_message_bytes: int = 16 * MiB
+class Limits(Section):
+    """What one request may ask for (`server.limits`); larger requests are refused as invalid."""
+    max_num_images: int = Field(16, ge=1, le=Int32)
+    """Most images one request may ask for."""
+    max_num_candidates: int = Field(64, ge=1, le=Int32)
+    """Most candidates one request may sample (the best num_images of them come back)."""
+    max_prompt_chars: int = Field(1000, ge=1, le=Int32)
+    """Longest prompt, in characters."""
+    max_message_bytes: int = Field(16 * MiB, ge=1, le=Int32)
+    """Largest gRPC message either way, in bytes."""
 
 
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    metrics_port: int = 9090        # 0 picks a free port; -1 turns metrics off
-    http_port: int = 8080           # HTTP/JSON, SSE and the web page; 0 picks, -1 off
-    token_file: str | None = None   # bearer-token auth, off unless one of these is set
-    token_env: str | None = None
-    auth_exempt_health: bool = True  # health checks need no token (Kubernetes probes send none)
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    limits: Limits = field(default_factory=Limits)
+class ServerConfig(Section):
+    """The front doors (`server:`): where gRPC, HTTP and metrics listen, auth and TLS."""
+    host: str = Field("127.0.0.1", min_length=1)
+    """Address every listener binds (0.0.0.0: every interface)."""
+    port: Port = 50051
+    """gRPC port; 0 picks a free one."""
+    metrics_port: OptionalPort = 9090
+    """Prometheus metrics port; 0 picks a free one, -1 turns metrics off."""
+    http_port: OptionalPort = 8080
+    """HTTP/JSON, SSE and the web page; 0 picks a free port, -1 turns them off."""
+    token_file: Path | None = None
+    """A file holding the bearer token callers must send; auth is off unless this or token_env is set."""
+    token_env: Path | None = None
+    """An environment variable holding the bearer token (read at start-up; empty is an error)."""
+    auth_exempt_health: bool = True
+    """Health checks need no token (Kubernetes probes send none)."""
+    tls_cert_file: Path | None = None
+    """TLS certificate chain (PEM); with tls_key_file, every listener serves TLS."""
+    tls_key_file: Path | None = None
+    """TLS private key (PEM) of tls_cert_file."""
+    limits: Limits = Field(default_factory=Limits)
+    """What one request may ask for."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise invalid("TLS needs both tls_cert_file and tls_key_file", "tls_cert_file")
+        return self
+
+
+def _arch_path(value: str | None) -> str | None:
+    if value is not None and ":" not in value:
+        raise invalid(f"must be ARCH:PATH (e.g. ViT-B-32:/models/clip.bin), got {value!r}")
+    return value
 
 
 # The `model` section's keys -> the model OPs' settings they fill in (ops/shared.py, ModelSettings).
 MODEL_KEYS = {"path": "model_dir", "bpe_path": "bpe_path", "vae": "vae_path", "clip": "clip"}
 
 
-@dataclass
-class ModelConfig:
-    """Which model to serve (`model:`; `tessera serve --model/--bpe-path/--vae/--clip`)."""
-    path: str | None = None      # a Tessera model directory, a DALLE-pytorch .pt, min-dalle's
-                                 # directory; None: the bundled shapes model
-    bpe_path: str | None = None  # DALLE-pytorch: CLIP's BPE merges (plain or .gz) or a tokenizers JSON
-    vae: str | None = None       # DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)
-    clip: str | None = None      # ARCH:PATH, a local OpenCLIP checkpoint that reranks
-
-    @classmethod
-    def from_raw(cls, raw: Any, model_dir: Any) -> ModelConfig:
-        """`model: PATH`, `model: {path: ..., ...}`, or the older top-level `model_dir: PATH`."""
-        if raw is None:
-            raw = {}
-        elif isinstance(raw, str):
-            raw = {"path": raw}
-        _known("model.", raw, set(MODEL_KEYS))
-        if model_dir is not None:
-            if raw.get("path") is not None:
-                raise ConfigError("model_dir", "names the model a second time; keep model.path alone")
-            raw = {**raw, "path": model_dir}
-        for key, value in raw.items():
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError("model_dir" if model_dir is not None and key == "path" else f"model.{key}",
-                                  f"must be a path, got {value!r}")
-        if raw.get("clip") is not None and ":" not in raw["clip"]:
-            raise ConfigError("model.clip", f"must be ARCH:PATH (e.g. ViT-B-32:/models/clip.bin), got {raw['clip']!r}")
-        return cls(**raw)
+class ModelConfig(Section):
+    """Which model to serve (`model:`, or `model: PATH`; `tessera serve --model/--bpe-path/
+    --vae/--clip`). Every OP with a `model_dir` setting gets these unless it sets its own."""
+    path: Path | None = None
+    """A Tessera model directory, a DALLE-pytorch .pt, or min-dalle's directory; null: the
+    bundled shapes model."""
+    bpe_path: Path | None = None
+    """DALLE-pytorch: CLIP's BPE merges (plain or .gz) or a tokenizers JSON."""
+    vae: Path | None = None
+    """DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)."""
+    clip: Annotated[Path | None, AfterValidator(_arch_path)] = Field(
+        None, json_schema_extra={"pattern": "^[^:]+:.+$"})
+    """ARCH:PATH, a local OpenCLIP checkpoint that reranks (e.g. ViT-B-32:/models/clip.bin)."""
 
 
-@dataclass
-class AppConfig:
-    server: ServerConfig
+def _model_shorthand(schema: dict[str, Any]) -> None:
+    # `model: PATH` and `model: null` are accepted too (AppConfig._model_section).
+    schema["properties"]["model"] = {**schema["properties"]["model"], "anyOf": [
+        {"$ref": "#/$defs/ModelConfig"}, {"type": "string", "minLength": 1}, {"type": "null"}]}
+    schema["properties"]["model"].pop("$ref", None)
+
+
+class AppConfig(Section):
+    """The whole configuration file: `model`, `server` and `graph`."""
+    model_config = {**Section.model_config, "json_schema_extra": _model_shorthand, "title": "Tessera configuration"}
+
+    legacy_model_dir: Path | None = Field(None, alias="model_dir")
+    """The older spelling of `model.path` (keep one of the two)."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Which model to serve."""
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    """The front doors."""
     graph: GraphConfig
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """The OPs and how they connect."""
 
     @property
     def model_dir(self) -> str | None:
         return self.model.path
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_section(cls, raw: Any) -> Any:
+        """`model: PATH` -> `model: {path: PATH}`; the older `model_dir: PATH` -> model.path."""
+        if not isinstance(raw, dict):
+            raise invalid("the configuration must be a mapping")
+        model = raw.get("model")
+        model = {"path": model} if isinstance(model, str) else ({} if model is None else model)
+        model_dir = raw.get("model_dir")
+        if model_dir is not None and isinstance(model, dict):
+            if model.get("path") is not None:
+                raise invalid("names the model a second time; keep model.path alone", "model_dir")
+            if isinstance(model_dir, str) and model_dir.strip():
+                model = {**model, "path": model_dir}
+        return {**raw, "model": model}
+
+    @field_validator("graph", mode="before")
+    @classmethod
+    def _one_model_for_every_op(cls, graph: Any, info: ValidationInfo) -> Any:
+        """The `model` section fills the settings of each OP whose Settings has a model_dir,
+        unless the OP sets its own."""
+        model = info.data.get("model")
+        given = {setting: getattr(model, key) for key, setting in MODEL_KEYS.items()
+                 if model is not None and getattr(model, key) is not None}
+        if not (given and isinstance(graph, dict) and isinstance(graph.get("ops"), dict)):
+            return graph
+        graph = copy.deepcopy(graph)
+        for op in graph["ops"].values():
+            if isinstance(op, dict) and _takes_model_dir(op):
+                settings = op.setdefault("settings", {})
+                for setting, value in given.items():
+                    settings.setdefault(setting, value)
+        return graph
+
     @classmethod
     def from_dict(cls, raw: Any) -> AppConfig:
+        """The YAML file's mapping -> AppConfig; ConfigError names the key at fault."""
         if not isinstance(raw, dict):
-            raise ConfigError("(top level)", "the configuration must be a mapping")
-        _known("", raw, {"server", "graph", "model", "model_dir"})
-        if "graph" not in raw:
-            raise ConfigError("graph", "is required: the OPs and how they connect")
-        s = raw.get("server") or {}
-        if not isinstance(s, dict):
-            raise ConfigError("server", "must be a mapping")
-        _known("server.", s, {f.name for f in fields(ServerConfig)})
-        limits_raw = s.get("limits") or {}
-        _known("server.limits.", limits_raw, {f.name for f in fields(Limits)})
-        limits = Limits(**limits_raw)
-        for f in fields(Limits):
-            _int_range(f"server.limits.{f.name}", getattr(limits, f.name), 1, 2**31 - 1)
-        server = ServerConfig(**{**s, "limits": limits})
-        _int_range("server.port", server.port, 0, 65535)
-        _int_range("server.metrics_port", server.metrics_port, -1, 65535)
-        _int_range("server.http_port", server.http_port, -1, 65535)
-        for key in ("token_file", "token_env", "tls_cert_file", "tls_key_file"):
-            value = getattr(server, key)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"server.{key}", f"must be a non-empty string (leave it out to turn it off), "
-                                                   f"got {value!r}")
-        if not isinstance(server.auth_exempt_health, bool):
-            raise ConfigError("server.auth_exempt_health", f"must be true or false, got {server.auth_exempt_health!r}")
-        if (server.tls_cert_file is None) != (server.tls_key_file is None):
-            raise ConfigError("server.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file")
-        model = ModelConfig.from_raw(raw.get("model"), raw.get("model_dir"))
-        given = {setting: getattr(model, key) for key, setting in MODEL_KEYS.items()
-                 if getattr(model, key) is not None}
-        graph_raw = copy.deepcopy(raw["graph"])
-        if isinstance(graph_raw, dict) and isinstance(graph_raw.get("ops"), dict):
-            for op in graph_raw["ops"].values():  # one model for every OP by default
-                if isinstance(op, dict) and given and _takes_model_dir(op):
-                    settings = op.setdefault("settings", {})
-                    for setting, value in given.items():
-                        settings.setdefault(setting, value)
+            raise ConfigError(TOP, "the configuration must be a mapping")
         try:
-            graph = GraphConfig.from_dict(graph_raw)
-        except ConfigError as exc:
-            raise ConfigError(f"graph.{exc.key}", str(exc).split(": ", 1)[1]) from None
-        return cls(server=server, graph=graph, model=model)
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise config_error(exc, cls, raw) from None
 
 
 def _takes_model_dir(op: dict) -> bool:
@@ -137,16 +171,3 @@ def _takes_model_dir(op: dict) -> bool:
     settings = op.get("settings")
     return (settings is None or isinstance(settings, dict)) and any(
         f.name == "model_dir" for f in fields(cls.Settings))
-
-
-def _known(prefix: str, body: Any, known: set[str]) -> None:
-    if not isinstance(body, dict):
-        raise ConfigError(prefix.rstrip(".") or "(top level)", "must be a mapping")
-    for key in body:
-        if key not in known:
-            raise ConfigError(f"{prefix}{key}", f"unknown key; expected one of {sorted(known)}")
-
-
-def _int_range(key: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(key, f"must be an integer between {low} and {high}, got {value!r}")

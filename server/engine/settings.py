@@ -1,4 +1,8 @@
-"""An OP's `settings`: a dataclass the OP class declares, built from the YAML mapping.
+"""Typed settings: pydantic validation whose every mistake is one ConfigError naming its key.
+
+The configuration's sections are pydantic models (engine/config.py, server/config.py); an
+OP's `settings` is a stdlib dataclass the OP class declares, checked by a strict pydantic
+model built from its fields:
 
     @dataclass
     class Settings:
@@ -6,21 +10,30 @@
         half: bool = False
 
     settings = parse_settings(Settings, {"half": True})   # Settings(model_dir=None, half=True)
+    parse_settings(Settings, {"half": 1})  # ConfigError: half: must be true or false, got 1
 
-Names and types are checked against the dataclass's fields before it is built, so a misspelt
-key or a wrong type is a ConfigError naming that key, never a TypeError deep in a worker.
-A Settings class may check values further in `__post_init__`, raising ValueError
-("field: what is wrong"); that becomes a ConfigError naming the field too.
+Types are strict (a string is not a bool, 1 is not true). A Settings class may check values
+further in `__post_init__`, raising ValueError ("field: what is wrong"); that becomes a
+ConfigError naming the field too. `config_error` turns pydantic's ValidationError into our
+one line: the dotted key, then what the key must be, never pydantic's own wording.
 """
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields, is_dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import annotated_types as at
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from tessera.server.engine.errors import ConfigError
+
+TOP = "(top level)"  # the key of a mistake in the whole document
 
 
 @dataclass(frozen=True)
@@ -36,20 +49,18 @@ def parse_settings(cls: type, raw: Any) -> Any:
         raise TypeError(f"an OP's Settings must be a dataclass, got {cls!r}")
     if not isinstance(raw, Mapping):
         raise ConfigError("settings", f"must be a mapping, got {raw!r}")
-    declared = [f for f in fields(cls) if f.init]
-    known = sorted(f.name for f in declared)
-    hints = typing.get_type_hints(cls)
-    for name, value in raw.items():
+    model = settings_model(cls)
+    known = sorted(model.model_fields)
+    for name in raw:
         if name not in known:
             expected = f"expected one of {known}" if known else "this OP takes no settings"
             raise ConfigError(str(name), f"unknown key; {expected}")
-        if not _matches(value, hints[name]):
-            raise ConfigError(name, f"must be {_describe(hints[name])}, got {value!r}")
-    for f in declared:
-        if f.name not in raw and f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(f.name, "is required")
     try:
-        return cls(**raw)
+        checked = model.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise config_error(exc, model, raw, prefix="") from None
+    try:  # the dataclass fills in its own defaults and runs its __post_init__
+        return cls(**{name: getattr(checked, name) for name in checked.model_fields_set})
     except ValueError as exc:
         name, _, message = str(exc).partition(": ")
         if name in known and message:
@@ -57,39 +68,153 @@ def parse_settings(cls: type, raw: Any) -> Any:
         raise ConfigError("settings", str(exc)) from None
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    if hint is Any:
-        return True
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin in (list, tuple):
-        item = args[0] if args else Any
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is dict:
-        k, v = args if args else (Any, Any)
-        return isinstance(value, dict) and all(_matches(a, k) and _matches(b, v) for a, b in value.items())
-    return isinstance(value, origin or hint)
+@functools.cache
+def settings_model(cls: type) -> type[BaseModel]:
+    """A strict pydantic model with the dataclass's init fields: types, defaults, and a
+    description where the field's metadata has one (`field(metadata={"description": ...})`)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    spec: dict[str, Any] = {}
+    for f in fields(cls):
+        if not f.init:
+            continue
+        if f.default is not MISSING:
+            info = Field(f.default, description=f.metadata.get("description"))
+        elif f.default_factory is not MISSING:
+            info = Field(default_factory=f.default_factory, description=f.metadata.get("description"))
+        else:
+            info = Field(description=f.metadata.get("description"))
+        spec[f.name] = (hints[f.name], info)
+    return create_model(cls.__name__, __config__=ConfigDict(strict=True, extra="forbid"),
+                        __doc__=cls.__doc__, **spec)
 
 
-def _describe(hint: Any) -> str:
+def invalid(message: str, key: str | None = None) -> PydanticCustomError:
+    """Raise from a validator: `message` becomes the line; `key`, dotted and relative to the
+    model being validated, is appended to where pydantic found the mistake."""
+    return PydanticCustomError("tessera", "{message}", {"message": message, "key": key})
+
+
+def config_error(exc: ValidationError, root: type, raw: Any, prefix: str = "") -> ConfigError:
+    """The first of pydantic's errors as our ConfigError(key, message), `root` the model
+    (or dataclass) that validated `raw`, `prefix` the dotted key `raw` sits at."""
+    err = exc.errors(include_url=False)[0]
+    loc, kind = list(err["loc"]), err["type"]
+    parts, hint, value, whole = _locate(root, raw, loc)
+    if kind == "tessera":
+        message, extra = err["ctx"]["message"], err["ctx"].get("key")
+        parts = [str(p) for p in loc] + (extra.split(".") if extra else [])
+    elif kind == "extra_forbidden":
+        parts = [str(p) for p in loc]
+        message = f"unknown key; expected one of {sorted(_keys(hint))}"
+    elif kind == "missing":
+        message = "is required"
+    elif kind in ("value_error", "assertion_error"):
+        message = str(err["ctx"]["error"]) if err.get("ctx") else err["msg"]
+    else:  # a wrong type or a value out of its range: say what the key takes
+        message = f"must be {describe(hint)}, got {(err['input'] if whole else value)!r}"
+    key = ".".join(p for p in [prefix, *parts] if p)
+    return ConfigError(key or TOP, message)
+
+
+def _locate(root: type, raw: Any, loc: list) -> tuple[list[str], Any, Any, bool]:
+    """Walk `loc` down the types from `root`: the key's parts, the type found there, the raw
+    value there, and whether the whole loc was walked. The walk stops at a union or a list, so
+    a mistake inside one names the key that holds it and describes all the key takes."""
+    hint, value, parts = root, raw, []
+    for elem in loc:
+        base, _ = _unwrap(_non_null(_unwrap(hint)[0]))
+        origin = typing.get_origin(base)
+        if isinstance(base, type) and issubclass(base, BaseModel):
+            by_alias = {(f.alias or name): f for name, f in base.model_fields.items()}
+            if elem not in by_alias:
+                return parts, hint, value, False
+            hint = _hint_of(by_alias[elem])
+        elif isinstance(base, type) and is_dataclass(base):
+            hints = typing.get_type_hints(base, include_extras=True)
+            if elem not in hints:
+                return parts, hint, value, False
+            hint = hints[elem]
+        elif origin is dict:
+            hint = typing.get_args(base)[1] if typing.get_args(base) else Any
+        else:
+            return parts, hint, value, False
+        parts.append(str(elem))
+        value = value.get(elem) if isinstance(value, Mapping) else None
+    return parts, hint, value, True
+
+
+def _non_null(hint: Any) -> Any:
+    """`X | None` -> X, to walk into X; other types as they are."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return hint
+
+
+def _hint_of(info: FieldInfo) -> Any:
+    """A model field's annotation with its constraints (Field(ge=...)) put back on it."""
+    if info.metadata:
+        return Annotated[(info.annotation, *info.metadata)]
+    return info.annotation
+
+
+def _keys(hint: Any) -> list[str]:
+    base, _ = _unwrap(hint)
+    if isinstance(base, type) and issubclass(base, BaseModel):
+        return [f.alias or name for name, f in base.model_fields.items()]
+    return []
+
+
+def _unwrap(hint: Any) -> tuple[Any, list[Any]]:
+    """Annotated[T, ...] -> (T, its constraints, flattened out of any FieldInfo)."""
+    meta: list[Any] = []
+    while typing.get_origin(hint) is Annotated:
+        args = typing.get_args(hint)
+        hint = args[0]
+        for m in args[1:]:
+            meta.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+    return hint, meta
+
+
+def describe(hint: Any) -> str:
+    """What a key of this type takes, in the words a YAML user reads ("an integer between
+    1 and 256", "true or false", "a list of strings")."""
+    hint, meta = _unwrap(hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
+        return " or ".join(dict.fromkeys(describe(a) for a in args))
+    if origin is Literal:
+        words = [str(a) for a in args]
+        return words[0] if len(words) == 1 else "one of " + ", ".join(words)
     if hint is type(None):
         return "null"
     if origin in (list, tuple):
         plural = {str: "strings", int: "integers", float: "numbers", bool: "true or false values"}
-        return f"a list of {plural.get(args[0], _describe(args[0]))}" if args else "a list"
-    if origin is dict:
+        return f"a list of {plural.get(args[0], describe(args[0]))}" if args else "a list"
+    if origin is dict or hint is dict or (isinstance(hint, type) and (
+            issubclass(hint, BaseModel) or is_dataclass(hint))):
         return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, getattr(hint, "__name__", str(hint)))
+    if hint is bool:
+        return "true or false"
+    if hint in (int, float):
+        return ("an integer" if hint is int else "a number") + _range(meta)
+    if hint is str:
+        short = any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta)
+        return "a non-empty string" if short else "a string"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _range(meta: list[Any]) -> str:
+    low = next((m.ge for m in meta if isinstance(m, at.Ge)), None)
+    high = next((m.le for m in meta if isinstance(m, at.Le)), None)
+    above = next((m.gt for m in meta if isinstance(m, at.Gt)), None)
+    if low is not None and high is not None:
+        return f" between {low} and {high}"
+    if low is not None:
+        return f" of at least {low}"
+    if above is not None:
+        return f" above {above}"
+    if high is not None:
+        return f" of at most {high}"
+    return ""
