@@ -170,7 +170,11 @@ function card(image, rank, prompt) {
     : `CLIP ${(image.clipScore || 0).toFixed(3)}`;
   const seed = document.createElement("div");
   seed.className = "meta seed";
-  seed.textContent = `seed ${image.seed}`;
+  seed.innerHTML = '<span class="label">seed</span> <span class="value"></span>';
+  seed.querySelector(".value").textContent = image.seed;
+  const status = document.createElement("div");
+  status.className = "status";
+  status.setAttribute("role", "status");
   const actions = document.createElement("div");
   actions.className = "actions";
   const again = document.createElement("button");
@@ -178,20 +182,22 @@ function card(image, rank, prompt) {
   again.className = "small regenerate";
   again.textContent = "Regenerate";
   again.title = "Sample this image again from its seed";
-  again.addEventListener("click", () => regenerate(item, prompt, image.seed));
+  again.addEventListener("click", () => regenerate(item, again, prompt, image.seed));
   const keep = document.createElement("button");
   keep.type = "button";
   keep.className = "small";
   keep.textContent = "Use seed";
   keep.addEventListener("click", () => { $("seed").value = image.seed; $("num-candidates").value = 1; $("num-images").value = 1; });
   actions.append(again, keep);
-  item.append(img, meta, seed, actions);
+  item.append(img, meta, seed, actions, status);
   return item;
 }
 
-function showUnknown(words) {
+// The notice belongs to the prompt it was about: editing the prompt or generating again clears it.
+function showUnknown(words, prompt) {
   const box = $("unknown");
   box.hidden = !(words && words.length);
+  box.dataset.prompt = box.hidden ? "" : prompt;
   if (!box.hidden) box.textContent = `The model never learned: ${words.join(", ")}. The images cannot follow those words.`;
 }
 
@@ -221,23 +227,53 @@ async function run(body, onResult) {
   }
 }
 
-async function regenerate(item, prompt, seed) {
+// The card itself shows the work: dimmed with a spinner while it samples, then a line saying
+// what came back (the same seed gives the same picture, so the image alone may not change).
+async function regenerate(item, again, prompt, seed) {
+  const status = item.querySelector(".status"), img = item.querySelector("img");
+  item.classList.remove("fresh");
+  item.classList.add("busy");
+  item.setAttribute("aria-busy", "true");
+  again.disabled = true;
+  again.textContent = "Regenerating…";
+  status.textContent = `Sampling again from seed ${seed}…`;
+  let done = false;
   await run({ prompt, seed, numImages: 1, numCandidates: 1, previewEvery: 8 }, (result) => {
-    const image = result.images[0];
-    item.querySelector("img").src = "data:image/png;base64," + image.png;
+    const src = "data:image/png;base64," + result.images[0].png;
+    const same = src === img.src;
+    img.src = src;
     item.classList.add("regenerated");
+    status.textContent = `Regenerated at ${new Date().toLocaleTimeString()}: ` +
+      (same ? "the same image, as its seed promises." : "a new image.");
+    done = true;
   });
+  item.classList.remove("busy");
+  item.removeAttribute("aria-busy");
+  again.disabled = false;
+  again.textContent = "Regenerate";
+  if (done) {
+    void item.offsetWidth;  // restart the highlight on a second regeneration
+    item.classList.add("fresh");
+  } else {
+    status.textContent = "Could not regenerate: see the message above.";
+  }
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   let body;
   try { body = requestFromForm(); } catch (e) { showError(e.message); setState("error"); return; }
+  showUnknown([]);
   run(body, (result) => {
-    showUnknown(result.unknownWords);
+    showUnknown(result.unknownWords, body.prompt);
     const list = $("results");
     list.replaceChildren(...result.images.map((im, i) => card(im, i + 1, body.prompt)));
   });
+});
+
+promptBox.addEventListener("input", () => {
+  const box = $("unknown");
+  if (!box.hidden && promptBox.value.trim() !== box.dataset.prompt) showUnknown([]);
 });
 
 promptBox.addEventListener("keydown", (event) => {

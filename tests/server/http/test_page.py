@@ -74,11 +74,20 @@ async def test_type_a_prompt_see_previews_then_images_best_first(http_served, br
     assert [s[1] for s in shown] == ["data:image/png;base64," + im["png"] for im in api]
     assert [s[2] for s in shown] == [f"CLIP {im['clipScore']:.3f}" for im in api]
 
-    # Regenerate the second image from its seed: the same picture comes back.
+    # Regenerate the second image from its seed: the card shows it is working (dimmed, busy, its
+    # button saying so), then says what came back: the same picture.
     before = shown[1][1]
+    await cards.nth(1).evaluate("""c => { window.busy = []; new MutationObserver(() => window.busy.push(
+        [c.getAttribute('aria-busy'), c.querySelector('.regenerate').textContent,
+         c.querySelector('.regenerate').disabled])).observe(c, {attributes: true, subtree: true, childList: true}); }""")
     await cards.nth(1).locator(".regenerate").click()
     await page.locator("#results .result.regenerated").wait_for(timeout=60_000)
+    assert ["true", "Regenerating…", True] in await page.evaluate("window.busy")
     assert await cards.nth(1).locator("img").get_attribute("src") == before
+    status = cards.nth(1).locator(".status")
+    assert await status.is_visible() and "the same image" in await status.text_content()
+    assert await cards.nth(1).get_attribute("aria-busy") is None
+    assert await cards.nth(1).locator(".regenerate").text_content() == "Regenerate"
     assert base64.b64decode(before.split(",", 1)[1]).startswith(b"\x89PNG")
     assert not errors
 
@@ -106,3 +115,62 @@ async def test_chinese_prompt_and_an_error_as_a_sentence_on_a_phone(http_served,
     # Nothing wider than the phone's screen.
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     await page.screenshot(path=save(SHOTS / "web-page-phone.png"), full_page=True)
+
+
+async def _vocabulary_fits(page) -> None:
+    """Every word of the vocabulary is on the page, none behind a scroll box of its own."""
+    await page.locator("#terms .term").first.wait_for()
+    panel = page.locator("#vocabulary")
+    assert await panel.evaluate("el => el.scrollHeight <= el.clientHeight + 1 && getComputedStyle(el).overflowY "
+                                "=== 'visible'")
+    box = await panel.bounding_box()
+    chips = await page.locator("#terms .term").evaluate_all("cs => cs.map(c => c.getBoundingClientRect().bottom"
+                                                            " + window.scrollY)")
+    assert len(chips) > 10 and max(chips) <= box["y"] + box["height"]
+    kinds = await page.locator("#terms h3").all_text_contents()
+    assert len(kinds) >= 3, kinds  # colours, and the positions and shapes after them
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1200, "height": 900}, {"width": 390, "height": 844}],
+                         ids=["desktop", "phone"])
+async def test_what_it_can_draw_is_all_on_the_page(http_served, browser, viewport):
+    server, _ = http_served
+    page = await browser.new_page()
+    await page.set_viewport_size(viewport)
+    await page.goto(f"http://127.0.0.1:{server.http_port}/")
+    await _vocabulary_fits(page)
+
+
+async def test_a_seed_stays_one_number_on_a_phone(http_served, browser):
+    server, _ = http_served
+    page = await browser.new_page()
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.goto(f"http://127.0.0.1:{server.http_port}/")
+    await page.locator("#terms .term").first.wait_for()
+    await page.evaluate("""png => { const list = document.getElementById('results');
+        list.replaceChildren(...[1, 2].map(r => card({seed: '18446744073709551615', png, width: 64, height: 64,
+                                                      clipScore: 0.25}, r, 'a red circle'))); }""", "")  # no image: only the layout counts
+    values = page.locator("#results .seed .value")
+    assert await values.count() == 2
+    for i in range(2):
+        assert await values.nth(i).evaluate("v => v.getClientRects().length === 1 && v.textContent.length === 20")
+        assert await values.nth(i).evaluate("v => v.getBoundingClientRect().right <= "
+                                            "v.closest('.result').getBoundingClientRect().right")
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+async def test_the_unknown_words_notice_goes_with_its_prompt(http_served, browser):
+    server, _ = http_served
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{server.http_port}/")
+    await page.locator("#terms .term").first.wait_for()
+    await page.fill("#prompt", "a red cat")
+    await page.fill("#num-images", "1")
+    await page.fill("#num-candidates", "1")
+    await page.click("#generate")
+    await page.locator("body[data-state=done]").wait_for(timeout=60_000)
+    notice = page.locator("#unknown")
+    assert await notice.is_visible() and "cat" in await notice.text_content()
+    await page.locator("#prompt").press("End")
+    await page.keyboard.type(" on blue")  # a new prompt: the notice was about the old one
+    assert await notice.is_hidden()
