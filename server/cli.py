@@ -1,6 +1,7 @@
 """`tessera`: serve, and everything else that needs the server side; generate and info too.
 
     tessera serve                          # the bundled model on 127.0.0.1:50051
+    tessera config --schema                # the configuration file's JSON Schema, for an editor
     tessera generate "a red circle" -n 4   # from a second terminal
     tessera bench --compare default,offline --concurrency 1,8
     tessera reliability --calls 1500 --concurrency 48
@@ -18,6 +19,8 @@ from tessera.clients.cli import Command, dispatch
 
 COMMANDS = (
     Command("serve", "tessera.server.main", "serve text-to-image over gRPC and HTTP/JSON, with a web page"),
+    Command("config", "tessera.server.config_docs",
+            "the configuration file's JSON Schema (--schema), reference (--docs), or a file checked (--check)"),
     *CLIENT_COMMANDS,
     Command("bench", "tessera.bench.run", "measure throughput and latency, configurations side by side"),
     Command("reliability", "tessera.bench.reliability",

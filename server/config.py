@@ -79,8 +79,9 @@ MODEL_KEYS = {"path": "model_dir", "bpe_path": "bpe_path", "vae": "vae_path", "c
 
 
 class ModelConfig(Section):
-    """Which model to serve (`model:`, or `model: PATH`; `tessera serve --model/--bpe-path/
-    --vae/--clip`). Every OP with a `model_dir` setting gets these unless it sets its own."""
+    """Which model to serve (`model:`, or `model: PATH`; on the command line `tessera serve
+    --model`, `--bpe-path`, `--vae`, `--clip`). Every OP whose settings have these keys gets
+    them unless it sets its own."""
     path: Path | None = None
     """A Tessera model directory, a DALLE-pytorch .pt, or min-dalle's directory; null: the
     bundled shapes model."""
@@ -93,17 +94,9 @@ class ModelConfig(Section):
     """ARCH:PATH, a local OpenCLIP checkpoint that reranks (e.g. ViT-B-32:/models/clip.bin)."""
 
 
-def _model_shorthand(schema: dict[str, Any]) -> None:
-    # `model: PATH` and `model: null` are accepted too (AppConfig._model_section).
-    schema["properties"]["model"] = {**schema["properties"]["model"], "anyOf": [
-        {"$ref": "#/$defs/ModelConfig"}, {"type": "string", "minLength": 1}, {"type": "null"}]}
-    schema["properties"]["model"].pop("$ref", None)
-
-
 class AppConfig(Section):
-    """The whole configuration file: `model`, `server` and `graph`."""
-    model_config = {**Section.model_config, "json_schema_extra": _model_shorthand, "title": "Tessera configuration"}
-
+    """The whole configuration file: `model`, `server` and `graph`. (`model: PATH` is short for
+    `model: {path: PATH}`.)"""
     legacy_model_dir: Path | None = Field(None, alias="model_dir")
     """The older spelling of `model.path` (keep one of the two)."""
     model: ModelConfig = Field(default_factory=ModelConfig)

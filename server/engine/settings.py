@@ -20,6 +20,8 @@ one line: the dotted key, then what the key must be, never pydantic's own wordin
 from __future__ import annotations
 
 import functools
+import inspect
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -73,19 +75,44 @@ def settings_model(cls: type) -> type[BaseModel]:
     """A strict pydantic model with the dataclass's init fields: types, defaults, and a
     description where the field's metadata has one (`field(metadata={"description": ...})`)."""
     hints = typing.get_type_hints(cls, include_extras=True)
+    comments = _comments(cls)
     spec: dict[str, Any] = {}
     for f in fields(cls):
         if not f.init:
             continue
+        doc = f.metadata.get("description") or comments.get(f.name)
         if f.default is not MISSING:
-            info = Field(f.default, description=f.metadata.get("description"))
+            info = Field(f.default, description=doc)
         elif f.default_factory is not MISSING:
-            info = Field(default_factory=f.default_factory, description=f.metadata.get("description"))
+            info = Field(default_factory=f.default_factory, description=doc)
         else:
-            info = Field(description=f.metadata.get("description"))
+            info = Field(description=doc)
         spec[f.name] = (hints[f.name], info)
-    return create_model(cls.__name__, __config__=ConfigDict(strict=True, extra="forbid"),
-                        __doc__=cls.__doc__, **spec)
+    doc = cls.__doc__ if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else None
+    return create_model(cls.__name__, __config__=ConfigDict(strict=True, extra="forbid"), __doc__=doc, **spec)
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """A Settings dataclass's fields documented the way our OPs write them: the comment lines
+    just above a field and the comment at the end of its line (for the generated reference)."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if is_dataclass(k)]):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines[1:]:
+            text = line.strip()
+            if text.startswith("#"):
+                above.append(text.lstrip("# "))
+                continue
+            match = re.match(r"(\w+)\s*:[^#]*(?:#\s*(.*))?$", text)
+            if match and line.startswith("    ") and not line.startswith("     "):
+                parts = [*above, match.group(2) or ""]
+                docs[match.group(1)] = " ".join(p for p in parts if p) or docs.get(match.group(1), "")
+            above = []
+    return {name: doc for name, doc in docs.items() if doc}
 
 
 def invalid(message: str, key: str | None = None) -> PydanticCustomError:
