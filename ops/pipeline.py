@@ -1,78 +1,137 @@
-"""The DALL·E graph's OPs called directly, in process, with no engine and no RPC.
+"""The served graph's OPs called directly, in process, with no engine and no RPC.
 
-The evaluation command uses it, and the benchmark's `offline` ceiling: the same OPs the
-server runs, so the same seeds give the same images.
+The evaluation command uses it, and the benchmark's `offline` ceiling. It is built from the
+same configuration the server serves (server/defaults.py's DEFAULT_CONFIG, or the one given):
+each configured OP with its configured settings and the `model` section's files, wired by the
+configured inputs, so the same seeds give the same images.
 
     pipe = LocalPipeline(model_dir=None, capacity=64)
     [best] = pipe.generate([GenerateParams("a red circle", num_images=1, num_candidates=16, seed=7)])
     best.images[0].png
+    pipe.sample, pipe.decode                  # each configured OP, by its name in the graph
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import fields
 from typing import Any
 
-from tessera.ops.clip_text import ClipTextOp
-from tessera.ops.decode import DecodeOp
-from tessera.ops.messages import (CandidateRow, GenerateParams, RankedImages, RerankInputs, SampledCandidate,
-                                  TokenizedPrompt)
-from tessera.ops.rerank import RerankOp
-from tessera.ops.sample import SampleOp
-from tessera.ops.tokenize import TokenizeOp
-from tessera.server.engine import StepRow
+from tessera.ops.messages import CandidateRow, GenerateParams, RankedImages, SampledCandidate, TokenizedPrompt
+from tessera.server.engine import REQUEST, ConfigError, Op, SteppingOp, StepRow
 
 
 class LocalPipeline:
-    def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int = 64,
-                 half: bool | str = False, forward_mode: str = "auto", forward_buckets: list[int] | None = None,
-                 *, bpe_path: str | None = None, vae_path: str | None = None, clip: str | None = None,
+    def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int | None = None,
+                 half: bool | str | None = None, forward_mode: str | None = None,
+                 forward_buckets: list[int] | None = None, *, bpe_path: str | None = None,
+                 vae_path: str | None = None, clip: str | None = None, config: dict | None = None,
                  **sample_settings: Any):
-        """`model_dir` and the files beside it (`bpe_path`, `vae_path`, `clip`: the configuration's
-        `model` section) go to every OP, `half` to the model OPs, `forward_mode` and
-        `forward_buckets` to decode, clip_text and rerank, and `sample_settings` (`decode_mode`,
-        ...) to the sampler, as a server's configuration would give them."""
-        files = {"model_dir": model_dir, "bpe_path": bpe_path, "vae_path": vae_path, "clip": clip}
-        model = {**files, "half": half}
-        forward = {**model, "forward_mode": forward_mode, "forward_buckets": forward_buckets}
-        self.tokenize, self.decode = TokenizeOp(**files), DecodeOp(**forward)
-        self.sample = SampleOp(**model, **sample_settings)
-        self.clip_text, self.rerank = ClipTextOp(**forward), RerankOp(**forward)
-        self.sample.capacity = capacity
-        for op in (self.tokenize, self.sample, self.decode, self.clip_text, self.rerank):
+        """`config` is a server configuration (default: the shipped one). `model_dir` and the
+        files beside it (`bpe_path`, `vae_path`, `clip`) replace its `model` section's, which
+        fills every OP's model files as it does for the server. `half`, `forward_mode` and
+        `forward_buckets` (None: as configured) and `sample_settings` (`decode_mode`, ...) go to
+        each OP whose settings take them, over the configured ones; `capacity` (None: its
+        configured batch_size) bounds the stepping OP's running batch. Every OP runs on `device`."""
+        from tessera.server.config import AppConfig  # the server's own reading of the configuration
+        from tessera.server.defaults import DEFAULT_CONFIG
+        raw = copy.deepcopy(DEFAULT_CONFIG if config is None else config)
+        model = raw.pop("model", None)
+        model = {"path": model} if isinstance(model, str) else dict(model or {})
+        if raw.get("model_dir") is not None:
+            model["path"] = raw.pop("model_dir")
+        given = {"path": model_dir, "bpe_path": bpe_path, "vae": vae_path, "clip": clip}
+        raw["model"] = {**model, **{k: v for k, v in given.items() if v is not None}}
+        graph = AppConfig.from_dict(raw).graph
+        overrides = {"half": half, "forward_mode": forward_mode, "forward_buckets": forward_buckets}
+        overrides = {k: v for k, v in overrides.items() if v is not None} | sample_settings
+        self.ops: dict[str, Op] = {}
+        self.inputs = {name: op.inputs for name, op in graph.ops.items()}
+        self.output = graph.output
+        taken: set[str] = set()
+        for name, op in graph.ops.items():
+            known = {f.name for f in fields(op.op_class.Settings)}
+            mine = {k: v for k, v in overrides.items() if k in known}
+            taken |= mine.keys()
+            self.ops[name] = op.op_class(**{**op.settings, **mine})
+            if isinstance(self.ops[name], SteppingOp):
+                self.ops[name].capacity = capacity or op.batch_size
+        unknown = sorted(set(sample_settings) - taken)
+        if unknown:
+            raise ConfigError(unknown[0], "no OP of the graph takes this setting")
+        self.order = _topological(self.inputs)
+        self.first = next(name for name in self.order if REQUEST in self.inputs[name])
+        for op in self.ops.values():
             op.setup(device)
-        self.bundle = self.sample.bundle
+        stepping = [op for op in self.ops.values() if isinstance(op, SteppingOp)]
+        self.bundle = getattr(stepping[0] if stepping else self.ops[self.first], "bundle", None)
+
+    def __getattr__(self, name: str) -> Op:
+        """Each OP by its name in the graph: pipe.tokenize, pipe.sample, ..."""
+        ops = self.__dict__.get("ops", {})
+        if name in ops:
+            return ops[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or OP {name!r}")
 
     def tokenized(self, requests: list[GenerateParams]) -> list[TokenizedPrompt]:
-        """tokenize's output for each request; raises the first prompt's error, if any."""
-        toks = self.tokenize.process(requests)
-        for t in toks:
-            if isinstance(t, BaseException):
-                raise t
-        return toks
+        """The first OP's output for each request; raises the first prompt's error, if any."""
+        inputs, op = self.inputs[self.first], self.ops[self.first]
+        joined = [inputs.join({REQUEST: r}) for r in requests]
+        return self._run(self.first, [op.split(v) for v in joined], joined)
 
     def sample_rows(self, rows: list[CandidateRow]) -> list[SampledCandidate]:
-        """Run sampler rows through the stepping OP at its full batch; results in row order."""
-        pending = list(enumerate(rows))
-        out: dict[int, SampledCandidate] = {}
-        while pending or self.sample.active:
-            room = self.sample.capacity - self.sample.active
-            admit, pending = pending[:room], pending[room:]
-            if admit:
-                self.sample.admit([StepRow(i, r) for i, r in admit])
-            out.update(self.sample.step().finished)
-        return [out[i] for i in range(len(rows))]
+        """Run rows through the stepping OP at its full batch; results in row order."""
+        [op] = [op for op in self.ops.values() if isinstance(op, SteppingOp)]
+        return self._stepped(op, rows)
 
     def generate(self, requests: list[GenerateParams]) -> list[RankedImages]:
-        """Each request's best `num_images` images (PNG, score, seed), best first."""
+        """Each request's output (the DALL·E graph: its best `num_images` images, best first).
+
+        Every OP runs once over the rows of all the requests, in the graph's order, as one
+        batch (a stepping OP at its capacity); an OP's failed row raises its error."""
         if not requests:
             return []
-        toks = self.tokenized(requests)
-        rows, owners = [], []
-        for i, t in enumerate(toks):
-            split = self.sample.split(t)
-            rows += split
-            owners += [i] * len(split)
-        sampled = self.sample_rows(rows)
-        decoded = self.decode.process(sampled)
-        texts = self.clip_text.process(toks)
-        per_request = [[d for d, o in zip(decoded, owners) if o == i] for i in range(len(toks))]
-        return self.rerank.process([RerankInputs(images=d, text_embedding=c) for d, c in zip(per_request, texts)])
+        values: dict[str, list[Any]] = {REQUEST: list(requests)}
+        for name in self.order:
+            inputs = self.inputs[name]
+            joined = [inputs.join({source: values[source][i] for source in inputs}) for i in range(len(requests))]
+            op = self.ops[name]
+            values[name] = self._run(name, [op.split(v) for v in joined], joined)
+        return values[self.output]
+
+    def _run(self, name: str, rows: list[list[Any]], values: list[Any]) -> list[Any]:
+        """One OP over every request's rows at once; each request's merged output."""
+        op = self.ops[name]
+        flat = [row for request_rows in rows for row in request_rows]
+        results = self._stepped(op, flat) if isinstance(op, SteppingOp) else op.process(flat)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        out, at = [], 0
+        for value, request_rows in zip(values, rows):
+            out.append(op.merge(value, results[at:at + len(request_rows)]))
+            at += len(request_rows)
+        return out
+
+    @staticmethod
+    def _stepped(op: SteppingOp, rows: list[Any]) -> list[Any]:
+        pending = list(enumerate(rows))
+        out: dict[int, Any] = {}
+        while pending or op.active:
+            room = op.capacity - op.active
+            admit, pending = pending[:room], pending[room:]
+            if admit:
+                op.admit([StepRow(i, r) for i, r in admit])
+            out.update(op.step().finished)
+        return [out[i] for i in range(len(rows))]
+
+
+def _topological(inputs: dict[str, Any]) -> list[str]:
+    """The OPs in an order where each comes after those feeding it (the configured order where
+    it can); the configuration has been checked to be acyclic."""
+    order: list[str] = []
+    while len(order) < len(inputs):
+        for name, sources in inputs.items():
+            if name not in order and all(s == REQUEST or s in order for s in sources):
+                order.append(name)
+                break
+    return order

@@ -8,12 +8,15 @@ import numpy as np
 import torch
 
 from tessera.ops.messages import DecodedImage, RankedImage, RankedImages, RerankInputs
+from tessera.ops.requests import response_fields
 from tessera.ops.shared import ForwardSettings, ModelOp, to_png
 
 
 class RerankOp(ModelOp):
     Inputs = RerankInputs  # the YAML maps `images` and `text_embedding` to the OPs feeding them
     Settings = ForwardSettings
+    # This OP's result -> the response's fields (the graph's output OP maps responses).
+    to_response = staticmethod(response_fields)
 
     def setup(self, device: str) -> None:
         super().setup(device)

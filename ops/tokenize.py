@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from tessera.ops.families import PromptError
 from tessera.ops.messages import GenerateParams, Sampling, TokenizedPrompt
+from tessera.ops.requests import generate_params
 from tessera.ops.shared import ModelFiles, bundle_for
 from tessera.server.engine import InvalidInput, Op
 
@@ -10,6 +11,8 @@ from tessera.server.engine import InvalidInput, Op
 class TokenizeOp(Op):
     uses_device = False  # a tokenizer on one core: no need to wait for the model's turn
     Settings = ModelFiles
+    # The front door's request fields -> this OP's input (the graph's first OP maps requests).
+    from_request = staticmethod(generate_params)
 
     def setup(self, device: str) -> None:
         # Tokenizing is CPU work whatever device the models use.

@@ -20,10 +20,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from tessera.server.config import AppConfig
-from tessera.server.engine import Engine
+from tessera.server.engine import ConfigError, Engine
 from tessera.server.http import HttpServer, build_app
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
 from tessera.server.rpc.interceptors import CallCounter, FrontDoorInterceptor
+from tessera.server.rpc.mapping import PipelineMapping
 from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.servicer import ImageGenerationServicer
 from tessera.v1 import image_generation_pb2 as pb
@@ -75,6 +76,10 @@ class TesseraServer:
         """Bind the port, load the OPs, serve; PortInUse or ConfigError before any model loads."""
         s = self.config.server
         token = load_token(s.token_file, s.token_env)
+        try:  # the graph's first and output OPs map requests and responses: checked before any model loads
+            mapping = PipelineMapping.of(self.config.graph)
+        except ConfigError as exc:
+            raise ConfigError(f"graph.{exc.key}", str(exc).split(": ", 1)[1]) from None
         self.engine = Engine(self.config.graph)
         limit = s.limits.max_message_bytes
         self.calls = CallCounter(self.engine.metrics.registry)
@@ -99,7 +104,7 @@ class TesseraServer:
         await self.engine.start()
         gc.freeze()  # models and modules loaded: later collections skip them
         info = self.model_info()
-        self.service = GenerationService(self.engine, s.limits, info)
+        self.service = GenerationService(self.engine, s.limits, info, mapping=mapping)
         pb_grpc.add_ImageGenerationServicer_to_server(ImageGenerationServicer(self.service), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(

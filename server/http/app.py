@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import logging
 import re
 import uuid
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -54,13 +57,23 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
         if bearer is not None and not bearer.accepts(request.headers.get("authorization")):
             raise Unauthenticated(AUTH_MESSAGE)
 
+    async def accept(request: Request) -> tuple[pb.GenerateRequest, str, float | None]:
+        """The body as a GenerateRequest, its id and deadline; a refusal here ends the request
+        (and is logged by the service, as the service logs its own)."""
+        try:
+            message = await _parse(request, pb.GenerateRequest, limit)
+            rid = _request_id(message, request)
+            return message, rid, _timeout(request)
+        except InvalidRequest as exc:
+            service.refused(request.headers.get("x-request-id", ""), exc)
+            raise
+
     async def generate(request: Request) -> Response:
         rid, outcome = "", "cancelled"  # what is left if this task is cancelled: the caller went away
         try:
             authorize(request)
-            message = await _parse(request, pb.GenerateRequest, limit)
-            rid = _request_id(message, request)
-            work = asyncio.ensure_future(service.generate(message, timeout_s=_timeout(request)))
+            message, rid, timeout_s = await accept(request)
+            work = asyncio.ensure_future(service.generate(message, timeout_s=timeout_s))
             gone = asyncio.ensure_future(_disconnected(request))
             try:
                 await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -87,9 +100,8 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
         rid = ""
         try:
             authorize(request)
-            message = await _parse(request, pb.GenerateRequest, limit)
-            rid = _request_id(message, request)
-            engine_request = service.submit(message, streaming=True, timeout_s=_timeout(request))
+            message, rid, timeout_s = await accept(request)
+            engine_request = service.submit(message, streaming=True, timeout_s=timeout_s)
         except EngineError as exc:
             count(outcome_for(status_for(exc)))
             return _error(exc, rid)
@@ -133,7 +145,7 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
         Route("/", index, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={HTTPException: _routing_error})
 
 
 async def _parse(request: Request, kind: type[Message], limit: int) -> Message:
@@ -150,18 +162,105 @@ async def _parse(request: Request, kind: type[Message], limit: int) -> Message:
         raise InvalidRequest(f"the body is not UTF-8 text; send a JSON {name}") from None
     try:
         value = json.loads(text) if text.strip() else None
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise InvalidRequest(f"the body is not valid JSON ({exc}); send a JSON {name}") from None
+    except RecursionError:
+        raise InvalidRequest(f"the body is not valid JSON (nested too deeply); send a JSON {name}") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"the body must be a JSON object (a {name}), got {_kind(value)}")
-    try:
-        return json_format.ParseDict(value, kind(), ignore_unknown_fields=False)
-    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise InvalidRequest(f"not a valid {name}: {exc}") from None
+    return _message(value, kind())
+
+
+def _message(value: dict, message: Message) -> Message:
+    """Fill `message` from a JSON object by the proto3 JSON rules, or InvalidRequest naming the
+    field as the JSON does (numImages) and saying what it takes, never the parser's words."""
+    d = message.DESCRIPTOR
+    by_name = {f.json_name: f for f in d.fields} | {f.name: f for f in d.fields}
+    seen: dict[str, str] = {}
+    for key, raw in value.items():
+        field = by_name.get(key)
+        if field is None:
+            expected = ", ".join(f.json_name for f in d.fields)
+            raise InvalidRequest(f"{_shown(key)} is not a field of {d.name}; the fields are {expected}")
+        if field.name in seen:
+            raise InvalidRequest(f"{field.json_name} is given twice (as {seen[field.name]} and {key})")
+        seen[field.name] = key
+        if raw is None:  # proto3 JSON: null is the default
+            continue
+        if field.is_repeated or field.type not in _SCALARS:  # none in GenerateRequest today
+            try:
+                json_format.ParseDict({field.json_name: raw}, message)
+            except (json_format.ParseError, ValueError, TypeError, RecursionError):
+                raise InvalidRequest(f"{field.json_name} has a value of the wrong shape; see /openapi.json") from None
+            continue
+        setattr(message, field.name, _scalar(field, raw))
+    return message
+
+
+_UINT = {FieldDescriptor.TYPE_UINT32: 2**32 - 1, FieldDescriptor.TYPE_FIXED32: 2**32 - 1,
+         FieldDescriptor.TYPE_UINT64: 2**64 - 1, FieldDescriptor.TYPE_FIXED64: 2**64 - 1}
+_SINT = {FieldDescriptor.TYPE_INT32: 2**31 - 1, FieldDescriptor.TYPE_SINT32: 2**31 - 1,
+         FieldDescriptor.TYPE_SFIXED32: 2**31 - 1, FieldDescriptor.TYPE_INT64: 2**63 - 1,
+         FieldDescriptor.TYPE_SINT64: 2**63 - 1, FieldDescriptor.TYPE_SFIXED64: 2**63 - 1}
+_FLOAT_MAX = {FieldDescriptor.TYPE_FLOAT: 3.4028234663852886e38, FieldDescriptor.TYPE_DOUBLE: math.inf}
+_SCALARS = {FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL, *_UINT, *_SINT, *_FLOAT_MAX}
+_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _scalar(field: FieldDescriptor, raw) -> object:
+    """One JSON value as `field`'s Python value, or InvalidRequest in the JSON's words."""
+    name, t = field.json_name, field.type
+    if t == FieldDescriptor.TYPE_STRING:
+        if not isinstance(raw, str):
+            raise InvalidRequest(f"{name} must be a string, got {_kind(raw)}")
+        return raw
+    if t == FieldDescriptor.TYPE_BOOL:
+        if not isinstance(raw, bool):
+            raise InvalidRequest(f"{name} must be true or false, got {_kind(raw)}")
+        return raw
+    if t in _UINT or t in _SINT:
+        low, high = (0, _UINT[t]) if t in _UINT else (-_SINT[t] - 1, _SINT[t])
+        wide = high > 2**32  # 64-bit integers are strings in proto3 JSON (numbers are taken too)
+        what = (f"a whole number from {low} to {high}" + (" (a number or a string of digits)" if wide else ""))
+        number = None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            number = raw
+        elif isinstance(raw, float) and raw.is_integer():
+            number = int(raw)
+        elif isinstance(raw, str) and re.fullmatch(r"-?[0-9]{1,20}", raw.strip()):
+            number = int(raw)
+        if number is None or not low <= number <= high:
+            raise InvalidRequest(f"{name} must be {what}, got {_shown(raw)}")
+        return number
+    if t in _FLOAT_MAX:
+        number = None
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            try:
+                number = float(raw)
+            except OverflowError:  # an integer past any float
+                number = math.inf
+        elif isinstance(raw, str):
+            number = _SPECIAL.get(raw.strip())
+            if number is None:
+                try:
+                    number = float(raw)
+                except ValueError:
+                    number = None
+        if number is None:
+            raise InvalidRequest(f"{name} must be a number, got {_shown(raw)}")
+        if math.isfinite(number) and abs(number) > _FLOAT_MAX[t]:
+            raise InvalidRequest(f"{name} is too large for a float: {_shown(raw)}")
+        return number
+
+
+def _shown(value) -> str:
+    """A caller's value in a message: JSON, cut short (never echo unbounded input)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _kind(value) -> str:
-    return {type(None): "nothing", list: "an array", str: "a string", bool: "a boolean",
+    return {type(None): "nothing", list: "an array", dict: "an object", str: "a string", bool: "a boolean",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
@@ -253,3 +352,20 @@ def _error(exc: EngineError, rid: str) -> Response:
     if code == grpc.StatusCode.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(_status(code, exc), status_code=http_status_for(code), headers=headers)
+
+
+# grpc-gateway's answers for a path or method it does not route: its Status, its codes.
+_ROUTING = {404: (grpc.StatusCode.NOT_FOUND, "no such path: {path}; the API is POST /v1/generate, "
+                                             "POST /v1/generate:stream and GET /v1/info (see /openapi.json)"),
+            405: (grpc.StatusCode.UNIMPLEMENTED, "{path} does not take {method}; it takes {allowed}")}
+
+
+async def _routing_error(request: Request, exc: HTTPException) -> Response:
+    """404, 405 (and any other routing refusal) as the documented JSON error, not plain text."""
+    code, template = _ROUTING.get(exc.status_code, (grpc.StatusCode.INVALID_ARGUMENT, "{detail}"))
+    headers = dict(exc.headers or {})
+    path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "…"
+    message = template.format(path=path, method=request.method, allowed=headers.get("Allow", "other methods"),
+                              detail=exc.detail)
+    return JSONResponse({"code": code.value[0], "message": message, "details": []},
+                        status_code=exc.status_code, headers=headers)

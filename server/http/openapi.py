@@ -98,7 +98,10 @@ def openapi_document(*, version: str, auth: bool, limits: Any = None) -> dict[st
                  "description": "Text to image. The JSON is the proto3 JSON mapping of tessera.v1 "
                                 "(protos/tessera/v1/image_generation.proto): lowerCamelCase names, "
                                 "64-bit integers as strings, bytes as base64. A `Grpc-Timeout` header "
-                                "(e.g. `30S`, `500m`) sets the deadline."},
+                                "(e.g. `30S`, `500m`) sets the deadline. Every failure answers a Status "
+                                "whose message names a field as the JSON does (numImages); an unknown "
+                                "path is 404 (NOT_FOUND) and a method a path does not take 405 "
+                                "(UNIMPLEMENTED), in the same shape."},
         "paths": {
             "/v1/generate": {"post": {
                 "operationId": "Generate", "summary": "Prompt in, best images out (best first).",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 
 import grpc
 import pytest
@@ -278,3 +279,75 @@ async def test_readiness_follows_the_engines_health(http_served, monkeypatch):
     monkeypatch.setattr(type(server.engine), "serving", property(lambda self: False))
     ready = await http.get("/readyz")
     assert (ready.status_code, ready.json()) == (503, {"status": "NOT_SERVING"})
+
+
+INTERNALS = ("Available Fields", "invalid literal", "Failed to parse", "Value out of range", "Couldn't parse",
+             "expected string or bytes-like", "GenerateRequest.", "tessera.v1", "Traceback")
+
+
+async def test_a_field_it_cannot_take_is_named_as_the_json_names_it(http_served):
+    _, http = http_served
+    cases = [
+        ({"prompt": PROMPT, "colour": "red"}, '"colour" is not a field of GenerateRequest; the fields are prompt, '
+                                              "numImages, numCandidates"),
+        ({"prompt": PROMPT, "numImages": "two"}, 'numImages must be a whole number from 0 to 4294967295, got "two"'),
+        ({"prompt": PROMPT, "num_images": -1}, "numImages must be a whole number from 0 to 4294967295, got -1"),
+        ({"prompt": PROMPT, "numCandidates": 1.5}, "numCandidates must be a whole number"),
+        ({"prompt": PROMPT, "topK": True}, "topK must be a whole number"),
+        ({"prompt": PROMPT, "seed": "1e99"}, "seed must be a whole number from 0 to 18446744073709551615 "
+                                             '(a number or a string of digits), got "1e99"'),
+        ({"prompt": PROMPT, "seed": -5}, "seed must be a whole number from 0"),
+        ({"prompt": 7}, "prompt must be a string, got a number"),
+        ({"prompt": [PROMPT]}, "prompt must be a string, got an array"),
+        ({"prompt": PROMPT, "topP": "high"}, 'topP must be a number, got "high"'),
+        ({"prompt": PROMPT, "guidanceScale": {"x": 1}}, "guidanceScale must be a number"),
+        ({"prompt": PROMPT, "temperature": 1e300}, "temperature is too large for a float"),
+        ({"prompt": PROMPT, "numImages": 1, "num_images": 2}, "numImages is given twice (as numImages and num_images)"),
+    ]
+    for body, message in cases:
+        reply = await http.post("/v1/generate", json=body)
+        assert reply.status_code == 400, body
+        assert reply.json()["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert message in reply.json()["message"], (body, reply.json()["message"])
+        assert not any(words in reply.json()["message"] for words in INTERNALS), reply.json()["message"]
+    # what proto3 JSON allows still goes through: 64-bit integers as strings, null for the default
+    ok = await http.post("/v1/generate", json={"prompt": PROMPT, "seed": "7", "numImages": None, "topK": "3"})
+    assert ok.status_code == 200 and ok.json()["images"][0]["seed"] == "7"
+
+
+@pytest.mark.parametrize("method, path, status, code, words", [
+    ("GET", "/v1/nowhere", 404, grpc.StatusCode.NOT_FOUND, "no such path: /v1/nowhere"),
+    ("GET", "/static/nothing.js", 404, grpc.StatusCode.NOT_FOUND, "no such path"),
+    ("GET", "/v1/generate", 405, grpc.StatusCode.UNIMPLEMENTED, "/v1/generate does not take GET; it takes POST"),
+    ("DELETE", "/v1/info", 405, grpc.StatusCode.UNIMPLEMENTED, "does not take DELETE"),
+])
+async def test_an_unknown_path_or_method_answers_the_json_error(http_served, method, path, status, code, words):
+    _, http = http_served
+    reply = await http.request(method, path)
+    assert reply.status_code == status and reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert body["code"] == code.value[0] and words in body["message"] and body["details"] == []
+
+
+async def test_each_request_ends_in_one_log_line_whichever_door(http_served, caplog):
+    server, http = http_served
+    with caplog.at_level(logging.INFO, logger="tessera.rpc"):
+        await http.post("/v1/generate", json={"prompt": PROMPT, "numImages": 2, "numCandidates": 2,
+                                              "requestId": "h-ok"})
+        await http.post("/v1/generate", json={"prompt": PROMPT, "numImages": 17, "requestId": "h-bad"})
+        await http.post("/v1/generate", json={"prompt": PROMPT, "numImages": "x"}, headers={"x-request-id": "h-json"})
+        async with http.stream("POST", "/v1/generate:stream", json={"prompt": PROMPT, "requestId": "h-sse"}) as reply:
+            [line async for line in reply.aiter_lines()]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            await pb_grpc.ImageGenerationStub(channel).Generate(
+                pb.GenerateRequest(prompt=PROMPT, num_images=3, num_candidates=3, request_id="g-ok"))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await pb_grpc.ImageGenerationStub(channel).Generate(pb.GenerateRequest(prompt="", request_id="g-bad"))
+        await until(lambda: sum(r.getMessage().startswith("request ") for r in caplog.records) >= 6, "six lines")
+    lines = {r.request_id: r for r in caplog.records if r.name == "tessera.rpc" and r.getMessage().startswith("request ")}
+    assert {rid: (r.outcome, r.images) for rid, r in lines.items()} == {
+        "h-ok": ("ok", 2), "h-bad": ("INVALID_ARGUMENT", 0), "h-json": ("INVALID_ARGUMENT", 0),
+        "h-sse": ("ok", 1), "g-ok": ("ok", 3), "g-bad": ("INVALID_ARGUMENT", 0)}
+    assert all(r.levelno == logging.INFO for r in lines.values())
+    assert lines["g-ok"].getMessage().startswith("request g-ok ok in ") and lines["g-ok"].getMessage().endswith(
+        " ms, 3 images")

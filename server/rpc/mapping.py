@@ -1,0 +1,58 @@
+"""What the served pipeline says about its two ends: request fields -> its first message, its
+last message -> response fields. The front doors know no model; the graph's OPs do.
+
+    mapping = PipelineMapping.of(config.graph)
+    payload = mapping.from_request({"prompt": "a red circle", "num_images": 2}, limits, streaming=False)
+    fields = mapping.to_response(result.value)    # {"images": [...], "unknown_words": [...], ...}
+
+The OP that takes the `request` input provides `from_request(fields, limits, *, streaming)`
+(raising InvalidInput with a sentence for the caller), and the graph's output OP provides
+`to_response(value)`; both are found from the configured OP types, so another graph with
+other OPs maps its own requests and responses.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.server.engine import ConfigError
+from tessera.server.engine.config import REQUEST, resolve_op_type
+
+FromRequest = Callable[..., Any]               # (fields, limits, *, streaming) -> the first OP's input
+ToResponse = Callable[[Any], Mapping[str, Any]]  # the output OP's result -> response fields
+
+
+@dataclass(frozen=True)
+class PipelineMapping:
+    from_request: FromRequest
+    to_response: ToResponse
+
+    @classmethod
+    def of(cls, graph: Any) -> PipelineMapping:
+        """The mapping of a validated graph configuration (GraphConfig), or ConfigError naming the
+        OP that lacks its half."""
+        entries = [(name, op) for name, op in graph.ops.items() if REQUEST in _sources(op.inputs)]
+        hooks = {}
+        for name, op in entries:
+            hook = getattr(resolve_op_type(f"ops.{name}.type", op.type), "from_request", None)
+            if hook is None:
+                raise ConfigError(f"ops.{name}.type", f"{op.type} takes the request but has no from_request "
+                                                      "to map a request's fields to its input")
+            hooks[name] = hook
+        if len(set(hooks.values())) != 1:
+            raise ConfigError("ops", f"the OPs that take the request ({', '.join(hooks)}) map it differently; "
+                                     "one OP should take the request and feed the others")
+        out = graph.ops[graph.output]
+        to_response = getattr(resolve_op_type(f"ops.{graph.output}.type", out.type), "to_response", None)
+        if to_response is None:
+            raise ConfigError(f"ops.{graph.output}.type", f"{out.type} is the output but has no to_response "
+                                                          "to map its result to the response's fields")
+        return cls(from_request=next(iter(hooks.values())), to_response=to_response)
+
+
+def _sources(inputs: Any) -> list[str]:
+    """The OPs (or 'request') feeding an OP, whichever form its configured inputs take."""
+    if isinstance(inputs, Mapping):
+        return list(inputs.values())
+    return list(inputs)
