@@ -131,3 +131,32 @@ async def _run_python(program: str, *args: str):
     import asyncio
     return await asyncio.to_thread(subprocess.run, [sys.executable, "-c", program, *args], capture_output=True,
                                    text=True, timeout=120, cwd=ROOT / "tests")
+
+
+def test_matplotlib_is_the_bench_extras_and_the_bench_imports_without_it():
+    """Serving never draws a plot: matplotlib comes with `tessera[bench]`, and tessera.bench
+    (which `tessera bench --help` and `tessera reliability` import) loads where it is missing."""
+    assert any(dep.startswith("matplotlib") for dep in _project(SERVER)["project"]["optional-dependencies"]["bench"])
+    program = textwrap.dedent('''
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "matplotlib" or name.startswith("matplotlib."):
+                    raise ImportError("matplotlib is not installed")
+        sys.meta_path.insert(0, Block())
+        import tessera.bench, tessera.bench.report, tessera.bench.run, tessera.bench.reliability
+        print("matplotlib" in sys.modules)
+    ''')
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT / "tests")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False"]
+
+
+def test_experiments_stay_out_of_the_installed_bench():
+    """One-off measurements live beside their figures in docs/performance/experiments/, not in
+    tessera.bench: every module of clients/bench is the benchmark users run or what it imports."""
+    bench = ROOT / "clients" / "bench"
+    assert not {"gpu_check.py", "compile_step.py"} & {p.name for p in bench.glob("*.py")}
+    for script in ("gpu_check.py", "compile_step.py"):
+        assert (ROOT / "docs" / "performance" / "experiments" / script).exists()

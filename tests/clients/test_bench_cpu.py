@@ -25,23 +25,30 @@ def test_the_tree_holds_the_process_and_its_childrens_children():
         child.wait()
 
 
-def test_a_busy_thread_shows_its_own_cpu_time_and_an_idle_one_none():
-    idle = threading.Event()
-    sleeper = threading.Thread(target=idle.wait, name="idle")
+def test_a_busy_thread_shows_its_own_cpu_time_and_a_blocked_one_less():
+    # The reading, not the machine, is under test: work until this thread's reading has moved
+    # by a few clock ticks (bounded), then compare it with a thread blocked on an event.
+    started, idle = threading.Event(), threading.Event()
+    sleeper = threading.Thread(target=lambda: (started.set(), idle.wait()), name="idle")
     sleeper.start()
     try:
+        assert started.wait(30)
         before = thread_cpu([os.getpid()])
         me = f"{os.getpid()}/{threading.get_native_id()}"
         other = f"{os.getpid()}/{sleeper.native_id}"
-        deadline = time.monotonic() + 30  # work until the clock shows it (a bound, not a wait)
+        deadline = time.monotonic() + 60
         while thread_cpu([os.getpid()])[me][1] - before[me][1] < 0.05 and time.monotonic() < deadline:
             sum(range(10_000))
         after = thread_cpu([os.getpid()])
     finally:
         idle.set()
         sleeper.join()
-    assert after[me][1] - before[me][1] >= 0.05
-    assert after[other][1] - before[other][1] < 0.02
+    mine, its = after[me][1] - before[me][1], after[other][1] - before[other][1]
+    assert mine > 0, "this thread's work never showed in /proc"
+    assert its < mine  # attributed per thread: the busy thread's time is not the blocked one's
+    split = cpu_split(before, after, wall_s=mine, top=100)  # over the time this thread worked
+    shown = [t["thread"] for t in split["threads"]]
+    assert me in shown and (other not in shown or shown.index(me) < shown.index(other))
 
 
 def test_the_split_ranks_threads_by_their_share_of_a_core_and_counts_cores():

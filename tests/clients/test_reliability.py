@@ -6,9 +6,12 @@ first-use caches), so CI reports it and bounds it loosely; the long run holds it
 """
 from __future__ import annotations
 
+import pytest
+
 from tessera.bench.reliability import run_suite
 
 
+@pytest.mark.slow
 def test_soak_burst_sigterm_fuzz_and_auth_all_hold(tiny_model_dir):
     lines: list[str] = []
     checks = run_suite(str(tiny_model_dir), calls=80, concurrency=12, fuzz_examples=80, burst_calls=24,

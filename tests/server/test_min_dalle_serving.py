@@ -27,6 +27,7 @@ def small_batches(root) -> AppConfig:
     return AppConfig.from_dict(raw)
 
 
+@pytest.mark.slow
 async def test_the_server_says_what_it_serves(root):
     async with serving(app_config(root)) as (server, client):
         info = await client.info()
@@ -39,6 +40,7 @@ async def test_the_server_says_what_it_serves(root):
     assert gen.notes and "cut to 64 tokens" in gen.notes[0]  # cut as min-dalle cuts it, and said so
 
 
+@pytest.mark.slow
 async def test_every_image_under_load_equals_the_same_request_alone(root):
     """Three one-image requests on a sampler of two rows: the second joins while the first is
     32 tokens in, the third waits and joins when the first leaves, mid-run of the second."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -16,6 +17,7 @@ def _wait_for(condition, what: str, limit_s: float = 30.0) -> None:
     deadline = time.monotonic() + limit_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)  # leave the core to the thread or process being waited for
 
 
 def test_one_holder_at_a_time_and_the_holder_sees_the_waiter(tmp_path):
@@ -38,18 +40,40 @@ def test_one_holder_at_a_time_and_the_holder_sees_the_waiter(tmp_path):
     assert not a.others_waiting()
 
 
-def test_pass_on_lets_the_waiter_compute_between_two_steps(tmp_path):
+def test_pass_on_lets_the_waiter_compute_between_two_steps(tmp_path, monkeypatch):
+    # pass_on waits a bounded while (HANDOFF_S, 50 ms) for the woken waiter to take the turn,
+    # then takes it back. How soon a loaded machine schedules the waiter is not this test's
+    # subject, so the bound here is long; the steps below synchronise on events.
+    monkeypatch.setattr(sys.modules[NodeTurn.__module__], "HANDOFF_S", 60.0)
     a, b = NodeTurn("cpu", tmp_path), NodeTurn("cpu", tmp_path)
     order: list[str] = []
+    b_computing, b_may_finish, a_back = threading.Event(), threading.Event(), threading.Event()
+
+    def waiter():
+        with b:
+            b_computing.set()
+            assert b_may_finish.wait(60)
+            order.append("b computes")
+
+    def holder_between_two_steps():
+        assert a.pass_on()
+        order.append("a's next step")
+        a_back.set()
+
     a.acquire()
-    t = threading.Thread(target=lambda: (b.acquire(), order.append("b computes"), b.release()))
+    t = threading.Thread(target=waiter)
     t.start()
     _wait_for(a.others_waiting, "b to queue")
-    assert a.pass_on()
-    order.append("a's next step")
+    passer = threading.Thread(target=holder_between_two_steps)
+    passer.start()
+    assert b_computing.wait(60)       # a handed b the turn between two steps...
+    assert not a.held and not a_back.is_set()  # ...and waits for it back
+    b_may_finish.set()
+    assert a_back.wait(60)
+    passer.join(60)
+    t.join(60)
+    assert order == ["b computes", "a's next step"] and a.held
     a.release()
-    t.join(30)
-    assert order == ["b computes", "a's next step"]
     a.acquire()
     assert not a.pass_on()             # nobody waits: the holder keeps its turn
     a.release()
