@@ -146,11 +146,16 @@ def test_matplotlib_is_the_bench_extras_and_the_bench_imports_without_it():
         sys.meta_path.insert(0, Block())
         import tessera.bench, tessera.bench.report, tessera.bench.run, tessera.bench.reliability
         print("matplotlib" in sys.modules)
+        try:
+            tessera.bench.report.plot({"default": [(1, [3.5], [400.0])]}, "bench.png")
+        except ImportError as exc:
+            print(str(exc).split(": ")[-1])
     ''')
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
                           cwd=ROOT / "tests")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False"]
+    loaded, how = proc.stdout.splitlines()
+    assert loaded == "False" and "pip install 'tessera[bench]'" in how  # the plot says how to get it
 
 
 def test_experiments_stay_out_of_the_installed_bench():

@@ -145,9 +145,22 @@ def table(rows: list[dict]) -> Table:
     return t
 
 
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only. Imported when a plot is drawn: matplotlib is
+    the `bench` extra's, and nothing else needs it."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("tessera bench draws bench.png with matplotlib, part of the bench extra: "
+                          "pip install 'tessera[bench]' (-e '.[bench]' in a checkout)") from exc
+    matplotlib.use("Agg")  # files only; no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def plot(series: dict[str, list[tuple[int, list[float], list[float]]]], path: str) -> None:
     """Save `figure(series)` as a PNG."""
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     fig = figure(series)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -162,9 +175,7 @@ def figure(series: dict[str, list[tuple[int, list[float], list[float]]]]):
     a decade or more, labelled 100, 200, 500, 1,000...; over a narrower range a log axis has
     one tick or none, so there it is linear.
     """
-    import matplotlib
-    matplotlib.use("Agg")  # files only; no display
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
