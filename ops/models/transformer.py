@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tessera.ops.families.base import copy_slots
 from tessera.ops.models.buckets import MODES, Bucketed
 
 
@@ -66,16 +67,8 @@ class KVCache:
         self.device = self.k[0].device
 
     def copy_rows(self, src: list[int], dst: list[int]) -> None:
-        """Copy whole rows (all layers) from slots `src` to slots `dst` (no slot in both).
-
-        One strided copy per row and layer: a handful of rows moves 6-10x faster this way
-        than through an index gather and scatter of the same rows."""
-        if set(src) & set(dst):
-            raise ValueError("copy_rows: a slot cannot be both a source and a destination")
-        for s, d in zip(src, dst, strict=True):
-            for k, v in zip(self.k, self.v):
-                k[d].copy_(k[s])
-                v[d].copy_(v[s])
+        """Copy whole rows (all layers) from slots `src` to slots `dst` (no slot in both)."""
+        copy_slots([*self.k, *self.v], src, dst)
 
     def snapshot(self, slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, a copy of slot `slot`'s keys and values over the text (what prefill wrote)."""

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tessera.ops.families.base import ModelLoadError
+from tessera.ops.families.base import ModelLoadError, copy_slots
 from tessera.ops.families.dalle_pytorch.checkpoint import DalleHparams, sublayer, sublayer_prefixes
 
 
@@ -122,11 +122,7 @@ class DalleRowCache:
         return self.k + self.v + self.ring
 
     def copy_rows(self, src: list[int], dst: list[int]) -> None:
-        if set(src) & set(dst):
-            raise ValueError("copy_rows: a slot cannot be both a source and a destination")
-        for s, d in zip(src, dst, strict=True):
-            for t in self._all():
-                t[d].copy_(t[s])
+        copy_slots(self._all(), src, dst)
 
     def snapshot(self, slot: int) -> Any:
         L = self.text_len

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tessera.ops.families.base import ModelLoadError, ModelUnsupported
+from tessera.ops.families.base import ModelLoadError, ModelUnsupported, copy_slots
 
 HEAD_DIM = 64          # see heads_for()
 IMAGE_LEN = 256        # min-dalle's IMAGE_TOKEN_COUNT: a 16 x 16 VQGAN grid
@@ -214,11 +214,7 @@ class MinDalleCache:
         return [*self.k, *self.v, *self.ck, *self.cv, self.mask]
 
     def copy_rows(self, src: list[int], dst: list[int]) -> None:
-        if set(src) & set(dst):
-            raise ValueError("copy_rows: a slot cannot be both a source and a destination")
-        for s, d in zip(src, dst, strict=True):
-            for t in self._tensors():
-                t[d].copy_(t[s])
+        copy_slots(self._tensors(), src, dst)
 
     def snapshot(self, slot: int) -> dict[str, list[torch.Tensor] | torch.Tensor]:
         """What prefill wrote: position 0's self-attention keys/values, the text's keys/values, the mask."""

@@ -60,7 +60,7 @@ def test_rows_at_different_positions_share_a_step():
 
 class _Bundle:
     def __init__(self, model):
-        self.transformer = model
+        self.transformer, self.kind = model, "tessera"
 
         class Tok:
             @staticmethod

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.ops.models.test_transformer import run_to_end
+
 from tessera.ops.families.base import (ImageDecoder, ModelLoadError, ModelSpec, PromptError, PromptTokenizer,
                                        RowCache, SamplingModel)
 from tessera.ops.families.min_dalle import is_min_dalle_dir, load
@@ -266,13 +268,7 @@ def _run_sampler(bundle, monkeypatch, rows_by_step, capacity=4, **settings):
     op = SampleOp(**settings)
     op.capacity = capacity
     op.setup("cpu")
-    out, i = {}, 0
-    while i < len(rows_by_step) or op.active:
-        if i < len(rows_by_step) and rows_by_step[i]:
-            op.admit(rows_by_step[i])
-        out.update({k: v.tokens.tolist() for k, v in op.step().finished.items()})
-        i += 1
-    return out
+    return run_to_end(op, rows_by_step)
 
 
 def test_shared_sampler_greedy_guided_equals_min_dalle_and_buckets_change_nothing(oracle, bundle, monkeypatch):
