@@ -47,11 +47,11 @@ class SampleSettings(ModelSettings):
     # True: a running batch finishes before new rows join (for comparison only).
     static_batching: bool = False
     # The decode step: "off" (eager), "padded", "compile" (torch.compile per bucket) or
-    # "cuda_graph"; "auto" is cuda_graph on a CUDA device and off on a CPU (README, Performance).
+    # "cuda_graph"; "auto" is cuda_graph on a CUDA device and off on a CPU (docs/performance.md).
     decode_mode: str = "auto"
     decode_buckets: list[int] | None = None  # batch sizes (rows); default powers of two up to the cache's slots
     # Where a step's tokens are picked from its logits (float64 softmax, top-k/top-p,
-    # inverse CDF): "device" (where the model runs), "cpu", or "auto" = device (README, On a GPU).
+    # inverse CDF): "device" (where the model runs), "cpu", or "auto" = device (docs/performance.md, On a GPU).
     # The same on a CPU; on a GPU, "cpu" copies the logits to the host every step.
     sample_on: str = "auto"
 
@@ -78,7 +78,7 @@ class SampleOp(SteppingOp, ModelOp):
         self.image_len = self.model.image_len
         self.dtype = next(self.model.parameters()).dtype
         self.decode_mode = self.settings.decode_mode
-        if self.decode_mode == "auto":  # measured: README, Performance
+        if self.decode_mode == "auto":  # measured: docs/performance.md
             self.decode_mode = auto_mode(device)
         if self.decode_mode != "off" and not getattr(self.model, "graphable", False):
             if self.settings.decode_mode != "auto":

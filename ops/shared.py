@@ -96,7 +96,7 @@ class ModelSettings(ModelFiles):
 class ForwardSettings(ModelSettings):
     # The OP's model call: "off" (eager), "padded", "cuda_graph" (one CUDA graph per batch
     # size in forward_buckets, replayed), or "auto": cuda_graph on a CUDA device, falling back
-    # to eager if capture fails, and off on a CPU (README, Performance: On a GPU).
+    # to eager if capture fails, and off on a CPU (docs/performance.md, On a GPU).
     forward_mode: str = "auto"
     forward_buckets: list[int] | None = None  # rows (images, prompts); default powers of two up to 64
 

@@ -28,7 +28,7 @@ DEFAULT_CONFIG: dict = {
             "tokenize": {"type": "tessera.ops.tokenize:TokenizeOp", "inputs": ["request"],
                          "batch_size": 32, "batch_timeout_ms": 1, "channel_capacity": 512},
             # Two workers: past half a batch of rows the second steps beside the turn, on its
-            # share of the cores (engine.py, beside_turns; README, Performance). On a GPU, 1.
+            # share of the cores (docs/performance.md). On a GPU, 1.
             "sample": {"type": "tessera.ops.sample:SampleOp", "inputs": ["tokenize"],
                        "batch_size": 64, "concurrency": 2, "channel_capacity": 512},
             "decode": {"type": "tessera.ops.decode:DecodeOp", "inputs": ["sample"],
