@@ -33,8 +33,7 @@ class BatchRunner:
     async def run(self, worker: Worker) -> None:
         stage, size = self.stage, self.stage.cfg.batch_size
         while True:
-            while not stage.pending:
-                await stage.wait_rows(worker)
+            await stage.wait_for_work(worker)
             await stage.fill_or_timeout(worker, size)
             batch = stage.take(size)
             if batch:
@@ -66,8 +65,7 @@ class BatchRunner:
         if worker.lost.is_set():
             raise stage.lost_with(worker, back)
         if back:
-            stage.pending.extendleft(reversed(back))
-            stage._signal_rows()
+            stage.requeue(back)
 
     async def _isolate(self, worker: Worker, values: list) -> list:
         """Run a batch; if it raises, split it to find the rows at fault (batch-mates live).

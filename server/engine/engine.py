@@ -107,11 +107,14 @@ class Engine:
         self._idle.clear()
         self.metrics.inflight.inc()
         request.timer = loop.call_at(request.deadline, self._expire, request, timeout)
-        for stage in self.stages.values():
-            stage.upcoming += 1
         for entry in self.entries:
             self.stages[entry].channel.offer(request, REQUEST, payload)
         return request
+
+    def upcoming(self, op: str) -> int:
+        """Requests in flight that have yet to bring their rows to OP `op` (a batch waits for
+        them only while there are some: alone, a row never waits)."""
+        return sum(1 for request in self.requests.values() if op not in request.stages)
 
     async def route(self, source: str, request: Request, value: Any) -> None:
         """Hand an OP's output for a request on: to its consumers, or back to the caller."""
@@ -151,9 +154,6 @@ class Engine:
         if outcome != "ok":  # a finished request has already left every channel
             for stage in self.stages.values():
                 stage.forget(request)
-        for name, stage in self.stages.items():
-            if name not in request.stages:  # it will never reach this OP now
-                stage.upcoming -= 1
         self.requests.pop(request.id, None)
         self.metrics.inflight.dec()
         self.metrics.requests.labels(outcome).inc()

@@ -1,13 +1,15 @@
-"""One OP at run time: its channel, its pending rows, its workers and their supervision.
+"""One OP at run time: its channel, its queue of rows, its workers and their supervision.
 
-Packets from the channel become rows (`split`), rows wait in `pending` for a worker,
-and each row's result goes back to its request; when a request's rows are all done,
-`merge` makes its output and the engine routes it on. How a worker gets its rows is the
-runner's concern: `batching.BatchRunner` for batch OPs, `stepping.StepScheduler` for
-stepping OPs. Every scheduling decision is taken here, on the event loop.
+Packets from the channel become rows (`split`), rows wait in the stage's `RowQueue` for a
+worker, and each row's result goes back to its request; when a request's rows are all
+done, `merge` makes its output and the engine routes it on. How a worker gets its rows is
+the runner's concern: `batching.BatchRunner` for batch OPs, `stepping.StepDriver` (which
+runs the plain `StepScheduler`) for stepping OPs. Every scheduling decision is taken on
+the event loop. The runners use the stage's public methods only; the queue is the
+stage's alone.
 
 A worker that is lost (dead, or abandoned after a call ran past timeout_ms) gives its
-rows back to the front of `pending`, where the OP's live workers take them, and is
+rows back to the front of the queue, where the OP's live workers take them, and is
 replaced; the engine hears when the OP's count of live workers reaches or leaves zero.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +61,68 @@ class CallTimedOut(OpFailed):
     """A worker call ran past timeout_ms; the worker was abandoned and is being replaced."""
 
 
+class RowQueue:
+    """The rows waiting for a worker, oldest first, with notify-all signals: one when rows
+    come (or a worker should look again), one when room is made (the feed waits for it)."""
+
+    def __init__(self):
+        self._rows: deque[RowTask] = deque()
+        self._rows_event = asyncio.Event()
+        self._room_event = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def oldest(self) -> RowTask:
+        return self._rows[0]
+
+    def add(self, tasks: list[RowTask]) -> None:
+        self._rows.extend(tasks)
+        self.wake()
+
+    def put_back(self, tasks: list[RowTask]) -> None:
+        """First in line again (rows of a lost worker, or rows to retry)."""
+        self._rows.extendleft(reversed(tasks))
+        if tasks:
+            self.wake()
+
+    def take(self, limit: int) -> list[RowTask]:
+        """Up to `limit` rows, oldest first, skipping rows whose request is done."""
+        out = []
+        while self._rows and len(out) < limit:
+            task = self._rows.popleft()
+            if not task.request.done:
+                out.append(task)
+        self._made_room()
+        return out
+
+    def drop(self, request: Request) -> None:
+        if any(t.request is request for t in self._rows):
+            self._rows = deque(t for t in self._rows if t.request is not request)
+            self._made_room()
+
+    def wake(self) -> None:
+        """Wake every waiter for rows (they hold the event they saw)."""
+        ev, self._rows_event = self._rows_event, asyncio.Event()
+        ev.set()
+
+    def _made_room(self) -> None:
+        ev, self._room_event = self._room_event, asyncio.Event()
+        ev.set()
+
+    async def rows_came(self, timeout: float | None) -> bool:
+        ev = self._rows_event
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def room_made(self) -> None:
+        await self._room_event.wait()
+
+
 class OpStage:
     def __init__(self, engine: Engine, cfg: OpConfig):
         self.engine, self.cfg, self.name = engine, cfg, cfg.name
@@ -65,8 +130,7 @@ class OpStage:
         self.front.name = cfg.name
         m = engine.metrics
         self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, m.depth.labels(cfg.name).set)
-        self.pending: deque[RowTask] = deque()
-        self.upcoming = 0  # requests in flight that have yet to reach this OP (kept by the engine)
+        self.queue = RowQueue()
         self.supervisor = Supervisor(cfg.name, m, engine.health_changed)
         wait = m.device_wait.labels(cfg.name).observe
         self.workers: list[Worker] = []
@@ -82,18 +146,25 @@ class OpStage:
             worker.on_lost = self._on_lost
             self.workers.append(worker)
         self.high_water = cfg.batch_size * len(self.workers)  # rows pulled ahead of the workers
-        self._rows_event = asyncio.Event()
-        self._room_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.queue_hist, self.compute_hist = m.queue.labels(self.name), m.compute.labels(self.name)
         self.rows_hist = m.batch_rows.labels(self.name)
         self.metrics = m
         if cfg.stepping:
-            from tessera.server.engine.stepping import StepScheduler
-            self.runner = StepScheduler(self)
+            from tessera.server.engine.stepping import StepDriver
+            self.runner = StepDriver(self)
         else:
             from tessera.server.engine.batching import BatchRunner
             self.runner = BatchRunner(self)
+
+    @property
+    def upcoming(self) -> int:
+        """Requests in flight that have yet to bring their rows here (the engine counts them)."""
+        return self.engine.upcoming(self.name)
+
+    def live_workers(self) -> list[Worker]:
+        """The OP's workers that are not lost, in order."""
+        return [w for w in self.workers if not w.lost.is_set()]
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -131,19 +202,23 @@ class OpStage:
         (attempts unchanged: a lost worker is not the row's fault; a stepping row restarts
         from its seed)."""
         tasks = [t for t in tasks if not t.request.done]
-        self.pending.extendleft(reversed(tasks))
+        self.queue.put_back(tasks)
         self.supervisor.down(worker, len(tasks))
-        if tasks:
-            self._signal_rows()
+
+    def requeue(self, tasks: list[RowTask]) -> None:
+        """Rows to run again (a retry), first in line."""
+        self.queue.put_back(tasks)
+
+    def wake(self) -> None:
+        """Ask the idle workers to look again (rows wait for a retry)."""
+        self.queue.wake()
 
     def _on_lost(self, worker: Worker) -> None:
-        self._signal_rows()  # an idle runner wakes, sees it, and hands the worker over
+        self.queue.wake()  # an idle runner wakes, sees it, and hands the worker over
 
     def forget(self, request: Request) -> None:
         self.channel.remove(request.id)
-        if any(t.request is request for t in self.pending):
-            self.pending = deque(t for t in self.pending if t.request is not request)
-            self._signal_room()
+        self.queue.drop(request)
         self.runner.request_left(request)
 
     async def timed(self, worker: Worker, awaitable):
@@ -156,33 +231,26 @@ class OpStage:
             worker.abandon()
             raise CallTimedOut(self.name, f"a call took longer than timeout_ms={self.cfg.timeout_ms:g}") from None
 
-    # -- signalling (notify-all events: waiters hold the event they saw) --------------------
-    def _signal_rows(self) -> None:
-        ev, self._rows_event = self._rows_event, asyncio.Event()
-        ev.set()
-
-    def _signal_room(self) -> None:
-        ev, self._room_event = self._room_event, asyncio.Event()
-        ev.set()
-
+    # -- waiting for rows ------------------------------------------------------------------
     async def wait_rows(self, worker: Worker, timeout: float | None = None) -> bool:
         """Wait for new rows (or a lost worker, which raises WorkerLost); False on timeout."""
         if worker.lost.is_set():
             raise WorkerLost(worker.spec.label)
-        ev = self._rows_event
-        try:
-            await asyncio.wait_for(ev.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
+        came = await self.queue.rows_came(timeout)
         if worker.lost.is_set():
             raise WorkerLost(worker.spec.label)
-        return True
+        return came
+
+    async def wait_for_work(self, worker: Worker, retrying: Callable[[], bool] = lambda: False) -> None:
+        """Until rows are queued, or `retrying()` (the runner has rows of its own to re-run)."""
+        while not self.queue and not retrying():
+            await self.wait_rows(worker)
 
     # -- packets become rows ---------------------------------------------------------------
     async def _feed(self) -> None:
         while True:
-            while len(self.pending) >= self.high_water:
-                await self._room_event.wait()
+            while len(self.queue) >= self.high_water:
+                await self.queue.room_made()
             packet = await self.channel.get()
             request = packet.request
             if request.done:
@@ -194,25 +262,18 @@ class OpStage:
                 continue
             state = StageState(arrived=packet.arrived, value=packet.value,
                                outputs=[None] * len(rows), remaining=len(rows))
-            request.stages[self.name] = state
-            self.upcoming -= 1
+            request.stages[self.name] = state  # no longer upcoming here
             if not rows:
                 state.first_start = time.monotonic()
                 await self.complete(request, state)
                 continue
             now = time.monotonic()
-            self.pending.extend(RowTask(request, i, row, now) for i, row in enumerate(rows))
-            self._signal_rows()
+            self.queue.add([RowTask(request, i, row, now) for i, row in enumerate(rows)])
             self.runner.rows_arrived()
 
     def take(self, limit: int) -> list[RowTask]:
-        out = []
-        while self.pending and len(out) < limit:
-            task = self.pending.popleft()
-            if not task.request.done:
-                out.append(task)
-        self._signal_room()
-        return out
+        """Up to `limit` queued rows, oldest first."""
+        return self.queue.take(limit)
 
     async def fill_or_timeout(self, worker: Worker, size: int) -> None:
         """Wait for `size` rows, at most batch_timeout_ms after the oldest arrived, and only
@@ -220,8 +281,8 @@ class OpStage:
         wait = self.cfg.batch_timeout_ms / 1000
         if size <= 1 or wait <= 0:
             return
-        deadline = self.pending[0].enqueued + wait
-        while self.pending and len(self.pending) < size and self.upcoming > 0:
+        deadline = self.queue.oldest.enqueued + wait
+        while self.queue and len(self.queue) < size and self.upcoming > 0:
             left = deadline - time.monotonic()
             if left <= 0 or not await self.wait_rows(worker, left):
                 break

@@ -1,29 +1,40 @@
 """The stepping scheduler: iteration-level batching, decided on the event loop.
 
-Each of a stepping OP's workers owns a running batch. Before every call the scheduler
-decides what the worker does: which rows leave (their requests are done), which join
-(up to batch_size; with static batching only into an empty batch), and how many steps
-it may run (`MAX_STEPS_PER_CALL`, or one while a stream is owed its first report). While
-the call runs, the scheduler asks it to return after the current step (`stop_early`) when
-something needs the loop: a row could join, a request left, a progress report fell due;
-a thread worker is also told when another OP's call queues for its device. The worker
-itself returns when a row finishes, fails or carries a preview.
+Two parts, as vLLM splits them:
+- `StepScheduler` is plain bookkeeping, with no event loop, thread or model. Each of a
+  stepping OP's workers owns a running batch. `schedule(worker, waiting, live, now)`
+  decides the worker's next call (a `StepPlan`): which rows leave (their requests are
+  done), which join from the waiting rows (up to batch_size, an even share across the
+  workers; with static batching only into an empty batch), and how many steps it may run
+  (`MAX_STEPS_PER_CALL`, or one while a stream is owed its first report).
+  `update(worker, reply)` reads the call's reply into a `StepOutcome` (rows finished, rows
+  failed). A failed call's rows are re-run from their seeds in smaller groups, halves run
+  alone on a worker, until the row at fault fails by itself (after `retry` more tries),
+  as batch OPs bisect; `lost(worker)` hands a lost worker's rows back whole.
+- `StepDriver` runs it: one loop per worker awaits rows, the call and its reply, and
+  is the one place that asks a call to return after its current step (`stop_early`)
+  for the loop's sake: a row could join, a request left, a progress report fell due.
+  (A device's own reasons, another call queued for its turn or a thread count over its
+  share, are the platform's: platforms/.) The worker itself returns when a row finishes,
+  fails or carries a preview.
 
-A call that fails (admit or step raised, or it ran past timeout_ms) loses the running
-batch: its rows are re-run from their seeds in smaller groups, halves run alone on a
-worker, until the row at fault is found and fails by itself (after `retry` more tries),
-as batch OPs bisect. A lost worker's rows go back to the queue whole.
+    scheduler = StepScheduler(batch_size=8, joins=True)
+    plan = scheduler.schedule(worker, waiting, live=[worker], now=0.0)
+    reply = run(plan.call)                     # the worker computes
+    outcome = scheduler.update(worker, reply)  # outcome.finished, outcome.failed
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tessera.server.engine.op import StepRow
 from tessera.server.engine.progress import ProgressReporter
-from tessera.server.engine.workers import StepCall, Worker, WorkerLost
+from tessera.server.engine.workers import StepCall, StepReply, Worker, WorkerLost
 
 if TYPE_CHECKING:
     from tessera.server.engine.request import Request
@@ -34,103 +45,101 @@ if TYPE_CHECKING:
 MAX_STEPS_PER_CALL = 16
 
 
+class Waiting(Protocol):
+    """The rows waiting for a worker, oldest first (the stage's queue)."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, limit: int) -> list[RowTask]: ...
+
+
+@dataclass
+class StepPlan:
+    """The scheduler's decision for one worker's next call."""
+    call: StepCall                      # what crosses to the worker: rows to admit, keys to evict, budget
+    admitted: list[RowTask]             # the rows behind call.admit, in order
+    due: float | None = None            # when a progress report falls due mid-call (stop then)
+    may_join: bool = False              # a waiting row could join this call's batch (stop for it)
+
+
+@dataclass
+class StepOutcome:
+    """What a reply (or a failed call) means for the rows."""
+    finished: list[tuple[RowTask, Any]] = field(default_factory=list)
+    failed: list[tuple[RowTask, BaseException]] = field(default_factory=list)
+    retrying: bool = False              # rows wait to be re-run in smaller groups: wake a worker
+
+
+@dataclass
+class _Batch:
+    live: dict[Hashable, RowTask] = field(default_factory=dict)  # the worker's running batch
+    alone: bool = False                 # a suspect group runs alone: nothing joins it
+
+
 class StepScheduler:
-    def __init__(self, stage: OpStage):
-        self.stage = stage
-        self.progress = ProgressReporter(stage.name, stage.engine.config.progress_interval_ms / 1000)
+    def __init__(self, batch_size: int, *, joins: bool = True, retry: int = 0,
+                 progress: ProgressReporter | None = None, max_steps: int = MAX_STEPS_PER_CALL):
+        self.batch_size, self.joins, self.retry, self.max_steps = batch_size, joins, retry, max_steps
+        self.progress = progress or ProgressReporter("", 0.0)
         self.suspects: deque[list[RowTask]] = deque()   # groups to re-run alone, after a failure
-        self._calls: dict[Worker, _Running] = {}         # the calls in flight, per worker
-        self._held: dict[Worker, int] = {}               # rows in each worker's running batch
+        self._batches: dict[Hashable, _Batch] = {}      # each worker's running batch
+        self._in_flight: dict[Hashable, StepPlan] = {}  # the calls running, per worker
 
-    # -- what the stage tells the scheduler --------------------------------------------------
-    def rows_arrived(self) -> None:
-        for worker, call in self._calls.items():
-            if call.may_join:
-                worker.stop_early()
+    # -- reading the state -------------------------------------------------------------------
+    def held(self, worker: Hashable) -> int:
+        """Rows in `worker`'s running batch."""
+        batch = self._batches.get(worker)
+        return len(batch.live) if batch is not None else 0
 
-    def request_left(self, request: Request) -> None:
-        for worker, call in self._calls.items():
-            if any(t.request is request for t in call.live.values()):
-                worker.stop_early()
+    def idle(self, worker: Hashable) -> bool:
+        """Whether `worker` holds no rows (its next call needs rows from the queue or a retry)."""
+        return self.held(worker) == 0
 
-    # -- one worker's loop -------------------------------------------------------------------
-    async def run(self, worker: Worker) -> None:
-        stage, cfg = self.stage, self.stage.cfg
-        joins = stage.front.joins_mid_run  # the loop's own instance of the OP: settings, no model
-        live: dict[tuple, RowTask] = {}
-        alone = False  # the running batch is a suspect group: nothing joins it
-        while True:
-            admit: list[RowTask] = []
-            self._held[worker] = len(live)
-            if not live:
-                alone = False
-                while not stage.pending and not self.suspects:
-                    await stage.wait_rows(worker)
-                if self.suspects:
-                    admit, alone = [t for t in self.suspects.popleft() if not t.request.done], True
-                    if not admit:
-                        continue
-                else:
-                    await stage.fill_or_timeout(worker, cfg.batch_size)
-            evict = [k for k, t in live.items() if t.request.done]
-            for key in evict:
-                del live[key]
-            if not alone and (joins or not live):
-                held = len(live) + len(admit)
-                admit += stage.take(self.room(worker, held) if joins else cfg.batch_size - held)
-            self._held[worker] = len(live) + len(admit)
-            start = time.monotonic()
-            for task in admit:
-                live[task.key] = task
-                stage.mark_start(task, start)
-            if not live and not evict:
-                if not admit:  # the queued rows are another worker's share: wait for a change
-                    await stage.wait_rows(worker)
-                continue
-            due = self.progress.next_due(list(live.values()))
-            now = time.monotonic()
-            budget = 1 if due is not None and due <= now else MAX_STEPS_PER_CALL
-            call = StepCall([StepRow(t.key, t.value) for t in admit], evict, budget)
-            running = _Running(live, may_join=joins and not alone and len(live) < cfg.batch_size)
-            self._calls[worker] = running
-            timer = (asyncio.get_running_loop().call_later(due - now, worker.stop_early)
-                     if due is not None and budget > 1 else None)
-            try:
-                reply = await stage.timed(worker, worker.step(call))
-            except WorkerLost:
-                raise stage.lost_with(worker, list(live.values())) from None
-            except Exception as exc:  # noqa: BLE001 - timed out: the worker is being replaced
-                self._failed(list(live.values()), exc)
-                raise stage.lost_with(worker, []) from None
-            finally:
-                self._calls.pop(worker, None)
-                if timer is not None:
-                    timer.cancel()
-            if reply.error is not None:
-                group, live = list(live.values()), {}
-                self._failed(group, reply.error)
-                continue
-            per_step = (time.monotonic() - start) / max(1, reply.steps)
-            for _ in range(reply.steps):  # the metrics stay per step
-                stage.compute_hist.observe(per_step)
-                stage.rows_hist.observe(len(live))
-            if reply.threads and reply.steps:
-                stage.metrics.threads.labels(stage.name, str(reply.threads)).inc(reply.steps)
-            for key, exc in reply.refused.items():
-                task = live.pop(key, None)
-                if task is not None:
-                    stage.fail_row(task, exc)
-            self.progress.report(live, reply.result)
-            for key, out in reply.result.finished.items():
-                task = live.pop(key, None)
-                if task is None or task.request.done:
-                    continue
-                if isinstance(out, BaseException):
-                    stage.fail_row(task, out)
-                else:
-                    await stage.row_done(task, out)
+    def running(self, worker: Hashable) -> list[RowTask]:
+        batch = self._batches.get(worker)
+        return list(batch.live.values()) if batch is not None else []
 
-    def room(self, worker: Worker, held: int) -> int:
+    def may_take_rows(self) -> list[Hashable]:
+        """The workers whose call in flight a waiting row could join (ask them to return)."""
+        return [w for w, plan in self._in_flight.items() if plan.may_join]
+
+    def holding(self, request: Request) -> list[Hashable]:
+        """The workers whose call in flight runs a row of `request` (it left: ask them to return)."""
+        return [w for w in self._in_flight
+                if any(t.request is request for t in self._batches[w].live.values())]
+
+    # -- deciding ----------------------------------------------------------------------------
+    def schedule(self, worker: Hashable, waiting: Waiting, live: Sequence[Hashable],
+                 now: float) -> StepPlan | None:
+        """`worker`'s next call, its new rows taken from `waiting`; `live` is the OP's live
+        workers in order. None: nothing to do until something changes."""
+        batch = self._batches.setdefault(worker, _Batch())
+        admit: list[RowTask] = []
+        if not batch.live:
+            batch.alone = False
+            while self.suspects and not admit:
+                admit = [t for t in self.suspects.popleft() if not t.request.done]
+                batch.alone = bool(admit)
+        evict = [k for k, t in batch.live.items() if t.request.done]
+        for key in evict:
+            del batch.live[key]
+        if not batch.alone and (self.joins or not batch.live):
+            held = len(batch.live) + len(admit)
+            limit = self.room(worker, held, len(waiting), live) if self.joins else self.batch_size - held
+            admit += waiting.take(limit)
+        for task in admit:
+            batch.live[task.key] = task
+        if not batch.live and not evict:
+            return None
+        due = self.progress.next_due(list(batch.live.values()))
+        budget = 1 if due is not None and due <= now else self.max_steps
+        plan = StepPlan(StepCall([StepRow(t.key, t.value) for t in admit], evict, budget), admit,
+                        due=due if budget > 1 else None,
+                        may_join=self.joins and not batch.alone and len(batch.live) < self.batch_size)
+        self._in_flight[worker] = plan
+        return plan
+
+    def room(self, worker: Hashable, held: int, queued: int, live: Sequence[Hashable]) -> int:
         """How many queued rows this worker may take, holding `held`: up to batch_size, and
         with several workers an even share of the rows held and queued, so that one worker
         does not take every row while another idles (the others take the rest when they next
@@ -138,15 +147,13 @@ class StepScheduler:
         rows stay on the first live worker: split finer, two workers' steps cost more than
         they save (two thread workers stepping 2 rows each of one 4-row request took
         1.2-1.3x as long as one stepping all 4, and halves of 32 rows 0.88x as many
-        images/s; README, Performance). Static batching takes what fits: its rows join no
+        images/s; docs/performance.md). Static batching takes what fits: its rows join no
         running batch, so a share left queued would wait."""
-        stage = self.stage
-        room = stage.cfg.batch_size - held
-        live = [w for w in stage.workers if not w.lost.is_set()]
+        room = self.batch_size - held
         if len(live) < 2 or worker not in live or room <= 0:
             return room
-        total = held + len(stage.pending) + sum(self._held.get(w, 0) for w in live if w is not worker)
-        small = stage.cfg.batch_size // 2
+        total = held + queued + sum(self.held(w) for w in live if w is not worker)
+        small = self.batch_size // 2
         if worker is live[0]:
             share = max(-(-total // len(live)), small)  # rounded up: every row has a worker
         elif total <= small:
@@ -155,7 +162,49 @@ class StepScheduler:
             share = -(-total // len(live))
         return min(room, max(0, share - held))
 
-    def _failed(self, group: list[RowTask], exc: BaseException) -> None:
+    # -- reading the reply -------------------------------------------------------------------
+    def update(self, worker: Hashable, reply: StepReply) -> StepOutcome:
+        """The call of `worker` returned `reply`: rows refused, finished or failed leave its batch."""
+        self._in_flight.pop(worker, None)
+        batch = self._batches.setdefault(worker, _Batch())
+        outcome = StepOutcome()
+        if reply.error is not None:  # admit or step raised: the worker dropped its running batch
+            group = list(batch.live.values())
+            batch.live.clear()
+            self._failed(group, reply.error, outcome)
+            return outcome
+        for key, exc in reply.refused.items():
+            task = batch.live.pop(key, None)
+            if task is not None:
+                outcome.failed.append((task, exc))
+        self.progress.report(batch.live, reply.result)
+        for key, out in reply.result.finished.items():
+            task = batch.live.pop(key, None)
+            if task is None or task.request.done:
+                continue
+            if isinstance(out, BaseException):
+                outcome.failed.append((task, out))
+            else:
+                outcome.finished.append((task, out))
+        return outcome
+
+    def call_failed(self, worker: Hashable, exc: BaseException) -> StepOutcome:
+        """The call itself failed (it ran past timeout_ms; the worker is being replaced): its
+        rows are re-run in smaller groups, as when a step raised."""
+        self._in_flight.pop(worker, None)
+        batch = self._batches.pop(worker, _Batch())
+        outcome = StepOutcome()
+        self._failed(list(batch.live.values()), exc, outcome)
+        return outcome
+
+    def lost(self, worker: Hashable) -> list[RowTask]:
+        """The worker is gone, mid-call or between calls: its rows, whole, for the queue
+        (a lost worker is not the rows' fault; each restarts from its seed)."""
+        self._in_flight.pop(worker, None)
+        batch = self._batches.pop(worker, _Batch())
+        return [t for t in batch.live.values() if not t.request.done]
+
+    def _failed(self, group: list[RowTask], exc: BaseException, outcome: StepOutcome) -> None:
         """A call failed with these rows in its running batch: re-run them in halves, alone,
         from their seeds; a row that fails alone fails (or is tried again, with retry)."""
         group = [t for t in group if not t.request.done]
@@ -163,20 +212,88 @@ class StepScheduler:
             return
         if len(group) == 1:
             task = group[0]
-            if task.attempts < self.stage.cfg.retry:
+            if task.attempts < self.retry:
                 task.attempts += 1
                 self.suspects.appendleft(group)
             else:
-                self.stage.fail_row(task, exc)
+                outcome.failed.append((task, exc))
                 return
         else:
             half = len(group) // 2
             self.suspects.extendleft([group[half:], group[:half]])
-        self.stage._signal_rows()
+        outcome.retrying = True
 
 
-class _Running:
-    __slots__ = ("live", "may_join")
+class StepDriver:
+    """Runs a stage's StepScheduler on the event loop: one loop per worker."""
 
-    def __init__(self, live: dict, may_join: bool):
-        self.live, self.may_join = live, may_join
+    def __init__(self, stage: OpStage):
+        self.stage = stage
+        cfg = stage.cfg
+        progress = ProgressReporter(stage.name, stage.engine.config.progress_interval_ms / 1000)
+        # The loop's own instance of the OP (settings, no model) says whether rows join mid-run.
+        self.scheduler = StepScheduler(cfg.batch_size, joins=stage.front.joins_mid_run, retry=cfg.retry,
+                                       progress=progress)
+
+    # -- what the stage tells the driver ---------------------------------------------------
+    def rows_arrived(self) -> None:
+        self._stop_early(self.scheduler.may_take_rows())
+
+    def request_left(self, request: Request) -> None:
+        self._stop_early(self.scheduler.holding(request))
+
+    @staticmethod
+    def _stop_early(workers: list[Worker]) -> None:
+        """The one place the loop asks calls in flight to return after their current step."""
+        for worker in workers:
+            worker.stop_early()
+
+    # -- one worker's loop -------------------------------------------------------------------
+    async def run(self, worker: Worker) -> None:
+        stage, scheduler = self.stage, self.scheduler
+        while True:
+            if scheduler.idle(worker):
+                await stage.wait_for_work(worker, lambda: bool(scheduler.suspects))
+                if not scheduler.suspects:
+                    await stage.fill_or_timeout(worker, stage.cfg.batch_size)
+            plan = scheduler.schedule(worker, stage.queue, stage.live_workers(), time.monotonic())
+            if plan is None:  # the queued rows are another worker's share: wait for a change
+                await stage.wait_rows(worker)
+                continue
+            start = time.monotonic()
+            for task in plan.admitted:
+                stage.mark_start(task, start)
+            timer = (asyncio.get_running_loop().call_later(max(0.0, plan.due - start), self._stop_early, [worker])
+                     if plan.due is not None else None)
+            try:
+                reply = await stage.timed(worker, worker.step(plan.call))
+            except WorkerLost:
+                raise stage.lost_with(worker, scheduler.lost(worker)) from None
+            except Exception as exc:  # noqa: BLE001 - timed out: the worker is being replaced
+                await self._settle(scheduler.call_failed(worker, exc))
+                raise stage.lost_with(worker, []) from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if reply.error is None:
+                self._measure(reply, start, scheduler.held(worker))
+            await self._settle(scheduler.update(worker, reply))
+
+    def _measure(self, reply: StepReply, start: float, rows: int) -> None:
+        stage = self.stage
+        per_step = (time.monotonic() - start) / max(1, reply.steps)
+        for _ in range(reply.steps):  # the metrics stay per step
+            stage.compute_hist.observe(per_step)
+            stage.rows_hist.observe(rows)
+        if reply.threads and reply.steps:
+            stage.metrics.threads.labels(stage.name, str(reply.threads)).inc(reply.steps)
+
+    async def _settle(self, outcome: StepOutcome) -> None:
+        stage = self.stage
+        for task, exc in outcome.failed:
+            stage.fail_row(task, exc)
+        if outcome.retrying:
+            stage.wake()
+        for task, out in outcome.finished:
+            if not task.request.done:
+                await stage.row_done(task, out)
