@@ -11,7 +11,8 @@ prompts, seeds and parameters as its gRPC one.
     python -m tessera.bench.generic --port 8123
     curl -s http://127.0.0.1:8123/predict -d '{"prompt": "a red circle", "seed": 7, "num_candidates": 4}'
 
-Requests are checked as the real server checks them (server/rpc/validation.py) while
+Requests are checked as the real server checks them (the shipped graph's mapping,
+ops/requests.py) while
 LitServe's API process parses them, so a bad one is a 400 of its own and never fails the
 batch it would have joined. A prompt too long for the text context is found only by the
 tokenizer, in the worker; it too is a 400 for that request alone.
@@ -33,10 +34,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tessera.ops.messages import GenerateParams, RankedImages
+from tessera.ops.requests import generate_params
 from tessera.server.config import Limits
 from tessera.server.engine import InvalidInput
-from tessera.server.rpc.status import InvalidRequest
-from tessera.server.rpc.validation import to_payload
 
 LIMITS = Limits()  # the shipped server's limits
 MAX_BATCH_SIZE = 16  # requests per batch, as issue 10's baseline
@@ -61,8 +61,8 @@ class GenerateBody(BaseModel):
     @model_validator(mode="after")
     def _server_rules(self) -> "GenerateBody":
         try:
-            to_payload(self, LIMITS, streaming=False)
-        except InvalidRequest as exc:
+            generate_params(self.model_dump(), LIMITS, streaming=False)
+        except InvalidInput as exc:
             raise ValueError(str(exc)) from None  # pydantic reports ValueErrors as validation errors
         return self
 
@@ -85,7 +85,7 @@ class TesseraLitAPI(litserve.LitAPI):
 
     def decode_request(self, request: GenerateBody) -> GenerateParams:
         # The annotation makes FastAPI parse and check the body in the API process.
-        return to_payload(request, LIMITS, streaming=False)
+        return generate_params(request.model_dump(), LIMITS, streaming=False)
 
     def batch(self, inputs: list[GenerateParams]) -> list[GenerateParams]:
         return list(inputs)
