@@ -34,7 +34,7 @@ beside it and so lowers its share. With `graph.device_turns` only one call compu
 time and the share is every core, as before.
 
 Images do not depend on the choice: torch's CPU kernels split rows, not the sums inside
-one, between threads (tests/server/engine/workers/test_threads.py checks tokens and
+one, between threads (tests/server/engine/platforms/test_threads.py checks tokens and
 images at one and two threads).
 """
 from __future__ import annotations
