@@ -1,12 +1,15 @@
 """Model families served by Tessera against their own projects' samplers, at realistic shapes.
 
     python -m tessera.bench.families dalle-pytorch --rounds 3 --out docs/performance/dalle-pytorch-2026-12-06
+    python -m tessera.bench.families min-dalle --rounds 2 --out docs/performance/min-dalle-2026-12-06
 
-One function per family (`dalle_pytorch`; min-dalle to come). Each builds a random-weight
-checkpoint with the project's own classes in a temp dir, runs interleaved rounds (round r runs
-every contender once, in the same order), profiles one decode step of each side, and writes
-rows.json (every raw row) and results.md into --out. Run from the repository root: the
-checkpoint is built through the tests' helpers (tests/ops/families/...), as the tests build it.
+One function per family (`dalle_pytorch`, `min_dalle`). Each builds a random-weight checkpoint
+with the project's own classes (min-dalle: DALL·E Mini's shapes, saved in min-dalle's models_root
+layout; --root keeps it between runs), runs interleaved rounds (round r runs every contender once,
+in the same order), profiles one decode step of each side, and writes rows.json (every raw row)
+and results.md into --out. Run from the repository root: the checkpoint is built through the
+tests' helpers (tests/ops/families/...), as the tests build it. --smoke runs min-dalle at a tiny
+shape, to check the script end to end in a minute.
 """
 from __future__ import annotations
 
@@ -373,7 +376,309 @@ def _dp_report(rows, check, prof, rounds, tail) -> str:
     ])
 
 
-FAMILIES = {"dalle-pytorch": dalle_pytorch}
+# -- min-dalle --------------------------------------------------------------------------------
+
+# DALL·E Mini's shapes (min-dalle's MinDalle constants for is_mega=False).
+MD_SHAPE = dict(layers=12, embed=1024, heads=16, glu=2730, text_vocab=50264, image_vocab=16384)
+MD_TINY = dict(layers=2, embed=128, heads=2, glu=96, text_vocab=50264, image_vocab=16384)  # --smoke only
+
+
+def _md_build(root: Path, shape: dict) -> Path:
+    """min-dalle's own DalleBartEncoder/DalleBartDecoder/VQGanDetokenizer with random weights, saved
+    as ROOT/dalle_bart_mini/{encoder.pt,decoder.pt,vocab.json,merges.txt} + ROOT/vqgan/detoker.pt
+    (the tests' build_detoker: conv_out scaled so pixels are not all clipped). A BPE learned from the
+    tests' corpus and the prompts (ids well under text_vocab). An existing ROOT is reused."""
+    from tests.ops.families.min_dalle.conftest import CORPUS, build_detoker, learn_bpe
+    from tests.ops.families.references import import_min_dalle
+    model_dir = root / "dalle_bart_mini"
+    if (model_dir / "decoder.pt").exists() and (root / "vqgan" / "detoker.pt").exists():
+        return root
+    md = import_min_dalle()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (root / "vqgan").mkdir(exist_ok=True)
+    build_detoker(root / "vqgan" / "detoker.pt")
+    vocab, merges = learn_bpe(CORPUS + " " + " ".join(PROMPTS), 300)
+    assert max(vocab.values()) < shape["text_vocab"]
+    (model_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf8")
+    (model_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf8")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        enc = md.models.DalleBartEncoder(layer_count=shape["layers"], embed_count=shape["embed"],
+                                         attention_head_count=shape["heads"], text_vocab_count=shape["text_vocab"],
+                                         text_token_count=64, glu_embed_count=shape["glu"], device="cpu")
+        torch.save(enc.state_dict(), model_dir / "encoder.pt")
+        del enc
+        dec = md.models.DalleBartDecoder(image_vocab_count=shape["image_vocab"], embed_count=shape["embed"],
+                                         attention_head_count=shape["heads"], glu_embed_count=shape["glu"],
+                                         layer_count=shape["layers"], device="cpu")
+        torch.save(dec.state_dict(), model_dir / "decoder.pt")
+    return root
+
+
+def _md_offline(md_module) -> None:
+    """MinDalle.init_tokenizer requests config.json from the hub whatever is on disk (the reply is
+    discarded): answer that one with None, refuse anything else, never reach the network."""
+    def get(url, *args, **kwargs):
+        if url.endswith("config.json"):
+            return None
+        raise RuntimeError(f"min-dalle tried to download {url}")
+    md_module.requests.get = get
+
+
+def _md_load(root: Path, smoke: bool = False):
+    """MinDalle(models_root=ROOT, is_mega=False, is_reusable=True, float32, cpu). --smoke: MinDalle
+    hard-codes mini's shape, so the tiny one is set on a tokenizer-only instance before loading."""
+    from tests.ops.families.references import import_min_dalle
+    md = import_min_dalle().min_dalle
+    _md_offline(md)
+    with torch.no_grad():
+        if not smoke:
+            return md.MinDalle(models_root=str(root), dtype=torch.float32, device="cpu", is_mega=False,
+                               is_reusable=True, is_verbose=False)
+        dalle = md.MinDalle(models_root=str(root), dtype=torch.float32, device="cpu", is_mega=False,
+                            is_reusable=False, is_verbose=False)
+        dalle.layer_count, dalle.embed_count = MD_TINY["layers"], MD_TINY["embed"]
+        dalle.attention_head_count, dalle.glu_embed_count = MD_TINY["heads"], MD_TINY["glu"]
+        dalle.is_reusable = True
+        dalle.init_encoder(), dalle.init_decoder(), dalle.init_detokenizer()
+        return dalle
+
+
+def _md_timers(dalle) -> Timers:
+    """Inclusive wall time of min-dalle's decoder parts (class methods for the attentions, instance
+    forwards for the decoder's GLUs, lm_head, the cross-attention's per-step K/V projections)."""
+    from min_dalle.models import dalle_bart_decoder as D
+    T = Timers()
+    T.wrap(D.DalleBartDecoder, "sample_tokens", "step")
+    T.wrap(D.DalleBartDecoder, "forward", "forward")
+    T.wrap(D.DecoderSelfAttention, "forward", "self")
+    T.wrap(D.DecoderCrossAttention, "forward", "cross")
+    for layer in dalle.decoder.layers:
+        for mod, label in ((layer.glu, "glu"), (layer.encoder_attn.k_proj, "cross_kv"),
+                           (layer.encoder_attn.v_proj, "cross_kv")):
+            _wrap_instance(T, mod, label)
+    _wrap_instance(T, dalle.decoder.lm_head, "logits")
+    _wrap_instance(T, dalle.detokenizer, "vqgan")
+    return T
+
+
+def _wrap_instance(T: Timers, obj, label: str, name: str = "forward") -> None:
+    orig = getattr(obj, name)
+
+    def timed(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return orig(*a, **kw)
+        finally:
+            T.total[label] += time.perf_counter() - t
+            T.calls[label] += 1
+    setattr(obj, name, timed)
+    T._undo.append((obj, name, orig))
+
+
+def _md_generate(dalle, grid: int, seed: int) -> dict:
+    """One generate_images call (grid**2 images of one prompt), the model defaults; its decoder
+    steps split by part (wrapped methods, ~10k timer calls a run: negligible)."""
+    T = _md_timers(dalle)
+    t = time.perf_counter()
+    try:
+        with torch.no_grad():
+            images = dalle.generate_images(text=PROMPTS[seed % len(PROMPTS)], seed=seed, grid_size=grid,
+                                           supercondition_factor=16, top_k=256, temperature=1)
+    finally:
+        T.undo()
+    wall = time.perf_counter() - t
+    n = grid ** 2
+    assert images.shape[0] == n
+    steps = T.calls["step"]
+    ms = {k: 1e3 * v / steps for k, v in T.total.items() if k != "vqgan"}
+    split = {"self-attention (K/V cache write, attend, out_proj)": ms["self"],
+             "cross-attention: K/V of the encoder state, recomputed every step": ms["cross_kv"],
+             "cross-attention: q, attend, out_proj": ms["cross"] - ms["cross_kv"],
+             "GLU": ms["glu"], "logits (lm_head, all 16,385 rows)": ms["logits"],
+             "norms, residuals, embedding": ms["forward"] - ms["self"] - ms["cross"] - ms["glu"] - ms["logits"],
+             "the draw (guidance, full sort, exp, multinomial)": ms["step"] - ms["forward"],
+             "total per step": ms["step"]}
+    return {"images": n, "wall_s": wall, "images_per_s": n / wall, "rows_per_step": 2 * n, "steps": steps,
+            "step_ms": split, "vqgan_s_per_image": T.total["vqgan"] / n,
+            "sampling_s": T.total["step"], "rest_s": wall - T.total["step"] - T.total["vqgan"]}
+
+
+def _profile_md_ours(root: Path, rows: int, images: int = 2) -> dict:
+    """Our decode step at `rows` rows (rows/2 guided images: each with its unconditional twin, as the
+    sampler lays them out) over one whole image, split by part (mean ms per step); the draw is the
+    sampler's own guide + sample_tokens at the model defaults; the VQGAN decode timed per image."""
+    from tessera.ops.families.base import ModelSpec
+    from tessera.ops.families.min_dalle import load
+    from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
+    bundle = load(ModelSpec(path=str(root)), "cpu", torch.float32)
+    model, d = bundle.transformer, bundle.sampling
+    half = rows // 2
+    cache = model.new_cache(rows, "cpu", torch.float32)
+    tok = bundle.tokenizer
+    text = torch.tensor([tok.encode_prompt(PROMPTS[i % len(PROMPTS)]).ids for i in range(half)]
+                        + [tok.empty()] * half)
+    T = Timers()
+    _wrap_instance(T, model, "step", "decode_step")
+    for layer in model.decoder.layers:
+        for mod, label in ((layer.self_attn.q_proj, "self"), (layer.self_attn.k_proj, "self"),
+                           (layer.self_attn.v_proj, "self"), (layer.encoder_attn.q_proj, "cross"),
+                           (layer.glu, "glu")):
+            _wrap_instance(T, mod, label)
+        _wrap_instance(T, layer.self_attn, "self", "attend")
+        _wrap_instance(T, layer.encoder_attn, "cross", "attend")
+    _wrap_instance(T, model.decoder.lm_head, "logits")
+    temp, top_k, top_p, scale = (torch.full((half,), float(d.temperature)), torch.full((half,), int(d.top_k)),
+                                 torch.full((half,), float(d.top_p)), torch.full((half,), float(d.guidance_scale)))
+    uni = torch.stack([row_uniforms(i, model.image_len) for i in range(half)])
+    pick, grid = 0.0, []
+    with torch.inference_mode():
+        logits = model.prefill(text, cache, torch.arange(rows))
+        T.total.clear()
+        for i in range(model.image_len):
+            t = time.perf_counter()
+            lg = logits.float()
+            toks = sample_tokens(guide(lg[:half], lg[half:], scale), temp, top_k, top_p, uni[:, i])
+            pick += time.perf_counter() - t
+            grid.append(toks)
+            if i + 1 < model.image_len:
+                logits = model.decode_step(torch.cat([toks, toks]), torch.full((rows,), i), cache)
+        T.undo()
+        grid = torch.stack(grid, 1)  # (half, 256)
+        vq = []
+        for j in range(min(images, half)):
+            t = time.perf_counter()
+            bundle.dvae.pixels(grid[j:j + 1])
+            vq.append(time.perf_counter() - t)
+    n = model.image_len - 1
+    ms = {k: 1e3 * v / n for k, v in T.total.items()}
+    draw = 1e3 * pick / model.image_len
+    return {"self-attention (q/k/v, cache write excluded, attend, out_proj)": ms["self"],
+            "cross-attention (q, attend over the cached text K/V, out_proj)": ms["cross"],
+            "GLU": ms["glu"], "logits (lm_head, 16,384 image rows)": ms["logits"],
+            "norms, residuals, embedding, cache writes, masks":
+                ms["step"] - ms["self"] - ms["cross"] - ms["glu"] - ms["logits"],
+            f"the draw (guide + sample_tokens, top_k {d.top_k}: float64 softmax + full sort)": draw,
+            "total per step": ms["step"] + draw,
+            "_vqgan_s_per_image": sum(vq) / len(vq), "_vqgan_runs": vq}
+
+
+def _rss(pid: int) -> dict:
+    st = Path(f"/proc/{pid}/status").read_text()
+    return {k: int(re.search(rf"{k}:\s+(\d+)", st).group(1)) / 2 ** 20 for k in ("VmRSS", "VmHWM")}  # GiB
+
+
+def min_dalle(rounds: int, out: Path, levels=(1, 4, 16), grids=(1, 2), requests: dict | None = None,
+              root: Path | None = None, smoke: bool = False, profile_only: bool = False) -> tuple[list, str]:
+    """Served Tessera at `levels` (one image a request, closed loop, max(4, 2c) requests unless
+    `requests` says) against min-dalle's generate_images at `grids`, interleaved rounds; then our
+    step profiled at the c=4 batch (8 rows). `root`: keep the built model there (built if absent)."""
+    shape = MD_TINY if smoke else MD_SHAPE
+    requests = requests or {}
+    rows, kept, mem = [], None, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _md_build(Path(root or tmp) / ("tiny" if smoke else "mini"), shape)
+        print("model root:", root, flush=True)
+        if profile_only:
+            old = json.loads((out / "rows.json").read_text())
+            rows, rounds, kept, mem = old["rows"], 0, old["settings"], old.get("memory", {})
+        else:
+            t = time.perf_counter()
+            dalle = _md_load(root, smoke)
+            mem["min-dalle load s"] = time.perf_counter() - t
+            mem["bench process after MinDalle load (GiB RSS)"] = _rss(os.getpid())["VmRSS"]
+        server = Serve(str(root), Path(tmp) / "serve.log") if rounds else None
+        try:
+            if server:
+                closed_loop(server.target, 1, 1, 10 ** 6)  # warm-up
+            for r in range(rounds):
+                names = [f"tessera c={c}" for c in levels] + [f"min-dalle grid {g}" for g in grids]
+                for name in names:
+                    la = loadavg()
+                    print(f"round {r} {name} load {la}", flush=True)
+                    if name.startswith("tessera"):
+                        c = int(name.split("=")[1])
+                        row = closed_loop(server.target, c, requests.get(c, max(4, 2 * c)), seed0=1000 * r + 100 * c)
+                    else:
+                        row = _md_generate(dalle, int(name.split()[-1]), seed=1 + 10 * r)
+                    rows.append({"round": r, "contender": name, "loadavg_before": la, **row})
+                    print(f"  {row['images_per_s']:.4f} images/s ({row['wall_s']:.1f} s)", flush=True)
+                    (out / "rows.json").write_text(json.dumps({"settings": settings(), "rows": rows, "memory": mem},
+                                                              indent=1))
+            if server:
+                mem["tessera server (GiB, RSS now / peak)"] = _rss(server.proc.pid)
+                mem["tessera server log"] = [ln for ln in server.log.read_text().splitlines()
+                                             if "cache for" in ln or "weights" in ln]
+                mem["bench process with MinDalle (GiB, RSS now / peak)"] = _rss(os.getpid())
+        finally:
+            if server:
+                server.stop()
+        if not profile_only:
+            del dalle
+        prof_la = loadavg()
+        prof = _profile_md_ours(root, rows=8)
+    (out / "rows.json").write_text(json.dumps({"settings": kept or settings(), "rows": rows, "memory": mem,
+                                               "profile_settings": settings(), "profile_loadavg_before": prof_la,
+                                               "profile_ms_per_step": prof, "shape": shape}, indent=1))
+    return rows, _md_report(rows, prof, mem, shape, prof_la)
+
+
+def _md_flops(embed: int, layers: int, glu: int, image_vocab: int = 16384, text: int = 64, pos: int = 128) -> float:
+    """Multiply-adds a decode step does per row: self-attention q/k/v/out (4 E^2), cross-attention
+    q/out (2 E^2, its K/V cached), GLU (3 E G), attention over `pos` image and `text` positions
+    (2 E each), and the logits (E V)."""
+    return layers * (6 * embed ** 2 + 3 * embed * glu + 2 * embed * (pos + text)) + embed * image_vocab
+
+
+def _md_report(rows, prof, mem, shape, prof_la) -> str:
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    by = {(r["round"], r["contender"]): r for r in rows}
+    got = sorted({r["round"] for r in rows})
+    head = ["contender"] + [f"round {i} images/s (s, load before)" for i in got] + ["min", "max", "spread"]
+    body = []
+    for n in names:
+        v = [by[(i, n)]["images_per_s"] for i in got if (i, n) in by]
+        cells = [f"{by[(i, n)]['images_per_s']:.4f} ({by[(i, n)]['wall_s']:.0f} s, {by[(i, n)]['loadavg_before'].split()[0]})"
+                 if (i, n) in by else "-" for i in got]
+        body.append([n, *cells, f"{min(v):.4f}", f"{max(v):.4f}", f"{100 * (max(v) - min(v)) / min(v):.0f}%"])
+    reqs = {n: by[(got[0], n)]["images"] for n in names if n.startswith("tessera") and (got[0], n) in by}
+    ratios = [by[(i, "tessera c=4")]["images_per_s"] / by[(i, "min-dalle grid 2")]["images_per_s"]
+              for i in got if (i, "tessera c=4") in by and (i, "min-dalle grid 2") in by]
+    md_last = next((by[(i, "min-dalle grid 2")] for i in reversed(got) if (i, "min-dalle grid 2") in by), None)
+    ours = {k: v for k, v in prof.items() if not k.startswith("_")}
+    prow = [[k, f"{v:.1f}", f"{100 * v / ours['total per step']:.0f}%"] for k, v in ours.items()]
+    parts = [table(head, body),
+             "Requests per level (one image each, closed loop): "
+             + ", ".join(f"{n}: {k}" for n, k in reqs.items()) + ". min-dalle: one generate_images call per "
+             "grid size per round (grid 1: 1 image, 2 rows a step; grid 2: 4 images, 8 rows a step).",
+             "Ratio served Tessera c=4 / min-dalle grid 2, per round: "
+             + ", ".join(f"{x:.2f}x" for x in ratios) + " (bar: 1.2x).",
+             f"Our decode step at the c=4 batch (8 rows: 4 captions + their unconditional twins), mean ms per "
+             f"step over one whole image, measured in process after the rounds (load before: {prof_la}):\n\n"
+             + table(["part", "ms", "share"], prow)
+             + f"\n\nVQGAN decode (ours, one image at a time): {prof['_vqgan_s_per_image']:.2f} s per image "
+             f"({', '.join(f'{x:.2f}' for x in prof['_vqgan_runs'])} s)."]
+    if md_last:
+        sp = md_last["step_ms"]
+        parts.append(f"min-dalle's step at grid 2 (8 rows), mean ms per step over round {md_last['round']}'s call:\n\n"
+                     + table(["part", "ms", "share"],
+                             [[k, f"{v:.1f}", f"{100 * v / sp['total per step']:.0f}%"] for k, v in sp.items()])
+                     + f"\n\nmin-dalle VQGAN decode: {md_last['vqgan_s_per_image']:.2f} s per image (4 in one batch); "
+                     f"sampling {md_last['sampling_s']:.1f} s, the rest (tokenize, encoder) {md_last['rest_s']:.1f} s.")
+    mini = _md_flops(shape["embed"], shape["layers"], shape["glu"])
+    mega = _md_flops(2048, 24, 4096)
+    step8 = ours["total per step"]
+    est = {"mega/mini multiply-adds per row-step": mega / mini,
+           "mini ms per step at 8 rows (measured)": step8,
+           "mega ms per step at 8 rows (estimate: mini x FLOP ratio)": step8 * mega / mini,
+           "mega s per image at c=4 (estimate: 256 steps / 4 images + the VQGAN)":
+               256 * step8 * mega / mini / 4e3 + prof["_vqgan_s_per_image"]}
+    parts.append("Memory and the mega estimate:\n\n" + "\n".join(f"- {k}: {v}" for k, v in mem.items())
+                 + "\n" + "\n".join(f"- {k}: {v:.2f}" for k, v in est.items()))
+    return "\n\n".join(parts)
+
+
+FAMILIES = {"dalle-pytorch": dalle_pytorch, "min-dalle": min_dalle}
 
 
 def main(argv=None) -> int:
@@ -382,10 +687,17 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--profile-only", action="store_true", help="keep --out's rows.json, redo the per-step profile")
+    ap.add_argument("--root", type=Path, help="min-dalle: build the model under this folder (reused if there)")
+    ap.add_argument("--requests", default="", help="min-dalle: requests per level, e.g. 16:16 (default max(4, 2c))")
+    ap.add_argument("--smoke", action="store_true", help="min-dalle: a tiny shape, to check the script runs")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     s = settings()
-    _, body = FAMILIES[args.family](args.rounds, args.out, profile_only=args.profile_only)
+    extra = {}
+    if args.family == "min-dalle":
+        extra = dict(root=args.root, smoke=args.smoke,
+                     requests={int(a): int(b) for a, b in (x.split(":") for x in args.requests.split(",") if x)})
+    _, body = FAMILIES[args.family](args.rounds, args.out, profile_only=args.profile_only, **extra)
     cmd = "python -m tessera.bench.families " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "results.md").write_text(
         f"# {args.family}: served Tessera vs the project's own sampler\n\n`{cmd}` (from the repository root)\n\n"
