@@ -27,8 +27,9 @@ DEFAULT_CONFIG: dict = {
         "ops": {
             "tokenize": {"type": "tessera.ops.tokenize:TokenizeOp", "inputs": ["request"],
                          "batch_size": 32, "batch_timeout_ms": 1, "channel_capacity": 512},
-            # Two workers: past half a batch of rows the second steps beside the turn, on its
-            # share of the cores (docs/performance.md). On a GPU, 1.
+            # Two workers: on a CPU, past half a batch of rows the second steps beside the turn,
+            # on its share of the cores (docs/performance.md); on a GPU the CUDA platform runs
+            # one stepping worker per device (a second would only alternate with it).
             "sample": {"type": "tessera.ops.sample:SampleOp", "inputs": ["tokenize"],
                        "batch_size": 64, "concurrency": 2, "channel_capacity": 512},
             "decode": {"type": "tessera.ops.decode:DecodeOp", "inputs": ["sample"],
