@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
+
 from tessera.bench import engine_only
 from tessera.bench.report import bar_ratios, figure, percentile, plot, ratio_table, server_split, summarize, table
 
@@ -65,6 +67,7 @@ def test_plot_labels_its_axes_logs_latency_and_spans_the_rounds(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # an offline bench run: about 45 s on 2 cores
 def test_offline_mode_measures_the_in_process_pipeline(tiny_model_dir):
     from tessera.bench import offline_run, shapes_prompts
     rows = offline_run(shapes_prompts(4), [1, 8], 3, {"num_candidates": 2}, str(tiny_model_dir), 8)

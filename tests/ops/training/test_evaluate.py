@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from PIL import Image
 
 from tessera.ops.training.evaluate import BARS, main
 
 
+@pytest.mark.slow  # the whole evaluation on the tiny model: about 50 s on 2 cores
 def test_evaluate_writes_report_sheet_and_card(tiny_model_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

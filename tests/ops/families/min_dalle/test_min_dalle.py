@@ -157,6 +157,7 @@ def test_copy_rows_and_fill_carry_a_row(oracle, bundle):
     torch.testing.assert_close(out_a, out_b, atol=0, rtol=0)
 
 
+@pytest.mark.slow  # two 256-token decodes and min-dalle's VQGAN: about 50 s on 2 cores
 def test_greedy_image_equals_min_dalle_generate_image(oracle, bundle, monkeypatch):
     md = import_min_dalle().min_dalle
     fetched = _offline(monkeypatch, md)
