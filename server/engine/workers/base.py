@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.server.engine.op import Op, StepResult, StepRow
@@ -41,14 +41,6 @@ class WorkerSpec:
     capacity: int = 1    # a stepping OP's running batch bound (the OP's batch_size)
     # The device's platform's plan for this worker (platforms/: a CpuPlan on the CPU).
     compute: Any = None
-    # Kept for callers that build a CPU spec by hand with the node's turn
-    # (tests/server/engine/workers/test_turns.py): the same as compute=CpuPlan(turns=True).
-    turns: InitVar[bool] = False
-
-    def __post_init__(self, turns: bool) -> None:
-        if turns:
-            from tessera.server.engine.platforms.cpu import CpuPlan
-            self.compute = CpuPlan(turns=True)
 
     @property
     def label(self) -> str:

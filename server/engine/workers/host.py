@@ -24,11 +24,6 @@ class OpHost:
         self._keys: set[Hashable] = set()  # rows in a stepping OP's running batch
         self.device = host_for(spec)  # how calls compute on the spec's device (platforms/)
 
-    @property
-    def turn(self):
-        """The node's turn the CPU platform holds around calls, if any (for tests and logs)."""
-        return getattr(self.device, "turn", None)
-
     def setup(self) -> None:
         op = self.spec.op_class(**self.spec.settings)
         op.name = self.spec.name

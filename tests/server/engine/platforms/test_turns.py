@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from tessera.server.engine.workers.turns import NodeTurn
+from tessera.server.engine.platforms.turns import NodeTurn
 
 
 def _wait_for(condition, what: str, limit_s: float = 30.0) -> None:
@@ -122,14 +122,15 @@ def _turn_files_open() -> int:
 
 
 async def test_a_thread_worker_closes_its_turn_files_when_it_closes():
+    from tessera.server.engine.platforms.cpu import CpuPlan
     from tessera.server.engine.workers.base import WorkerSpec
     from tessera.server.engine.workers.thread import ThreadWorker
     from tests.server.engine import toy_ops
 
     before = _turn_files_open()
-    worker = ThreadWorker(WorkerSpec(toy_ops.Echo, {}, "echo", "cpu", 0, turns=True))
+    worker = ThreadWorker(WorkerSpec(toy_ops.Echo, {}, "echo", "cpu", 0, compute=CpuPlan(turns=True)))
     await worker.start()
-    assert worker.host.turn is not None and _turn_files_open() == before + 2
+    assert worker.host.device.turn is not None and _turn_files_open() == before + 2
     assert await worker.process([1, 2]) == [1, 2]
     await worker.close()
     assert _turn_files_open() == before
