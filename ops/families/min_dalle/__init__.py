@@ -31,6 +31,12 @@ _HUB_NAMES = {"encoder.pt": "encoder{}.pt", "decoder.pt": "decoder{}.pt",
               "vocab.json": "vocab{}.json", "merges.txt": "merges{}.txt", "detoker.pt": "detoker.pt"}
 
 
+# What GetInfo tells a client of a CPU server (measured: docs/performance/min-dalle-2026-12-06).
+CPU_GUIDE = ("on 2 CPU cores DALL·E Mini takes 28-35 s for one image alone and makes one every 13-19 s at 4 "
+             "concurrent requests; Mega (10.4 GB of fp32 weights) needs batch_size 8 or less on 24 GiB and is "
+             "estimated at about 73 s an image; a GPU is its place")
+
+
 def _root_and_model(path: str) -> tuple[str, str] | None:
     """(ROOT, model dir name) for min-dalle's ROOT, or for ROOT/dalle_bart_* itself."""
     path = os.path.abspath(path)
@@ -145,6 +151,7 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
         "weights_bytes": weights_bytes, "weights_fp32_bytes": fp32, "weights_fp16_bytes": fp16,
         "files_bytes": file_bytes, "root": root,
         "memory_free_at_load_bytes": free if free is not None else "unknown",
+        **({"on_a_cpu": CPU_GUIDE} if str(device).startswith("cpu") else {}),
     }
     return ModelBundle(
         name=name, tokenizer=tokenizer, dvae=dvae, transformer=transformer, clip=clip,
