@@ -210,7 +210,7 @@ class ThreadPolicy:
         if before is not None and after != before:
             if not self.trying:  # the average moved past the other's: check it again soon
                 size.wait, size.next_try = FIRST_TRY, size.calls + FIRST_TRY
-            log.info("%s calls of ~%d rows now on %d thread(s) (%s)", kind, rows, after,
+            log.debug("%s calls of ~%d rows now on %d thread(s) (%s)", kind, rows, after,
                      ", ".join(f"{c}: {1000 * t:.2f} ms" for c, t in sorted(size.per_unit.items())))
         self.trying = False
 
