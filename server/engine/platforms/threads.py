@@ -211,7 +211,7 @@ class ThreadPolicy:
             if not self.trying:  # the average moved past the other's: check it again soon
                 size.wait, size.next_try = FIRST_TRY, size.calls + FIRST_TRY
             log.debug("%s calls of ~%d rows now on %d thread(s) (%s)", kind, rows, after,
-                     ", ".join(f"{c}: {1000 * t:.2f} ms" for c, t in sorted(size.per_unit.items())))
+                      ", ".join(f"{c}: {1000 * t:.2f} ms" for c, t in sorted(size.per_unit.items())))
         self.trying = False
 
     def gives_up(self, kind: str, rows: int, n: int, per_unit: float) -> bool:
