@@ -463,17 +463,7 @@ def _md_timers(dalle) -> Timers:
 
 
 def _wrap_instance(T: Timers, obj, label: str, name: str = "forward") -> None:
-    orig = getattr(obj, name)
-
-    def timed(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return orig(*a, **kw)
-        finally:
-            T.total[label] += time.perf_counter() - t
-            T.calls[label] += 1
-    setattr(obj, name, timed)
-    T._undo.append((obj, name, orig))
+    T.wrap(obj, name, label)  # an instance's method, timed (and undone) as a class's is
 
 
 def _md_generate(dalle, grid: int, seed: int) -> dict:
