@@ -2,7 +2,7 @@
 
 The bundled layout is described from its config.json alone (no torch, no weights); another
 family from the bundle this process loaded for the OPs (or, with the OPs in other processes,
-loaded here on the CPU once).
+built here on the meta device: its files are read, no weight memory is kept).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def describe_model(model: ModelSpec | str | None) -> dict:
                 # What the captions it was trained on name: {"colors": [{"en", "zh"}, ...], ...}.
                 "vocabulary": asdict(VOCABULARY)}
     from tessera.ops.shared import bundle_for, loaded_bundle  # torch: only for the other families
-    return bundle_info(loaded_bundle(spec) or bundle_for(spec, "cpu"))
+    return bundle_info(loaded_bundle(spec) or bundle_for(spec, "meta"))  # meta: no weight memory kept
 
 
 def bundle_info(bundle: ModelBundle) -> dict:

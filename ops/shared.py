@@ -40,9 +40,11 @@ def bundle_for(model: ModelSpec | str | None, device: str, half: bool | str = Fa
 
 
 def loaded_bundle(spec: ModelSpec) -> ModelBundle | None:
-    """A bundle of `spec` this process has loaded already, on any device (None if none)."""
+    """A bundle of `spec` this process has loaded already, on any device, a real one before the
+    meta device's (None if none)."""
     with _LOCK:
-        return next((b for (s, _, _), b in _BUNDLES.items() if s == spec), None)
+        found = sorted(((d == "meta", i), b) for i, ((s, d, _), b) in enumerate(_BUNDLES.items()) if s == spec)
+        return found[0][1] if found else None
 
 
 def to_png(image: np.ndarray) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from tessera.ops.families import PromptError
 from tessera.ops.messages import GenerateParams, Sampling, TokenizedPrompt
 from tessera.ops.requests import generate_params
-from tessera.ops.shared import ModelFiles, bundle_for
+from tessera.ops.shared import ModelFiles, bundle_for, loaded_bundle
 from tessera.server.engine import InvalidInput, Op
 
 
@@ -15,8 +15,11 @@ class TokenizeOp(Op):
     from_request = staticmethod(generate_params)
 
     def setup(self, device: str) -> None:
-        # Tokenizing is CPU work whatever device the models use.
-        self.bundle = bundle_for(self.settings.spec, "cpu")
+        # Tokenizing needs the tokenizer and the sampling defaults, not the weights: the bundle
+        # another OP of this process loaded, else the model built on the meta device, which keeps
+        # no weight memory (a Mega served on a GPU is not loaded a second time on the CPU).
+        spec = self.settings.spec
+        self.bundle = loaded_bundle(spec) or bundle_for(spec, "meta")
 
     def process(self, rows: list[GenerateParams]) -> list[TokenizedPrompt | InvalidInput]:
         return [self._one(row) for row in rows]

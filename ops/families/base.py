@@ -162,7 +162,10 @@ class ModelSpec:
 
 
 def free_memory(device: str) -> int | None:
-    """Bytes free for new tensors on `device` (MemAvailable on a CPU); None if unknown."""
+    """Bytes free for new tensors on `device` (MemAvailable on a CPU); None if unknown or
+    if the device holds no memory (meta)."""
+    if str(device) == "meta":
+        return None
     if str(device).startswith("cuda"):
         return torch.cuda.mem_get_info(torch.device(device))[0]
     try:
