@@ -49,10 +49,6 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
     turns = copy.deepcopy(default)
     turns["graph"]["device_turns"] = True
     turns["graph"]["ops"]["sample"]["concurrency"] = 1
-    # Two sampler workers without device turns: every OP computes beside the others on
-    # its share of the cores. Measured, not adopted.
-    shared = copy.deepcopy(default)
-    shared["graph"]["device_turns"] = False
     if device and not device.startswith("cpu"):
         default = copy.deepcopy(turns)
     serial = copy.deepcopy(default)
@@ -76,24 +72,12 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
     all_threads = copy.deepcopy(turns)
     for op in all_threads["graph"]["ops"].values():
         op["threads"] = os.cpu_count() or 1
-    # No device turns and one thread per OP: on two cores the sampler steps on one while
-    # decode, clip_text and rerank use the other.
-    parallel = copy.deepcopy(turns)
-    parallel["graph"]["device_turns"] = False
-    for op in parallel["graph"]["ops"].values():
-        op["threads"] = 1
-    # `turns` with the sampler's batch doubled (128 rows): measured, not adopted.
-    wide = copy.deepcopy(turns)
-    wide["graph"]["ops"]["sample"]["batch_size"] = 128
-    # Two sampler workers, each in a child process on one thread: measured, not adopted.
-    replicas = copy.deepcopy(default)
-    replicas["graph"]["device_turns"] = False
-    replicas["graph"]["ops"]["sample"].update(mode="process", concurrency=2, threads=1)
-    for name in ("decode", "clip_text", "rerank"):
-        replicas["graph"]["ops"][name]["threads"] = 1
-    return {"serial": serial, "static": static, "default": default, "turns": turns, "shared": shared, "ray": on_ray,
-            "all-threads": all_threads, "processes": in_processes, "parallel": parallel, "wide": wide,
-            "replicas": replicas}
+    # Measured and not adopted, so no longer offered here (their figures and the configurations
+    # they ran are in docs/performance.md): `shared` (two sampler workers, no device turns),
+    # `parallel` (no turns, one thread per OP), `wide` (a 128-row sampler batch) and `replicas`
+    # (two single-threaded sampler processes).
+    return {"serial": serial, "static": static, "default": default, "turns": turns, "ray": on_ray,
+            "all-threads": all_threads, "processes": in_processes}
 
 
 class ServerProcess:

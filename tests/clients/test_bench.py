@@ -110,7 +110,7 @@ def test_an_unknown_configuration_is_one_line_listing_the_known_ones(capsys, tmp
     assert main(["--compare", "default,defualt", "--concurrency", "1", "--out", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "no configuration defualt" in line
-    assert all(name in line for name in ("default", "ray", "all-threads", "processes", "parallel", "generic", "offline",
+    assert all(name in line for name in ("default", "ray", "all-threads", "processes", "generic", "offline",
                                         "ceiling"))
     assert not (tmp_path / "bench.json").exists()
 
@@ -165,12 +165,10 @@ def test_every_bench_configuration_is_a_server_configuration_with_settings_where
     assert ops["sample"]["settings"] == {"half": "fp16", "sample_on": "cpu"}
     assert all(ops[name]["settings"] == {"half": "fp16", "forward_mode": "padded"}
                for name in ("decode", "clip_text", "rerank"))
-    parallel = configs["parallel"]["graph"]
-    assert parallel["device_turns"] is False and {op["threads"] for op in parallel["ops"].values()} == {1}
     turns = configs["turns"]["graph"]  # the shape shipped before two sampler workers
     assert turns["device_turns"] is True and turns["ops"]["sample"]["concurrency"] == 1
     assert configs["default"]["graph"]["ops"]["sample"]["concurrency"] == 2
-    assert configs["shared"]["graph"]["device_turns"] is False  # the same two workers, no turns
+    assert not {"shared", "parallel", "wide", "replicas"} & configs.keys()  # measured, not adopted: docs only
 
 
 def test_on_a_gpu_default_is_the_shape_its_figures_were_measured_in():
