@@ -214,8 +214,11 @@ def run_info(args: argparse.Namespace) -> int:
         print("details    " + ", ".join(f"{k} {v}" for k, v in sorted(info.details.items())))
     print("limits     " + ", ".join(f"{k} {v}" for k, v in info.limits.items()))
     print("defaults   " + ", ".join(f"{k} {v:g}" for k, v in info.defaults.items()))
+    if not any(info.vocabulary.values()):  # an open (BPE) vocabulary lists no words
+        print("vocabulary open: any text the tokenizer takes")
     for kind, words in info.vocabulary.items():  # what the model can draw, English / Chinese
-        print(f"{kind:<10} " + ", ".join(f"{en} / {zh}" for en, zh in words))
+        if words:
+            print(f"{kind:<10} " + ", ".join(f"{en} / {zh}" for en, zh in words))
     return 0
 
 

@@ -49,6 +49,7 @@ async def test_info_prints_what_the_server_serves(tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "64 x 64" in out and "max_num_images 16" in out
     assert "red / 红色" in out  # what the model can draw, in both languages
+    assert "(tessera)" in out and "rerank     the shapes CLIP" in out and "vocabulary open" not in out
 
 
 def test_a_token_grpc_cannot_carry_is_refused_before_any_call(tmp_path, capsys, monkeypatch):

@@ -68,6 +68,16 @@ async def test_greedy_images_equal_dalle_pytorchs_own_and_the_server_says_what_i
         assert np.abs(pixels(im.png).astype(int) - expected.astype(int)).max() <= 1
 
 
+async def test_tessera_info_says_the_family_tokenizer_and_that_nothing_reranks(checkpoint, capsys):
+    from tessera.clients.cli import main
+    path, _, _ = checkpoint
+    async with serving(app_config(path)) as (server, _):
+        code = await asyncio.to_thread(main, ["info", "--server", f"127.0.0.1:{server.port}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "tiny-dalle (dalle-pytorch)" in out and "CLIP BPE (49408 tokens)" in out
+    assert "rerank     off" in out and "vocabulary open" in out and "colors" not in out
+
+
 async def test_seeds_guidance_and_batching_work_as_for_the_bundled_model(checkpoint):
     path, _, _ = checkpoint
     async with serving(app_config(path)) as (server, client):
