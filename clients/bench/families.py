@@ -343,17 +343,24 @@ def dalle_pytorch(rounds: int, out: Path, levels=(1, 8, 32), batch: int = 8, tai
     return rows, _dp_report(rows, check, prof, rounds, tail)
 
 
-def _dp_report(rows, check, prof, rounds, tail) -> str:
+def _rounds_table(rows, label: str, cell, digits: int):
+    """Each contender's images/s in each round (`cell` formats one row), with min, max and spread:
+    (names, rows by (round, contender), the rounds, the table's head, its body)."""
     names = list(dict.fromkeys(r["contender"] for r in rows))
     by = {(r["round"], r["contender"]): r for r in rows}
     got = sorted({r["round"] for r in rows})
-    head = ["contender"] + [f"round {i} images/s (load before)" for i in got] + ["min", "max", "spread"]
+    head = ["contender"] + [f"round {i} images/s ({label})" for i in got] + ["min", "max", "spread"]
     body = []
     for n in names:
         v = [by[(i, n)]["images_per_s"] for i in got if (i, n) in by]
-        cells = [f"{by[(i, n)]['images_per_s']:.3f} ({by[(i, n)]['loadavg_before'].split()[0]})" if (i, n) in by else "-"
-                 for i in got]
-        body.append([n, *cells, min(v), max(v), f"{100 * (max(v) - min(v)) / min(v):.0f}%"])
+        cells = [cell(by[(i, n)]) if (i, n) in by else "-" for i in got]
+        body.append([n, *cells, f"{min(v):.{digits}f}", f"{max(v):.{digits}f}", f"{100 * (max(v) - min(v)) / min(v):.0f}%"])
+    return names, by, got, head, body
+
+
+def _dp_report(rows, check, prof, rounds, tail) -> str:
+    names, by, got, head, body = _rounds_table(
+        rows, "load before", lambda r: f"{r['images_per_s']:.3f} ({r['loadavg_before'].split()[0]})", 3)
     ratios = [by[(i, "tessera c=8")]["images_per_s"] / by[(i, "dalle-pytorch fixed cache")]["images_per_s"]
               for i in got if (i, "tessera c=8") in by and (i, "dalle-pytorch fixed cache") in by]
     parts = list(prof["tessera (8 rows)"])
@@ -621,16 +628,9 @@ def _md_flops(embed: int, layers: int, glu: int, image_vocab: int = 16384, text:
 
 
 def _md_report(rows, prof, mem, shape, prof_la) -> str:
-    names = list(dict.fromkeys(r["contender"] for r in rows))
-    by = {(r["round"], r["contender"]): r for r in rows}
-    got = sorted({r["round"] for r in rows})
-    head = ["contender"] + [f"round {i} images/s (s, load before)" for i in got] + ["min", "max", "spread"]
-    body = []
-    for n in names:
-        v = [by[(i, n)]["images_per_s"] for i in got if (i, n) in by]
-        cells = [f"{by[(i, n)]['images_per_s']:.4f} ({by[(i, n)]['wall_s']:.0f} s, {by[(i, n)]['loadavg_before'].split()[0]})"
-                 if (i, n) in by else "-" for i in got]
-        body.append([n, *cells, f"{min(v):.4f}", f"{max(v):.4f}", f"{100 * (max(v) - min(v)) / min(v):.0f}%"])
+    names, by, got, head, body = _rounds_table(
+        rows, "s, load before",
+        lambda r: f"{r['images_per_s']:.4f} ({r['wall_s']:.0f} s, {r['loadavg_before'].split()[0]})", 4)
     reqs = {n: by[(got[0], n)]["images"] for n in names if n.startswith("tessera") and (got[0], n) in by}
     ratios = [by[(i, "tessera c=4")]["images_per_s"] / by[(i, "min-dalle grid 2")]["images_per_s"]
               for i in got if (i, "tessera c=4") in by and (i, "min-dalle grid 2") in by]
