@@ -13,11 +13,12 @@ from tessera.server.engine.platforms.turns import NodeTurn
 
 
 def _wait_for(condition, what: str, limit_s: float = 30.0) -> None:
-    """Poll a condition that has no event of its own (another process's lock), bounded."""
+    """Poll a condition that has no event of its own (another process's flock), bounded: a
+    waiter queues inside `acquire`, past any event it could set first."""
     deadline = time.monotonic() + limit_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)  # leave the core to the thread or process being waited for
+        os.sched_yield()  # no sleep: give the core to the thread or process being waited for
 
 
 def test_one_holder_at_a_time_and_the_holder_sees_the_waiter(tmp_path):
