@@ -104,8 +104,7 @@ class SampleOp(SteppingOp, ModelOp):
         with torch.inference_mode():
             self.cache = self.model.new_cache(slots, device, self.dtype)
             self.decoder = self._decoder(self.cache)
-        # The null prompt's prefill, once: every guided row's unconditional twin starts from a copy.
-        with torch.inference_mode():
+            # The null prompt's prefill, once: every guided row's unconditional twin starts from a copy.
             scratch = self.model.new_cache(1, device, self.dtype)
             empty = torch.tensor([self.bundle.tokenizer.empty()], device=device)
             self.uncond_logits = self.model.prefill(empty, scratch, torch.tensor([0], device=device))[0]
@@ -126,7 +125,7 @@ class SampleOp(SteppingOp, ModelOp):
 
     @torch.inference_mode()
     def admit(self, rows: list[StepRow]) -> dict[Hashable, BaseException]:
-        if self.cache is None or self.cache.slots < 2 * self.capacity:
+        if self.cache.slots < 2 * self.capacity:  # capacity raised after setup
             if self.rows:
                 raise RuntimeError("capacity grew while rows were running")
             self.cache = self.model.new_cache(2 * self.capacity, self.device, self.dtype)
@@ -281,4 +280,3 @@ def cache_bytes(model, slots: int, device: str, dtype: torch.dtype) -> int:
             return sum(walk(v) for v in x.values())
         return 0
     return walk(list(vars(one).values())) * slots
-

@@ -43,8 +43,8 @@ def loaded_bundle(spec: ModelSpec) -> ModelBundle | None:
     """A bundle of `spec` this process has loaded already, on any device, a real one before the
     meta device's (None if none)."""
     with _LOCK:
-        found = sorted(((d == "meta", i), b) for i, ((s, d, _), b) in enumerate(_BUNDLES.items()) if s == spec)
-        return found[0][1] if found else None
+        found = [(device == "meta", b) for (s, device, _), b in _BUNDLES.items() if s == spec]
+    return min(found, key=lambda f: f[0])[1] if found else None
 
 
 def to_png(image: np.ndarray) -> bytes:

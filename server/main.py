@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                              ray_address=args.ray_address, http_port=args.http_port,
                              model={"path": args.model, "bpe_path": args.bpe_path, "vae": args.vae,
                                     "clip": args.clip},
-                             device=getattr(args, "device", None))
+                             device=args.device)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -79,7 +79,6 @@ class ShapesReranker:
         self.model, self.tokenizer = model, tokenizer
         self.name = "the shapes CLIP"
         self.context = model.cfg.text_len
-        self.pad_id = model.pad_id
 
     def tokenize(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt)

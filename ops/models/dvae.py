@@ -93,7 +93,7 @@ class Quantizer(nn.Module):
 
 
 class DVAE(nn.Module):
-    # Its pixels are the same at any thread count (tests/server/engine/workers/test_threads.py).
+    # Its pixels are the same at any thread count (tests/server/engine/platforms/test_threads.py).
     thread_invariant = True
 
     def __init__(self, cfg: DVAEConfig):
