@@ -82,8 +82,9 @@ def _set_device(graph: object, device: str) -> None:
 
 
 def device_name(value: str) -> str:
-    """--device's value: cpu, cuda or cuda:N."""
-    if value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+    """--device's value: cpu, cuda or cuda:N, as an OP's `devices` take them."""
+    from tessera.server.engine.config import is_device_name
+    if is_device_name(value):
         return value
     raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda or cuda:N")
 

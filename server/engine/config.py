@@ -154,6 +154,12 @@ _INPUTS_SCHEMA = {"anyOf": [{"type": "array", "items": {"type": "string"}, "minI
                             {"type": "object", "additionalProperties": {"type": "string"}, "minProperties": 1}]}
 
 
+def is_device_name(device: Any) -> bool:
+    """cpu, cuda or cuda:N (N below 64): what an OP's `devices` and `tessera serve --device` take."""
+    return device == "cpu" or (isinstance(device, str) and device.startswith("cuda")
+                               and device[4:] in ("", *(f":{i}" for i in range(64))))
+
+
 class OpConfig(Section):
     """One OP of the graph (`graph.ops.<name>`): its class, where its inputs come from, and
     how its workers batch and run."""
@@ -209,8 +215,7 @@ class OpConfig(Section):
         if not isinstance(devices, list) or not devices:
             raise invalid("must be a non-empty list such as [cpu] or [cuda:0, cuda:1]")
         for device in devices:
-            if not (device == "cpu" or (isinstance(device, str) and device.startswith("cuda")
-                                        and device[4:] in ("", *(f":{i}" for i in range(64))))):
+            if not is_device_name(device):
                 raise invalid(f"unknown device {device!r}; use cpu or cuda:N")
         return devices
 
