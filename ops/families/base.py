@@ -176,3 +176,15 @@ def free_memory(device: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def load_weights_only(path) -> Any:
+    """torch.load with weights_only=True (no code runs), memory-mapped where the file allows it
+    (a zip file, as torch.save writes since 1.6): tensors are read when a model is built from
+    them, and a model built on the meta device (to tokenize, to describe) never reads them."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:  # a legacy (non-zip) file cannot be mapped
+        if "mmap" not in str(e).lower() and "zip" not in str(e).lower():
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tessera.ops.families.base import ModelLoadError, ModelUnsupported
+from tessera.ops.families.base import ModelLoadError, ModelUnsupported, load_weights_only
 
 ATTN_TYPES = ("full", "axial_row", "axial_col", "conv_like")
 
@@ -43,7 +43,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = load_weights_only(p)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported global" in msg or "Unsupported operand" in msg:

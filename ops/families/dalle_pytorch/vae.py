@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tessera.ops.families.base import ModelLoadError, ModelUnsupported
+from tessera.ops.families.base import ModelLoadError, ModelUnsupported, load_weights_only
 
 OPENAI_VOCAB = 8192
 _DISCRETE_VAE_DEFAULTS = dict(image_size=256, num_tokens=512, codebook_dim=512, num_layers=3,
@@ -304,7 +304,7 @@ def build_vae(vae_class_name: str, vae_params: dict | None, state: dict[str, tor
 def read_vae_file(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """train_vae.py's {'hparams': vae_params, 'weights': state_dict} file."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights_only(path)
     except FileNotFoundError as e:
         raise ModelLoadError(f"VAE file {path} does not exist") from e
     except Exception as e:  # noqa: BLE001 - unpickling errors of every kind

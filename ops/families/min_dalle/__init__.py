@@ -14,7 +14,8 @@ import os
 
 import torch
 
-from tessera.ops.families.base import ModelBundle, ModelLoadError, ModelSpec, SamplingDefaults, free_memory
+from tessera.ops.families.base import (ModelBundle, ModelLoadError, ModelSpec, SamplingDefaults, free_memory,
+                                       load_weights_only)
 from tessera.ops.families.min_dalle.model import MinDalleBart, MinDalleCache, MinDalleConfig, build_model, read_config
 from tessera.ops.families.min_dalle.tokenizer import MinDalleTokenizer
 from tessera.ops.families.min_dalle.vqgan import VQGan, build_vqgan
@@ -67,15 +68,10 @@ def _missing(path: str, name: str) -> ModelLoadError:
         f"{hub_name} from the hub ({HUB}/resolve/main/{hub_name}) to {path}")
 
 
-def _load_state(path: str) -> tuple[dict[str, torch.Tensor], bool]:
+def _load_state(path: str) -> dict[str, torch.Tensor]:
     """The file's tensors, memory-mapped where the file allows it (nothing is read until used)."""
     try:
-        try:
-            return torch.load(path, weights_only=True, map_location="cpu", mmap=True), True
-        except RuntimeError as e:  # a legacy (non-zip) file cannot be mapped
-            if "mmap" not in str(e).lower() and "zip" not in str(e).lower():
-                raise
-            return torch.load(path, weights_only=True, map_location="cpu"), False
+        return load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - unpickling and zip errors alike
         raise ModelLoadError(f"min-dalle: cannot load {path}: {e}") from e
 
@@ -103,9 +99,9 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
     # allocated on the device) the weights' size in fp32 and fp16.
     file_bytes = sum(os.path.getsize(files[f]) for f in ("encoder.pt", "decoder.pt", "detoker.pt"))
     LOG.info("min-dalle %s: weight files %.1f MiB", name, file_bytes / 2 ** 20)
-    enc_sd, _ = _load_state(files["encoder.pt"])
-    dec_sd, _ = _load_state(files["decoder.pt"])
-    vq_sd, _ = _load_state(files["detoker.pt"])
+    enc_sd = _load_state(files["encoder.pt"])
+    dec_sd = _load_state(files["decoder.pt"])
+    vq_sd = _load_state(files["detoker.pt"])
     if "embedding.weight" not in vq_sd:
         raise ModelLoadError(f"min-dalle {files['detoker.pt']} has no embedding.weight: not min-dalle's VQGAN")
     image_vocab = vq_sd["embedding.weight"].shape[0]
