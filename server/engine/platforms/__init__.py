@@ -18,6 +18,7 @@ worker per GPU).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,14 @@ class WorkerPlan:
 
 class DeviceHost:
     """A worker's side of its platform: what happens around each call and between steps.
-    This base does nothing (no thread policy, no turns): a device that needs none."""
+    This base has no thread policy and no node turns (a device that needs none); it ends a
+    stepping call early when another call waits for the device's turn."""
 
     last = 0  # the thread count the last call computed with (0: not chosen here)
+
+    def __init__(self, spec: WorkerSpec | None = None, others_waiting: Callable[[], int] | None = None):
+        # How many calls wait for the device's turn behind this worker's (None: it takes none).
+        self.others_waiting = others_waiting
 
     def adopt(self, op: Op) -> None:
         """The OP was set up (again): read what the platform needs of it."""
@@ -61,9 +67,10 @@ class DeviceHost:
         """Between two steps of one call (a CPU worker hands the node's turn on here)."""
 
     def keep_stepping(self, rows: int, threads: int, steps: int, took: float) -> bool:
-        """After step `steps` (it took `took` s) of a call with `threads` (non-zero):
-        whether the call may run another step for the platform's sake."""
-        return True
+        """After step `steps` (it took `took` s) of a call with `threads` (0: none chosen):
+        whether the call may run another step for the device's sake. Not while another call
+        waits for the device's turn: it goes between two steps, not after the call's last."""
+        return not (self.others_waiting is not None and self.others_waiting())
 
     def close(self) -> None:
         """Free what the host holds (no call may run)."""
@@ -83,9 +90,9 @@ class Platform:
         raise NotImplementedError
 
     @staticmethod
-    def host(spec: WorkerSpec) -> DeviceHost:
+    def host(spec: WorkerSpec, others_waiting: Callable[[], int] | None = None) -> DeviceHost:
         """The worker side, built where the worker runs."""
-        return DeviceHost()
+        return DeviceHost(spec, others_waiting)
 
     def device_thread(self, device: str) -> ComputeThread | None:
         """The one compute thread that thread workers on `device` share while device turns
@@ -118,9 +125,10 @@ def platform_class(device: str) -> type[Platform]:
     return CpuPlatform
 
 
-def host_for(spec: WorkerSpec) -> DeviceHost:
-    """The worker side of `spec`'s platform (called where the worker runs)."""
-    return platform_class(spec.device).host(spec)
+def host_for(spec: WorkerSpec, others_waiting: Callable[[], int] | None = None) -> DeviceHost:
+    """The worker side of `spec`'s platform (called where the worker runs); `others_waiting`
+    counts the calls queued for the device's turn behind this worker's, if it takes turns."""
+    return platform_class(spec.device).host(spec, others_waiting)
 
 
 class Platforms:

@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -87,8 +87,8 @@ class CpuPlatform(Platform):
         return WorkerPlan(device, compute, self.device_thread(device) if takes_turns else None)
 
     @staticmethod
-    def host(spec: WorkerSpec) -> CpuHost:
-        return CpuHost(spec)
+    def host(spec: WorkerSpec, others_waiting: Callable[[], int] | None = None) -> CpuHost:
+        return CpuHost(spec, others_waiting)
 
     def open(self) -> None:
         self._loop_threads = keep_off_this_thread()
@@ -102,7 +102,8 @@ class CpuPlatform(Platform):
 class CpuHost(DeviceHost):
     """A CPU worker's side: the node's turn, the count of calls computing, the thread policy."""
 
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, spec: WorkerSpec, others_waiting: Callable[[], int] | None = None):
+        super().__init__(spec, others_waiting)
         plan: CpuPlan = spec.compute if isinstance(spec.compute, CpuPlan) else CpuPlan()
         computes = spec.op_class.uses_device
         self.label = spec.label
@@ -145,6 +146,10 @@ class CpuHost(DeviceHost):
             self.turn.pass_on()  # another process's call goes between two steps
 
     def keep_stepping(self, rows: int, threads: int, steps: int, took: float) -> bool:
+        if not super().keep_stepping(rows, threads, steps, took):
+            return False  # another call waits for the device's turn
+        if not threads:
+            return True
         if steps == 1 and self.policy.gives_up("step", rows, threads, took):
             return False  # a try that clearly lost its first step costs no more steps
         return not self.policy.crowded(threads)  # another call started beside this one: share the cores

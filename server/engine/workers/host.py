@@ -17,12 +17,14 @@ log = logging.getLogger("tessera.engine")
 
 
 class OpHost:
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, spec: WorkerSpec, others_waiting: Callable[[], int] | None = None):
+        """`others_waiting`: how many calls wait for the device's turn this worker's calls take
+        (a thread worker sharing the device's compute thread), for the platform to read."""
         from tessera.server.engine.platforms import host_for  # the platforms build on the workers
         self.spec = spec
         self.op: Op | None = None
         self._keys: set[Hashable] = set()  # rows in a stepping OP's running batch
-        self.device = host_for(spec)  # how calls compute on the spec's device (platforms/)
+        self.device = host_for(spec, others_waiting)  # how calls compute on the spec's device (platforms/)
 
     def setup(self) -> None:
         op = self.spec.op_class(**self.spec.settings)
@@ -48,8 +50,9 @@ class OpHost:
         return out
 
     def step(self, call: StepCall, stop: Callable[[], bool]) -> StepReply:
-        """Evict, admit, then step until the budget is spent, `stop()` says so, or a row
-        finishes, fails or carries a preview (each of those the event loop must see)."""
+        """Evict, admit, then step until the budget is spent, or a row finishes, fails or carries
+        a preview (each of those the event loop must see), or `stop()` says so (the event loop's
+        reasons: StepDriver), or the platform does (the device's reasons: keep_stepping)."""
         op, reply, device = self.op, StepReply(), self.device
         try:
             with device.hold():
@@ -79,7 +82,7 @@ class OpHost:
                     if (reply.refused or result.finished or stop()
                             or any(p.preview is not None for p in more.progress.values())):
                         break
-                    if n and not device.keep_stepping(rows, n, reply.steps, took):
+                    if not device.keep_stepping(rows, n, reply.steps, took):
                         break
                 if n and reply.steps:
                     device.record("step", rows, n, spent, units=reply.steps)

@@ -6,8 +6,9 @@ device's one `ComputeThread`, first come first served, so the OPs of a pipeline 
 one at a time with every core, and torch keeps a single OpenMP team per device. (One team
 per OP thread oversubscribes a small CPU; libgomp then stops spinning between parallel
 regions and every op pays a wake-up: a 4-row sampler step took 40% longer.) The wait for
-the turn is measured apart from compute, and a stepping call in progress is asked to stop
-after its current step as soon as another call queues for the turn.
+the turn is measured apart from compute. A stepping call in progress returns after its
+current step once another call queues for the turn: its worker side reads `waiting`
+between steps (the platform's DeviceHost.keep_stepping).
 """
 from __future__ import annotations
 
@@ -34,12 +35,11 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     submitted: float
     on_start: Callable[[float], None] | None
-    on_contended: Callable[[], None] | None
 
 
 class ComputeThread:
     """One thread running submitted calls in order. It knows which call runs and how many
-    wait, tells the running one when another queues, and can be replaced when a call hangs
+    wait (`waiting`, read by the running call between its steps), and can be replaced when a call hangs
     (the stuck thread is left to finish alone; the queue moves to a fresh thread)."""
 
     def __init__(self, label: str):
@@ -56,22 +56,20 @@ class ComputeThread:
         threading.Thread(target=self._run, args=(self._generation,), daemon=True,
                          name=f"{self.label}-{self._generation}").start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any, on_start: Callable[[float], None] | None = None,
-               on_contended: Callable[[], None] | None = None) -> asyncio.Future:
+    def submit(self, fn: Callable[..., Any], *args: Any,
+               on_start: Callable[[float], None] | None = None) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        job = _Job(fn, args, loop.create_future(), loop, time.monotonic(), on_start, on_contended)
+        job = _Job(fn, args, loop.create_future(), loop, time.monotonic(), on_start)
         with self._cond:
             if self._closed:
                 raise WorkerLost(f"{self.label} is closed")
             self._queue.append(job)
-            running = self._current
             self._cond.notify()
-        if running is not None and running.on_contended is not None:
-            running.on_contended()
         return job.future
 
     @property
     def waiting(self) -> int:
+        """Calls queued behind the running one (read from any thread)."""
         return len(self._queue)
 
     def withdraw(self, future: asyncio.Future) -> bool:
@@ -109,11 +107,8 @@ class ComputeThread:
                     return
                 job = self._queue.popleft()
                 self._current = job
-                contended = bool(self._queue)
             if job.on_start is not None:
                 job.on_start(time.monotonic() - job.submitted)
-            if contended and job.on_contended is not None:
-                job.on_contended()
             try:
                 value, error = job.fn(*job.args), None
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
@@ -162,7 +157,10 @@ class ThreadWorker(Worker):
             if self._own is not None:
                 self._own.close()
             self._own = ComputeThread(self.spec.label)
-        self.host = OpHost(self.spec)
+        # A call waiting for the device's turn is the platform's reason to end a stepping call
+        # early (DeviceHost.keep_stepping), read between steps on the compute thread.
+        turn = self.shared
+        self.host = OpHost(self.spec, others_waiting=(lambda: turn.waiting) if turn is not None else None)
         await self._submit(self.host.setup, measured=False)
         self.lost.clear()
 
@@ -175,7 +173,7 @@ class ThreadWorker(Worker):
     async def step(self, call: StepCall) -> StepReply:
         self._check()
         self._stop.clear()
-        return await self._submit(self.host.step, call, self._stop.is_set, contended=self._stop.set)
+        return await self._submit(self.host.step, call, self._stop.is_set)
 
     def stop_early(self) -> None:
         self._stop.set()
@@ -197,9 +195,7 @@ class ThreadWorker(Worker):
         if self.host is not None and not self.lost.is_set():  # an abandoned call may still run
             self.host.close()
 
-    async def _submit(self, fn: Callable[..., Any], *args: Any, contended: Callable[[], None] | None = None,
-                      measured: bool = True) -> Any:
+    async def _submit(self, fn: Callable[..., Any], *args: Any, measured: bool = True) -> Any:
         # The last call stays known after it ends or is cancelled: abandon() reads it.
-        self._call = self.compute.submit(fn, *args, on_start=self.on_wait if measured else None,
-                                         on_contended=contended)
+        self._call = self.compute.submit(fn, *args, on_start=self.on_wait if measured else None)
         return await self._call

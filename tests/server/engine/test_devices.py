@@ -72,15 +72,18 @@ def test_device_turns_must_be_a_boolean():
                                "ops": {"e": {"type": T + "Echo", "inputs": ["request"]}}})
 
 
-async def test_a_stepping_op_yields_the_device_to_a_waiting_call_between_steps(monkeypatch):
-    """A multi-step call would hold the device thread; a queued call gets it after one step."""
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+async def test_a_stepping_op_yields_the_device_to_a_waiting_call_between_steps(monkeypatch, device):
+    """A multi-step call would hold the device thread; a queued call gets it after one step.
+    The platform says so (DeviceHost.keep_stepping), on a CPU and on a GPU alike (the toy OPs
+    compute nothing, so cuda:0 runs here without one)."""
     monkeypatch.setattr(toy_ops.Counter, "joins_mid_run", False)  # waiting rows don't cut the run
     config = GraphConfig.from_dict({
         "output": "join",
         "ops": {
             "count": {"type": T + "Counter", "inputs": ["request"], "batch_size": 4,
-                      "settings": {"pace": "count"}},
-            "busy": {"type": T + "Busy", "inputs": ["request"]},
+                      "devices": [device], "settings": {"pace": "count"}},
+            "busy": {"type": T + "Busy", "inputs": ["request"], "devices": [device]},
             "join": {"type": T + "Echo", "inputs": ["count", "busy"]},
         },
     })
