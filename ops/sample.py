@@ -18,13 +18,12 @@ import numpy as np
 import torch
 
 from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
-from tessera.ops.models.buckets import auto_mode
 from tessera.ops.families import RowCache
-from tessera.ops.families.base import free_memory
-from tessera.ops.models.transformer import DECODE_MODES, BucketedDecoder
+from tessera.ops.models.transformer import BucketedDecoder
 from tessera.ops.messages import CandidateRow, SampledCandidate, TokenizedPrompt
 from tessera.ops.shared import LOG, ModelOp, ModelSettings, candidate_seed, to_png
 from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow
+from tessera.server.engine.platforms import CALL_MODES
 
 
 @dataclass(eq=False)
@@ -47,7 +46,8 @@ class SampleSettings(ModelSettings):
     # True: a running batch finishes before new rows join (for comparison only).
     static_batching: bool = False
     # The decode step: "off" (eager), "padded", "compile" (torch.compile per bucket) or
-    # "cuda_graph"; "auto" is cuda_graph on a CUDA device and off on a CPU (docs/performance.md).
+    # "cuda_graph"; "auto" is the device's platform's choice: cuda_graph on a GPU, off on a CPU
+    # (docs/performance.md).
     decode_mode: str = "auto"
     decode_buckets: list[int] | None = None  # batch sizes (rows); default powers of two up to the cache's slots
     # Where a step's tokens are picked from its logits (float64 softmax, top-k/top-p,
@@ -57,8 +57,8 @@ class SampleSettings(ModelSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.decode_mode not in ("auto", *DECODE_MODES):
-            raise ValueError(f"decode_mode: must be one of auto, {', '.join(DECODE_MODES)}; got {self.decode_mode!r}")
+        if self.decode_mode not in ("auto", *CALL_MODES):
+            raise ValueError(f"decode_mode: must be one of auto, {', '.join(CALL_MODES)}; got {self.decode_mode!r}")
         if self.decode_buckets is not None and not all(b > 0 for b in self.decode_buckets):
             raise ValueError(f"decode_buckets: must be positive row counts, got {self.decode_buckets}")
         if self.sample_on not in ("auto", "device", "cpu"):
@@ -77,9 +77,7 @@ class SampleOp(SteppingOp, ModelOp):
         self.model = self.bundle.transformer
         self.image_len = self.model.image_len
         self.dtype = next(self.model.parameters()).dtype
-        self.decode_mode = self.settings.decode_mode
-        if self.decode_mode == "auto":  # measured: docs/performance.md
-            self.decode_mode = auto_mode(device)
+        self.decode_mode = self.compute.call_mode(self.settings.decode_mode)
         if self.decode_mode != "off" and not getattr(self.model, "graphable", False):
             if self.settings.decode_mode != "auto":
                 LOG.warning("sample: the %s model's step cannot be compiled or captured; decode_mode %s "
@@ -91,7 +89,7 @@ class SampleOp(SteppingOp, ModelOp):
         # The whole cache now, after checking it fits: a model too big for its batch_size fails at
         # start-up with a line saying what fits, never with an out-of-memory crash under load.
         slots = 2 * self.capacity
-        need, free = cache_bytes(self.model, slots, device, self.dtype), free_memory(device)
+        need, free = cache_bytes(self.model, slots, self.dtype), self.compute.free_memory()
         if free is not None and need > 0.9 * free:
             fits = max(int(0.9 * free / max(need / slots, 1)) // 2, 0)
             raise MemoryError(
@@ -224,7 +222,7 @@ class SampleOp(SteppingOp, ModelOp):
         if self.decode_mode == "off":
             return lambda tokens, index: self.model.decode_step(tokens, index, cache)
         buckets = self.settings.decode_buckets or [2 ** i for i in range(cache.slots.bit_length())]
-        return BucketedDecoder(self.model, cache, buckets, self.decode_mode)
+        return BucketedDecoder(self.model, cache, buckets, self.decode_mode, self.compute)
 
     def _index_rows(self) -> None:
         """Per-row tensors, rebuilt only when the running batch changes."""
@@ -263,9 +261,10 @@ class SampleOp(SteppingOp, ModelOp):
         return to_png(np.ascontiguousarray(pixels[0].cpu().numpy()))
 
 
-def cache_bytes(model, slots: int, device: str, dtype: torch.dtype) -> int:
-    """Bytes a cache of `slots` rows takes: a one-row cache's tensors, times the rows."""
-    one = model.new_cache(1, "cpu" if str(device).startswith("cuda") else device, dtype)
+def cache_bytes(model, slots: int, dtype: torch.dtype) -> int:
+    """Bytes a cache of `slots` rows takes: a one-row cache's tensors (built on the meta
+    device: shapes and dtypes, no memory), times the rows."""
+    one = model.new_cache(1, "meta", dtype)
     seen: set[int] = set()
 
     def walk(x) -> int:

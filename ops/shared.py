@@ -11,27 +11,24 @@ import torch
 from PIL import Image
 
 from tessera.ops.models.dvae import uint8_pixels
-from tessera.ops.models.buckets import MODES, Bucketed, auto_mode, default_buckets
 from tessera.ops.families import ModelBundle, ModelSpec, load_model
 from tessera.server.engine import Op
+from tessera.server.engine.platforms import CALL_MODES, HALF, compute_for
+from tessera.server.engine.platforms.buckets import default_buckets
 
 LOG = logging.getLogger("tessera.ops")
 _BUNDLES: dict[tuple, ModelBundle] = {}
 _LOCK = threading.Lock()
 
 
-HALF = {False: torch.float32, True: torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def bundle_for(model: ModelSpec | str | None, device: str, half: bool | str = False) -> ModelBundle:
     """Load once per process; workers on the same device share read-only weights.
 
-    `model` is a ModelSpec (a path alone names a model with no extra files); `half` (CUDA
-    only; a CPU keeps fp32): true or "fp16" for float16, "bf16" for bfloat16."""
-    if half not in HALF:
-        raise ValueError(f"half must be true, false, 'fp16' or 'bf16', got {half!r}")
+    `model` is a ModelSpec (a path alone names a model with no extra files); `half`: true or
+    "fp16" for float16, "bf16" for bfloat16, where the device's platform computes in them (a
+    GPU; a CPU keeps float32)."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec(path=model or None)
-    dtype = HALF[half] if device.startswith("cuda") else torch.float32
+    dtype = compute_for(device).dtype(half)
     key = (spec, device, dtype)
     with _LOCK:
         if key not in _BUNDLES:
@@ -104,7 +101,7 @@ class ForwardSettings(ModelSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.forward_mode not in ("auto", *(m for m in MODES if m != "compile")):
+        if self.forward_mode not in ("auto", *(m for m in CALL_MODES if m != "compile")):
             raise ValueError(f"forward_mode: must be one of auto, off, padded, cuda_graph; got {self.forward_mode!r}")
         if self.forward_buckets is not None and not (self.forward_buckets and all(b > 0 for b in self.forward_buckets)):
             raise ValueError(f"forward_buckets: must be positive row counts, got {self.forward_buckets}")
@@ -117,21 +114,22 @@ class ModelOp(Op):
 
     def setup(self, device: str) -> None:
         self.device = device
+        self.compute = compute_for(device)  # what the device's platform says about computing there
         self.bundle = bundle_for(self.settings.spec, device, self.settings.half)
 
     def forward(self, fn, rows: list[torch.Tensor], pad: str = "zero"):
-        """`fn` as the `forward_mode` setting asks (ForwardSettings): itself, or bucketed
-        (ops/models/buckets.py) with `rows` as its example inputs. In auto mode a capture that
-        fails leaves the OP eager, with a warning: it still serves."""
+        """`fn` as the `forward_mode` setting asks (ForwardSettings): itself, or bucketed by the
+        device's platform (platforms/buckets.py) with `rows` as its example inputs. In auto mode
+        (the platform's choice: CUDA graphs on a GPU, eager on a CPU) a capture that fails leaves
+        the OP eager, with a warning: it still serves."""
         mode = self.settings.forward_mode
         auto = mode == "auto"
-        if auto:
-            mode = auto_mode(self.device)
+        mode = self.compute.call_mode(mode)
         if mode == "off":
             return fn
         buckets = self.settings.forward_buckets or default_buckets(64)
         try:
-            return Bucketed(fn, rows, buckets, mode, pad)
+            return self.compute.bucketed(fn, rows, buckets, mode, pad)
         except Exception as exc:
             if not auto:
                 raise

@@ -161,23 +161,6 @@ class ModelSpec:
     clip: str | None = None       # ARCH:PATH of a local OpenCLIP checkpoint for rerank
 
 
-def free_memory(device: str) -> int | None:
-    """Bytes free for new tensors on `device` (MemAvailable on a CPU); None if unknown or
-    if the device holds no memory (meta)."""
-    if str(device) == "meta":
-        return None
-    if str(device).startswith("cuda"):
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def load_weights_only(path) -> Any:
     """torch.load with weights_only=True (no code runs), memory-mapped where the file allows it
     (a zip file, as torch.save writes since 1.6): tensors are read when a model is built from

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tessera.ops.families.base import copy_slots
-from tessera.ops.models.buckets import MODES, Bucketed
+from tessera.server.engine.platforms import Compute, compute_for
 
 
 @dataclass
@@ -241,12 +241,10 @@ class ImageGPT(nn.Module):
         return self.head(self.ln_f(x[:, 0]))
 
 
-DECODE_MODES = MODES
-
-
-class BucketedDecoder(Bucketed):
+class BucketedDecoder:
     """`decode_step` at a few fixed batch sizes, over one KV cache, for a compiled or captured
-    step (ops/models/buckets.py; modes "padded", "compile", "cuda_graph").
+    step: the device's platform runs it (platforms/buckets.py; modes "padded", "compile", and
+    "cuda_graph" on a GPU).
 
     The padding rows of a step (token 0 at image index 0) write their keys and values into
     the free slots n..bucket-1 at the first image position, which a row that later takes
@@ -255,7 +253,8 @@ class BucketedDecoder(Bucketed):
     the sampler builds it when it allocates the cache.
     """
 
-    def __init__(self, model: ImageGPT, cache: KVCache, buckets: list[int] | tuple[int, ...], mode: str):
+    def __init__(self, model: ImageGPT, cache: KVCache, buckets: list[int] | tuple[int, ...], mode: str,
+                 compute: Compute | None = None):
         fits = [b for b in buckets if 0 < int(b) <= cache.slots]
         if not fits:
             raise ValueError(f"no decode bucket fits the cache's {cache.slots} slots: {list(buckets)}")
@@ -264,4 +263,9 @@ class BucketedDecoder(Bucketed):
 
         def step(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
             return model.decode_step(tokens, index, cache)
-        super().__init__(step, [zero, zero], fits, mode)
+        compute = compute or compute_for(str(cache.device))
+        self._call = compute.bucketed(step, [zero, zero], fits, mode)
+        self.buckets = self._call.buckets
+
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self._call(tokens, index)

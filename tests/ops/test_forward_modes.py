@@ -7,11 +7,12 @@ import logging
 import pytest
 import torch
 
-from tessera.ops import shared
 from tessera.ops.clip_text import ClipTextOp
 from tessera.ops.decode import DecodeOp
 from tessera.ops.messages import GenerateParams
-from tessera.ops.models.buckets import Bucketed
+from tessera.server.engine.platforms import compute_for
+from tessera.server.engine.platforms.buckets import Bucketed
+from tessera.server.engine.platforms.cuda import CudaCompute
 from tessera.ops.pipeline import LocalPipeline
 from tessera.server.engine import ConfigError
 
@@ -35,17 +36,23 @@ def test_bucketed_ops_return_the_eager_images_and_choices(tiny_model_dir):
 def test_a_failed_capture_in_auto_mode_leaves_the_op_eager(monkeypatch, caplog):
     def refuse(*args, **kwargs):
         raise RuntimeError("capture refused")
-    monkeypatch.setattr(shared, "Bucketed", refuse)
+    monkeypatch.setattr(CudaCompute, "bucketed", refuse)
     op = ClipTextOp()
-    op.device = "cuda:0"  # auto asks for CUDA graphs there
+    op.device, op.compute = "cuda:0", compute_for("cuda:0")  # auto: the GPU's platform captures
     fn = torch.neg
     with caplog.at_level(logging.WARNING, logger="tessera.ops"):
         assert op.forward(fn, [torch.zeros(1, 2)]) is fn
     assert "ClipTextOp: cuda_graph capture failed, running eagerly" in caplog.text
     op = ClipTextOp(forward_mode="padded")  # asked for by name: the failure is the OP's error
-    op.device = "cpu"
+    op.device, op.compute = "cuda:0", compute_for("cuda:0")
     with pytest.raises(RuntimeError, match="capture refused"):
         op.forward(fn, [torch.zeros(1, 2)])
+
+
+def test_cuda_graph_asked_for_on_a_cpu_is_refused_naming_the_device(tiny_model_dir):
+    op = DecodeOp(model_dir=str(tiny_model_dir), forward_mode="cuda_graph")
+    with pytest.raises(ValueError, match="model call mode 'cuda_graph' does not run on cpu; it runs off, padded, compile"):
+        op.setup("cpu")
 
 
 def test_bad_forward_settings_are_refused_clearly():

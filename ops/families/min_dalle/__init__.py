@@ -14,11 +14,12 @@ import os
 
 import torch
 
-from tessera.ops.families.base import (ModelBundle, ModelLoadError, ModelSpec, SamplingDefaults, free_memory,
+from tessera.ops.families.base import (ModelBundle, ModelLoadError, ModelSpec, SamplingDefaults,
                                        load_weights_only)
 from tessera.ops.families.min_dalle.model import MinDalleBart, MinDalleCache, MinDalleConfig, build_model, read_config
 from tessera.ops.families.min_dalle.tokenizer import MinDalleTokenizer
 from tessera.ops.families.min_dalle.vqgan import VQGan, build_vqgan
+from tessera.server.engine.platforms import compute_for
 
 __all__ = ["load", "is_min_dalle_dir", "MinDalleBart", "MinDalleCache", "MinDalleConfig",
            "MinDalleTokenizer", "VQGan", "MODEL_DIRS"]
@@ -114,7 +115,7 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
              name, cfg.decoder_layers, cfg.embed, fp32 / 2 ** 30, fp16 / 2 ** 30, weights_bytes / 2 ** 30,
              str(dtype).removeprefix("torch."))
 
-    free = free_memory(device)
+    free = compute_for(device).free_memory()
     if free is not None and weights_bytes > 0.9 * free:  # refuse before allocating: no out-of-memory kill
         raise ModelLoadError(
             f"min-dalle {name}: its weights need {weights_bytes / 2 ** 30:.1f} GiB as "

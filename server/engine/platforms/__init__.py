@@ -12,9 +12,17 @@ worker side (`OpHost`, in whatever process the worker runs) asks the platform fo
     ...
     platforms.close()
 
+An OP asks the platform of its device how to compute there (`Compute`): the precision of
+its weights, how a model call runs (eagerly, or compiled or captured per batch size, and
+what "auto" means on the device) and how much memory is free:
+
+    compute = compute_for("cuda:0")            # in an OP's setup
+    dtype = compute.dtype("fp16")              # float16 on a GPU; a CPU keeps float32
+    call = compute.bucketed(fn, rows, buckets, compute.call_mode("auto"))
+
 What differs by platform lives in its own module: `cpu.py` (thread counts, OpenMP teams,
-device and node turns, the worker stepping beside the turn), `cuda.py` (one stepping
-worker per GPU).
+device and node turns, the worker stepping beside the turn, float32, eager calls),
+`cuda.py` (one stepping worker per GPU, half precision, CUDA graphs: cuda_graphs.py).
 """
 from __future__ import annotations
 
@@ -24,6 +32,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
+    from tessera.server.engine.platforms.buckets import Bucketed
     from tessera.server.engine.workers.thread import ComputeThread
     from tessera.server.engine.config import GraphConfig, OpConfig
     from tessera.server.engine.op import Op
@@ -76,10 +87,61 @@ class DeviceHost:
         """Free what the host holds (no call may run)."""
 
 
+# An OP's `half` setting: False keeps float32; True or "fp16" asks for float16, "bf16" for
+# bfloat16, where the device computes in them (a GPU; a CPU keeps float32).
+HALF = (False, True, "fp16", "bf16")
+# An OP's model call modes (ForwardSettings.forward_mode, SampleSettings.decode_mode): "off"
+# (eager), "padded", "compile", "cuda_graph" (the platforms that have them), or "auto".
+CALL_MODES = ("off", "padded", "compile", "cuda_graph")
+
+
+class Compute:
+    """What an OP asks the platform of the device it computes on. This base computes in
+    float32 whatever `half` asks, runs "auto" model calls eagerly, padded or compiled buckets
+    on request, and knows no free memory; each platform's subclass says what its device does."""
+
+    kind = "cpu"
+    auto_mode = "off"                 # what a model call's mode "auto" means on this device
+    modes = ("padded", "compile")     # the bucketed modes this device runs
+
+    def __init__(self, device: str):
+        self.device = device
+
+    @staticmethod
+    def check_half(half: bool | str) -> bool | str:
+        if half not in HALF:
+            raise ValueError(f"half must be true, false, 'fp16' or 'bf16', got {half!r}")
+        return half
+
+    def dtype(self, half: bool | str) -> torch.dtype:
+        """The weights' dtype for an OP whose `half` setting is `half`."""
+        import torch
+        self.check_half(half)
+        return torch.float32
+
+    def call_mode(self, asked: str) -> str:
+        """A model call's mode as asked ("auto": this device's `auto_mode`)."""
+        return self.auto_mode if asked == "auto" else asked
+
+    def bucketed(self, fn, rows, buckets, mode: str, pad: str = "zero") -> Bucketed:
+        """`fn` run at fixed batch sizes in `mode` (platforms/buckets.py); ValueError if this
+        device has no such mode."""
+        if mode not in self.modes:
+            raise ValueError(f"model call mode {mode!r} does not run on {self.device}; "
+                             f"it runs {', '.join(('off', *self.modes))}")
+        from tessera.server.engine.platforms.buckets import Bucketed
+        return Bucketed(fn, rows, buckets, mode, pad)
+
+    def free_memory(self) -> int | None:
+        """Bytes free for new tensors on the device; None if unknown."""
+        return None
+
+
 class Platform:
     """One kind of device (`kind`), for one engine's graph. Subclasses decide the plans."""
 
     kind = ""
+    Compute: type[Compute] = Compute  # what its OPs ask of the device
 
     def __init__(self, graph: GraphConfig):
         self.graph = graph
@@ -125,6 +187,11 @@ def platform_class(device: str) -> type[Platform]:
     return CpuPlatform
 
 
+def compute_for(device: str) -> Compute:
+    """What an OP computing on `device` asks of its platform (cpu, meta, cuda, cuda:N)."""
+    return platform_class(device).Compute(device)
+
+
 def host_for(spec: WorkerSpec, others_waiting: Callable[[], int] | None = None) -> DeviceHost:
     """The worker side of `spec`'s platform (called where the worker runs); `others_waiting`
     counts the calls queued for the device's turn behind this worker's, if it takes turns."""
@@ -154,4 +221,5 @@ class Platforms:
             platform.close()
 
 
-__all__ = ["DeviceHost", "Platform", "Platforms", "WorkerPlan", "host_for", "kind_of", "platform_class"]
+__all__ = ["CALL_MODES", "HALF", "Compute", "DeviceHost", "Platform", "Platforms", "WorkerPlan", "compute_for",
+           "host_for", "kind_of", "platform_class"]

@@ -10,6 +10,8 @@
 - Beside the turn: a stepping OP's thread workers after the first compute on a thread of
   their own, one core each, beside whichever call holds the turn.
 - The event loop's thread runs torch on one thread (`threads.keep_off_this_thread`).
+- What an OP asks of a CPU (`CpuCompute`): float32 always, eager model calls for "auto",
+  MemAvailable as the memory free.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tessera.server.engine.platforms import DeviceHost, Platform, WorkerPlan
+from tessera.server.engine.platforms import Compute, DeviceHost, Platform, WorkerPlan
 from tessera.server.engine.platforms.threads import (ThreadPolicy, computing, keep_off_this_thread, node_cores,
                                                      restore)
 from tessera.server.engine.platforms.turns import open_turn
@@ -28,7 +30,30 @@ if TYPE_CHECKING:
     from tessera.server.engine.op import Op
     from tessera.server.engine.workers.base import WorkerSpec
 
-__all__ = ["CpuHost", "CpuPlan", "CpuPlatform"]
+__all__ = ["CpuCompute", "CpuHost", "CpuPlan", "CpuPlatform"]
+
+
+class CpuCompute(Compute):
+    """A CPU computes in float32 (a `half` setting is for a GPU) and runs "auto" model calls
+    eagerly: compiling the step measured no gain worth its time at each start
+    (docs/performance.md); `padded` and `compile` run when asked for by name."""
+
+    kind = "cpu"
+    auto_mode = "off"
+
+    def free_memory(self) -> int | None:
+        """MemAvailable; None if unknown or on the meta device (a model built only to describe
+        or tokenize holds no memory)."""
+        if self.device == "meta":
+            return None
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
 
 
 @dataclass
@@ -44,6 +69,7 @@ class CpuPlan:
 
 class CpuPlatform(Platform):
     kind = "cpu"
+    Compute = CpuCompute
 
     def __init__(self, graph):
         super().__init__(graph)

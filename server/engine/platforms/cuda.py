@@ -1,4 +1,5 @@
-"""The CUDA platform: no thread policy and no node turns; one stepping worker per GPU.
+"""The CUDA platform: no thread policy and no node turns; one stepping worker per GPU;
+half precision; CUDA graphs for bucketed model calls, captured on a side stream.
 
 A stepping OP's second thread worker on one GPU does not step beside the first, as it
 does on a CPU's spare cores: the GPU runs one call at a time (the device's turn, or its
@@ -6,24 +7,52 @@ one default stream), so the two would only alternate, each with half the rows. T
 platform runs one per GPU instead and says so once, which makes a configuration written
 for the CPU (`sample.concurrency: 2`) right on a GPU with no edits. Workers on different
 GPUs (`devices: [cuda:0, cuda:1]`) all run; process and Ray workers are left as asked.
+
+What an OP asks of a GPU (`CudaCompute`): weights in float16 or bfloat16 when its `half`
+setting says so; "auto" model calls captured as CUDA graphs, one per batch-size bucket
+(`CudaGraphs`, cuda_graphs.py); the memory free on the device (`torch.cuda.mem_get_info`).
 """
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
 
-from tessera.server.engine.platforms import Platform, WorkerPlan
+from tessera.server.engine.platforms import Compute, Platform, WorkerPlan
 
 if TYPE_CHECKING:
+    import torch
+
     from tessera.server.engine.config import OpConfig
 
 log = logging.getLogger("tessera.engine")
 
-__all__ = ["CudaPlatform"]
+__all__ = ["CudaCompute", "CudaPlatform"]
+
+
+class CudaCompute(Compute):
+    kind = "cuda"
+    auto_mode = "cuda_graph"  # measured on an H200: docs/performance.md, On a GPU
+    modes = ("padded", "compile", "cuda_graph")
+
+    def dtype(self, half: bool | str) -> torch.dtype:
+        import torch
+        return {False: torch.float32, True: torch.float16, "fp16": torch.float16,
+                "bf16": torch.bfloat16}[self.check_half(half)]
+
+    def bucketed(self, fn, rows, buckets, mode, pad="zero"):
+        if mode == "cuda_graph":
+            from tessera.server.engine.platforms.cuda_graphs import CudaGraphs
+            return CudaGraphs(fn, rows, buckets, mode, pad)
+        return super().bucketed(fn, rows, buckets, mode, pad)
+
+    def free_memory(self) -> int:
+        import torch
+        return torch.cuda.mem_get_info(torch.device(self.device))[0]
 
 
 class CudaPlatform(Platform):
     kind = "cuda"
+    Compute = CudaCompute
 
     def __init__(self, graph):
         super().__init__(graph)

@@ -83,3 +83,43 @@ def test_serve_refuses_an_unknown_device_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--device", "tpu"])
     assert exit_.value.code == 2 and "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def test_each_platform_says_how_an_op_computes_on_its_device():
+    """Precision and model calls are the platform's: a CPU keeps float32 and runs "auto" calls
+    eagerly; a GPU honours `half` and captures "auto" calls as CUDA graphs."""
+    import torch
+
+    from tessera.server.engine.platforms import compute_for
+    from tessera.server.engine.platforms.cpu import CpuCompute
+    from tessera.server.engine.platforms.cuda import CudaCompute
+
+    cpu, gpu = compute_for("cpu"), compute_for("cuda:1")
+    assert type(cpu) is CpuCompute and type(gpu) is CudaCompute and gpu.device == "cuda:1"
+    assert [cpu.dtype(h) for h in (False, True, "bf16")] == [torch.float32] * 3
+    assert [gpu.dtype(h) for h in (False, True, "fp16", "bf16")] == [
+        torch.float32, torch.float16, torch.float16, torch.bfloat16]
+    assert (cpu.call_mode("auto"), gpu.call_mode("auto"), cpu.call_mode("padded")) == ("off", "cuda_graph", "padded")
+    for compute in (cpu, gpu):
+        with pytest.raises(ValueError, match="half must be true, false, 'fp16' or 'bf16', got 'fp8'"):
+            compute.dtype("fp8")
+    assert cpu.free_memory() > 0 and compute_for("meta").free_memory() is None
+
+
+def test_a_gpu_captures_cuda_graphs_and_a_cpu_refuses_them(monkeypatch):
+    import torch
+
+    from tessera.server.engine.platforms import compute_for
+    from tessera.server.engine.platforms import cuda_graphs
+    from tessera.server.engine.platforms.buckets import Bucketed
+
+    class Captured(Bucketed):  # what the GPU's platform builds, without a GPU to capture on
+        modes = ("cuda_graph",)
+
+    monkeypatch.setattr(cuda_graphs, "CudaGraphs", Captured)
+    rows = [torch.zeros(1, 2)]
+    made = compute_for("cuda:0").bucketed(torch.neg, rows, [2], "cuda_graph")
+    assert type(made) is Captured and made(torch.ones(1, 2)).tolist() == [[-1.0, -1.0]]
+    assert type(compute_for("cuda:0").bucketed(torch.neg, rows, [2], "padded")) is Bucketed
+    with pytest.raises(ValueError, match="'cuda_graph' does not run on cpu"):
+        compute_for("cpu").bucketed(torch.neg, rows, [2], "cuda_graph")

@@ -296,7 +296,8 @@ def test_shared_sampler_greedy_guided_equals_min_dalle_and_buckets_change_nothin
 def test_weights_that_do_not_fit_are_refused_before_they_are_allocated(oracle, monkeypatch):
     import tessera.ops.families.min_dalle as family
     from tessera.ops.families.base import ModelLoadError, ModelSpec
-    monkeypatch.setattr(family, "free_memory", lambda device: 1024)
+    from tessera.server.engine.platforms.cpu import CpuCompute
+    monkeypatch.setattr(CpuCompute, "free_memory", lambda self: 1024)
     monkeypatch.setattr(family, "build_model", lambda *a, **k: pytest.fail("allocated the weights"))
     with pytest.raises(ModelLoadError, match=r"weights need .* GiB as float32 and 0\.0 GiB is free on cpu"):
         family.load(ModelSpec(path=str(oracle.root)), "cpu", torch.float32)

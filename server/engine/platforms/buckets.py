@@ -1,6 +1,8 @@
 """A model function at a few fixed batch sizes, so that it can be compiled or captured once
 per size and replayed: the sampler's decode step, and the dVAE and CLIP calls of the
-decode, clip_text and rerank OPs.
+decode, clip_text and rerank OPs. An OP asks its device's platform for one
+(`compute_for(device).bucketed(...)`, platforms/__init__.py); the platform decides which
+modes its device has and what "auto" means there.
 
 A call of n rows runs at the smallest bucket >= n: its inputs are copied into that
 bucket's static buffers, the rows n..bucket-1 are padding, and the first n rows of the
@@ -12,7 +14,8 @@ row's output). Modes:
 - "padded": the eager function on the padded buffers (what the others compile; tests).
 - "compile": `torch.compile(dynamic=False)`, one graph per bucket (inductor).
 - "cuda_graph": one CUDA graph per bucket, captured once and replayed: a call's kernels
-  launch as one unit instead of one Python-dispatched op at a time.
+  launch as one unit instead of one Python-dispatched op at a time (`CudaGraphs`, the CUDA
+  platform's: platforms/cuda.py).
 """
 from __future__ import annotations
 
@@ -23,19 +26,14 @@ import torch
 MODES = ("off", "padded", "compile", "cuda_graph")
 
 
-def auto_mode(device: str | torch.device) -> str:
-    """What "auto" means on `device`: CUDA graphs on a CUDA device, eager elsewhere (README,
-    Performance: the CPU measured no gain worth compiling at each start)."""
-    return "cuda_graph" if str(device).startswith("cuda") else "off"
-
-
 def default_buckets(largest: int) -> list[int]:
     """Powers of two up to `largest` (and `largest` itself)."""
     return sorted({2 ** i for i in range(max(largest, 1).bit_length()) if 2 ** i <= largest} | {largest})
 
 
 class Bucketed:
-    """`fn(*inputs)` -> one tensor, every input and the output with the batch as dim 0.
+    """`fn(*inputs)` -> one tensor, every input and the output with the batch as dim 0
+    (modes "padded" and "compile"; a subclass captures, as the CUDA platform's CudaGraphs).
 
     `rows` holds one example row per input, shape (1, ...): it fixes each input's shape,
     dtype and device, and fills the buffers, so warm-up and capture see valid inputs.
@@ -43,10 +41,12 @@ class Bucketed:
     row, for a function that needs valid rows everywhere, such as a padding mask that
     must not mask a whole row)."""
 
+    modes = ("padded", "compile")
+
     def __init__(self, fn: Callable[..., torch.Tensor], rows: Sequence[torch.Tensor],
                  buckets: Sequence[int], mode: str, pad: str = "zero"):
-        if mode not in MODES[1:]:
-            raise ValueError(f"bucketed mode {mode!r}: expected one of {', '.join(MODES[1:])}")
+        if mode not in self.modes:
+            raise ValueError(f"bucketed mode {mode!r}: expected one of {', '.join(self.modes)}")
         if pad not in ("zero", "first"):
             raise ValueError(f"pad {pad!r}: expected zero or first")
         self.buckets = sorted({int(b) for b in buckets if int(b) > 0})
@@ -54,33 +54,18 @@ class Bucketed:
             raise ValueError(f"no positive bucket in {list(buckets)}")
         self.fn, self.mode, self.pad = fn, mode, pad
         self._buffers = {b: [r.expand(b, *r.shape[1:]).clone() for r in rows] for b in self.buckets}
-        self._out: dict[int, torch.Tensor] = {}
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._fn = torch.compile(fn, dynamic=False) if mode == "compile" else fn
-        if mode == "cuda_graph":
-            self._capture(rows[0].device)
-        else:
-            with torch.inference_mode():
-                for b in self.buckets:  # compile (or just touch) every bucket now, not mid-request
-                    self._fn(*self._buffers[b])
+        self._prepare(rows[0].device)
 
-    def _capture(self, device: torch.device) -> None:
-        pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for b in self.buckets:  # warm-up runs off the capture (lazy inits, workspaces)
-                for _ in range(2):
-                    self.fn(*self._buffers[b])
-        torch.cuda.current_stream(device).wait_stream(side)
+    def _prepare(self, device: torch.device) -> None:
+        """Compile (or just touch) every bucket now, not mid-request."""
         with torch.inference_mode():
-            for b in reversed(self.buckets):  # largest first, so smaller ones reuse its pool
-                graph = torch.cuda.CUDAGraph()
-                # Errors only for this thread's work: other OPs' threads may use the GPU meanwhile.
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                    self._out[b] = self.fn(*self._buffers[b])
-                self._graphs[b] = graph
-        torch.cuda.synchronize(device)
+            for b in self.buckets:
+                self._fn(*self._buffers[b])
+
+    def _run(self, b: int, buffers: list[torch.Tensor], n: int) -> torch.Tensor:
+        """Bucket `b`'s call on its filled buffers: the output's first `n` rows."""
+        return self._fn(*buffers)[:n]
 
     def bucket(self, n: int) -> int | None:
         return next((b for b in self.buckets if b >= n), None)
@@ -99,8 +84,5 @@ class Bucketed:
                     buf[n:].zero_()
                 else:
                     buf[n:].copy_(x[:1].expand(b - n, *x.shape[1:]))
-        if self.mode == "cuda_graph":
-            self._graphs[b].replay()
-            return self._out[b][:n].clone()  # the graph's output buffer is reused by the next replay
-        return self._fn(*buffers)[:n]
+        return self._run(b, buffers, n)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.ops.models.buckets import Bucketed, default_buckets
+from tessera.server.engine.platforms.buckets import Bucketed, default_buckets
 
 
 def rowwise(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
