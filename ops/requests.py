@@ -32,17 +32,21 @@ def generate_params(fields: Mapping[str, Any], limits: Limits, *, streaming: boo
     """The request's fields as tokenize's input, or InvalidInput saying what to change."""
     prompt = fields.get("prompt") or ""
     if not prompt.strip():
-        raise InvalidInput("prompt is empty; describe the image, e.g. 'a red circle'")
+        raise InvalidInput("prompt is empty; describe the image, e.g. 'a red circle'", fields=("prompt",))
     if len(prompt) > limits.max_prompt_chars:
-        raise InvalidInput(f"prompt is {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
+        raise InvalidInput(f"prompt is {len(prompt)} characters; the limit is {limits.max_prompt_chars}",
+                           fields=("prompt",))
     num_images = fields.get("num_images") or 1
     num_candidates = fields.get("num_candidates") or num_images
     if num_images > limits.max_num_images:
-        raise InvalidInput(f"num_images is {num_images}; the limit is {limits.max_num_images}")
+        raise InvalidInput(f"num_images is {num_images}; the limit is {limits.max_num_images}",
+                           fields=("num_images",))
     if num_candidates > limits.max_num_candidates:
-        raise InvalidInput(f"num_candidates is {num_candidates}; the limit is {limits.max_num_candidates}")
+        raise InvalidInput(f"num_candidates is {num_candidates}; the limit is {limits.max_num_candidates}",
+                           fields=("num_candidates",))
     if num_candidates < num_images:
-        raise InvalidInput(f"num_candidates ({num_candidates}) must be at least num_images ({num_images})")
+        raise InvalidInput(f"num_candidates ({num_candidates}) must be at least num_images ({num_images})",
+                           fields=("num_candidates", "num_images"))
     temperature, top_p = fields.get("temperature") or 0.0, fields.get("top_p") or 0.0
     guidance_scale = fields.get("guidance_scale") or 0.0
     _positive("temperature", temperature, upper=100.0)
@@ -50,7 +54,7 @@ def generate_params(fields: Mapping[str, Any], limits: Limits, *, streaming: boo
     _positive("guidance_scale", guidance_scale, upper=100.0)
     preview_every = fields.get("preview_every") or 0
     if preview_every and not streaming:
-        raise InvalidInput("preview_every applies to GenerateStream only")
+        raise InvalidInput("preview_every applies to GenerateStream only", fields=("preview_every",))
     return GenerateParams(
         prompt=prompt,
         num_images=num_images,
@@ -82,4 +86,5 @@ def _positive(name: str, value: float, upper: float) -> None:
     if value == 0:
         return
     if math.isnan(value) or not 0 < value <= upper:
-        raise InvalidInput(f"{name} must be in (0, {upper:g}] (or 0 for the default), got {value:g}")
+        raise InvalidInput(f"{name} must be in (0, {upper:g}] (or 0 for the default), got {value:g}",
+                           fields=(name,))

@@ -17,7 +17,16 @@ class EngineError(Exception):
 
 
 class InvalidInput(EngineError):
-    """Raise from an OP to tell the caller their input is at fault."""
+    """Raise from an OP to tell the caller their input is at fault.
+
+    `fields` are the request fields (proto names, e.g. "num_images") the message mentions, so
+    a front door whose callers spell fields otherwise (HTTP's camelCase JSON) can reword it;
+    str(exc) is the gRPC wording.
+    """
+
+    def __init__(self, message: str = "", *, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = tuple(fields)  # an attribute, so pickling (args + __dict__) keeps it
 
 
 class Overloaded(EngineError):

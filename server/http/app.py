@@ -5,7 +5,8 @@
 POST /v1/generate and /v1/generate:stream (Server-Sent Events) take a GenerateRequest as
 JSON; GET /v1/info answers ServerInfo; /readyz follows the engine; /openapi.json describes
 them; / is the web page. Failures answer google.rpc.Status JSON with the HTTP status that
-rpc.status derives from the gRPC code, and the same message gRPC would send.
+rpc.status derives from the gRPC code, and the message gRPC would send with the request
+fields it names (InvalidInput.fields) spelled as the JSON spells them: numImages, not num_images.
 """
 from __future__ import annotations
 
@@ -337,7 +338,22 @@ def _json(message: Message, rid: str) -> Response:
 
 
 def _status(code: grpc.StatusCode, exc: BaseException) -> dict:
-    return {"code": code.value[0], "message": str(exc), "details": []}
+    return {"code": code.value[0], "message": _worded_for_json(exc), "details": []}
+
+
+def _worded_for_json(exc: BaseException) -> str:
+    """gRPC's message with each field it names (whole words only) in its proto3 JSON name, so
+    an HTTP caller reads the names they send."""
+    message = str(exc)
+    for name in getattr(exc, "fields", ()):
+        message = re.sub(rf"\b{re.escape(name)}\b", _json_name(name), message)
+    return message
+
+
+def _json_name(name: str) -> str:
+    """protoc's json_name rule: drop each underscore and capitalize the letter after it."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def _log_failure(code: grpc.StatusCode, exc: BaseException) -> None:

@@ -20,7 +20,8 @@ _INT64 = {F.TYPE_INT64: ("int64", "^-?[0-9]+$"), F.TYPE_SINT64: ("int64", "^-?[0
 
 ERROR_SCHEMA = {
     "type": "object",
-    "description": "google.rpc.Status as grpc-gateway writes it: the gRPC code and the same message.",
+    "description": ("google.rpc.Status as grpc-gateway writes it: the gRPC code and "
+                    "the same message, naming fields by their JSON names."),
     "properties": {"code": {"type": "integer", "description": "the gRPC status code (3 INVALID_ARGUMENT, ...)"},
                    "message": {"type": "string"},
                    "details": {"type": "array", "items": {"type": "object"}}},

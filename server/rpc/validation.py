@@ -12,7 +12,9 @@ MAX_REQUEST_ID_CHARS = 128
 def check_request_id(request_id: str) -> None:
     """At most MAX_REQUEST_ID_CHARS printable characters (refused without echoing it)."""
     if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidRequest(f"request_id is {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}")
+        raise InvalidRequest(f"request_id is {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}",
+                             fields=("request_id",))
     if not request_id.isprintable():
-        raise InvalidRequest("request_id must be printable characters (no control characters or line breaks)")
+        raise InvalidRequest("request_id must be printable characters (no control characters or line breaks)",
+                             fields=("request_id",))
 

@@ -10,7 +10,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from tessera.server.engine import Cancelled
+from tessera.server.engine import Cancelled, InvalidInput
+from tessera.server.http.app import _json_name, _worded_for_json
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
 from tests.server.engine.toy_ops import until
@@ -95,9 +96,11 @@ async def test_info_is_get_info_as_json(http_served):
     (json.dumps({"prompt": PROMPT, "numImages": -1}).encode(), "numImages"),
     (json.dumps({"prompt": PROMPT, "seed": "1e99"}).encode(), "seed"),
     (json.dumps({"prompt": ""}).encode(), "prompt is empty"),
-    (json.dumps({"prompt": PROMPT, "numImages": 4, "numCandidates": 2}).encode(), "at least num_images"),
-    (json.dumps({"prompt": PROMPT, "topP": 1.5}).encode(), "top_p"),
-    (json.dumps({"prompt": PROMPT, "previewEvery": 4}).encode(), "GenerateStream only"),
+    (json.dumps({"prompt": PROMPT, "numImages": 4, "numCandidates": 2}).encode(), "at least numImages"),
+    (json.dumps({"prompt": PROMPT, "topP": 1.5}).encode(), "topP must be in (0, 1]"),
+    (json.dumps({"prompt": PROMPT, "guidanceScale": -2.0}).encode(), "guidanceScale must be in"),
+    (json.dumps({"prompt": PROMPT, "previewEvery": 4}).encode(), "previewEvery applies to GenerateStream only"),
+    (json.dumps({"prompt": PROMPT, "requestId": "r" * 129}).encode(), "requestId is 129 characters"),
 ])
 async def test_a_bad_request_is_400_with_a_sentence(http_served, body, words):
     _, http = http_served
@@ -107,13 +110,34 @@ async def test_a_bad_request_is_400_with_a_sentence(http_served, body, words):
     assert words in reply.json()["message"]
 
 
-async def test_the_message_is_the_one_grpc_sends(http_served):
+@pytest.mark.parametrize("json_fields, fields, over_http, over_grpc", [
+    ({"numImages": 17}, {"num_images": 17}, "numImages is 17; the limit is 16", "num_images is 17; the limit is 16"),
+    ({"numImages": 4, "numCandidates": 2}, {"num_images": 4, "num_candidates": 2},
+     "numCandidates (2) must be at least numImages (4)", "num_candidates (2) must be at least num_images (4)"),
+])
+async def test_the_message_is_grpcs_with_the_fields_named_as_each_door_names_them(
+        http_served, json_fields, fields, over_http, over_grpc):
+    """The same sentence on both doors; each names a field the way its callers spell it."""
     server, http = http_served
-    reply = await http.post("/v1/generate", json={"prompt": PROMPT, "numImages": 17})
+    reply = await http.post("/v1/generate", json={"prompt": PROMPT, **json_fields})
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await pb_grpc.ImageGenerationStub(channel).Generate(pb.GenerateRequest(prompt=PROMPT, num_images=17))
-    assert (reply.status_code, reply.json()["message"]) == (400, info.value.details())
+            await pb_grpc.ImageGenerationStub(channel).Generate(pb.GenerateRequest(prompt=PROMPT, **fields))
+    assert (reply.status_code, reply.json()["message"]) == (400, over_http)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, over_grpc)
+
+
+def test_only_whole_field_names_are_reworded_for_json():
+    """A field name inside a longer word (a configuration key) is left as it is."""
+    exc = InvalidInput("num_images is 17; raise server.limits.max_num_images or num_images_total",
+                       fields=("num_images",))
+    assert _worded_for_json(exc) == "numImages is 17; raise server.limits.max_num_images or num_images_total"
+    assert _worded_for_json(InvalidInput("num_images is 17")) == "num_images is 17"  # names no fields
+
+
+def test_json_names_follow_protoc():
+    for field in pb.GenerateRequest.DESCRIPTOR.fields:
+        assert _json_name(field.name) == field.json_name
 
 
 async def test_stream_refuses_bad_input_with_a_status_not_an_event(http_served):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import pickle
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,24 @@ def test_the_shipped_graph_maps_with_tokenize_and_rerank():
     assert (params.num_images, params.num_candidates, params.seed, params.temperature) == (2, 2, 5, None)
     with pytest.raises(InvalidInput, match="num_images is 17; the limit is 16"):
         mapping.from_request({"prompt": "a red circle", "num_images": 17}, Limits(), streaming=False)
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"prompt": ""}, ("prompt",)),
+    ({"num_images": 17}, ("num_images",)),
+    ({"num_candidates": 65}, ("num_candidates",)),
+    ({"num_images": 4, "num_candidates": 2}, ("num_candidates", "num_images")),
+    ({"temperature": -1.0}, ("temperature",)),
+    ({"top_p": 1.5}, ("top_p",)),
+    ({"guidance_scale": -2.0}, ("guidance_scale",)),
+    ({"preview_every": 4}, ("preview_every",)),
+])
+def test_a_refusal_lists_the_fields_it_names_and_keeps_them_across_processes(fields, named):
+    """The HTTP door rewords exactly these names; a refusal raised in a worker process arrives
+    pickled, and must arrive with them."""
+    from tessera.ops.requests import generate_params
+    with pytest.raises(InvalidInput) as info:
+        generate_params({"prompt": "a red circle"} | fields, Limits(), streaming=False)
+    assert info.value.fields == named and all(name in str(info.value) for name in named)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (type(again), str(again), again.fields) == (InvalidInput, str(info.value), named)
