@@ -1,47 +1,38 @@
 """The served graph's OPs called directly, in process, with no engine and no RPC.
 
-The evaluation command uses it, and the benchmark's `offline` ceiling. It is built from the
-same configuration the server serves (server/defaults.py's DEFAULT_CONFIG, or the one given):
-each configured OP with its configured settings and the `model` section's files, wired by the
-configured inputs, so the same seeds give the same images.
+The evaluation command uses it, and the benchmark's `offline` ceiling. It is built from a
+graph configuration (GraphConfig), normally the one the server serves: each configured OP
+with its configured settings, wired by the configured inputs, so the same seeds give the
+same images. The server's reading of its configuration file (model section, defaults) is
+the app's: `served_graph` there gives the graph `tessera serve` would serve.
 
-    pipe = LocalPipeline(model_dir=None, capacity=64)
+    from tessera.server.config import served_graph
+    pipe = LocalPipeline(served_graph(model_dir=None), capacity=64)   # the shipped graph; None: the bundled model
     [best] = pipe.generate([GenerateParams("a red circle", num_images=1, num_candidates=16, seed=7)])
     best.images[0].png
     pipe.sample, pipe.decode                  # each configured OP, by its name in the graph
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import fields
 from typing import Any
 
 from tessera.ops.messages import CandidateRow, GenerateParams, RankedImages, SampledCandidate, TokenizedPrompt
-from tessera.server.engine import REQUEST, ConfigError, Op, SteppingOp, StepRow
+from tessera.server.engine import REQUEST, ConfigError, GraphConfig, Op, SteppingOp, StepRow
 
 
 class LocalPipeline:
-    def __init__(self, model_dir: str | None = None, device: str = "cpu", capacity: int | None = None,
+    def __init__(self, graph: GraphConfig, device: str = "cpu", capacity: int | None = None,
                  half: bool | str | None = None, forward_mode: str | None = None,
-                 forward_buckets: list[int] | None = None, *, bpe_path: str | None = None,
-                 vae_path: str | None = None, clip: str | None = None, config: dict | None = None,
-                 **sample_settings: Any):
-        """`config` is a server configuration (default: the shipped one). `model_dir` and the
-        files beside it (`bpe_path`, `vae_path`, `clip`) replace its `model` section's, which
-        fills every OP's model files as it does for the server. `half`, `forward_mode` and
+                 forward_buckets: list[int] | None = None, **sample_settings: Any):
+        """`graph` is a validated graph configuration, its model files already in its OPs'
+        settings (tessera.server.config.served_graph). `half`, `forward_mode` and
         `forward_buckets` (None: as configured) and `sample_settings` (`decode_mode`, ...) go to
         each OP whose settings take them, over the configured ones; `capacity` (None: its
         configured batch_size) bounds the stepping OP's running batch. Every OP runs on `device`."""
-        from tessera.server.config import AppConfig  # the server's own reading of the configuration
-        from tessera.server.defaults import DEFAULT_CONFIG
-        raw = copy.deepcopy(DEFAULT_CONFIG if config is None else config)
-        model = raw.pop("model", None)
-        model = {"path": model} if isinstance(model, str) else dict(model or {})
-        if raw.get("model_dir") is not None:
-            model["path"] = raw.pop("model_dir")
-        given = {"path": model_dir, "bpe_path": bpe_path, "vae": vae_path, "clip": clip}
-        raw["model"] = {**model, **{k: v for k, v in given.items() if v is not None}}
-        graph = AppConfig.from_dict(raw).graph
+        if not isinstance(graph, GraphConfig):  # e.g. a model directory, as this once took
+            raise TypeError(f"LocalPipeline takes a GraphConfig, got {type(graph).__name__}; "
+                            "build one with tessera.server.config.served_graph(model_dir=...)")
         overrides = {"half": half, "forward_mode": forward_mode, "forward_buckets": forward_buckets}
         overrides = {k: v for k, v in overrides.items() if v is not None} | sample_settings
         self.ops: dict[str, Op] = {}

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError, GraphConfig
 from tessera.server.engine.config import Section, resolve_op_type
 from tessera.server.engine.settings import TOP, config_error, invalid
@@ -153,6 +154,24 @@ class AppConfig(Section):
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise config_error(exc, cls, raw) from None
+
+
+def served_graph(config: dict | None = None, *, model_dir: str | None = None, bpe_path: str | None = None,
+                 vae_path: str | None = None, clip: str | None = None) -> GraphConfig:
+    """The graph `tessera serve` would serve with `config` (None: the shipped DEFAULT_CONFIG),
+    its `model` section's files replaced by the given ones: what the offline pipeline runs,
+    so the same seeds give the same images.
+
+        pipe = LocalPipeline(served_graph(model_dir="ops/bundled/shapes-dalle"), capacity=64)
+    """
+    raw = copy.deepcopy(DEFAULT_CONFIG if config is None else config)
+    model = raw.pop("model", None)
+    model = {"path": model} if isinstance(model, str) else dict(model or {})
+    if raw.get("model_dir") is not None:
+        model["path"] = raw.pop("model_dir")
+    given = {"path": model_dir, "bpe_path": bpe_path, "vae": vae_path, "clip": clip}
+    raw["model"] = {**model, **{k: v for k, v in given.items() if v is not None}}
+    return AppConfig.from_dict(raw).graph
 
 
 def _takes_model_dir(op: dict) -> bool:

@@ -81,7 +81,9 @@ class TesseraLitAPI(litserve.LitAPI):
 
     def setup(self, device: str) -> None:
         from tessera.ops.pipeline import LocalPipeline  # torch loads in the worker, not the API process
-        self.pipeline = LocalPipeline(self.model_dir, self.model_device, capacity=self.capacity, **self.settings)
+        from tessera.server.config import served_graph
+        self.pipeline = LocalPipeline(served_graph(model_dir=self.model_dir), self.model_device,
+                                      capacity=self.capacity, **self.settings)
 
     def decode_request(self, request: GenerateBody) -> GenerateParams:
         # The annotation makes FastAPI parse and check the body in the API process.

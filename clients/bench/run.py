@@ -176,7 +176,8 @@ async def open_loop(target: str, prompts: list[str], rate: float, requests: int,
 def _pipeline(model_dir: str | None, capacity: int, device: str = "cpu", settings: tuple = ()):
     """The offline pipeline, loaded once however many rounds run."""
     from tessera.ops.pipeline import LocalPipeline
-    return LocalPipeline(model_dir, device, capacity=capacity, **dict(settings))
+    from tessera.server.config import served_graph
+    return LocalPipeline(served_graph(model_dir=model_dir), device, capacity=capacity, **dict(settings))
 
 
 def offline_run(prompts: list[str], concurrency_levels: list[int], requests: int, params: dict,
@@ -264,8 +265,9 @@ def kv_profile(model_dir: str | None, rows: int) -> dict:
 
     from tessera.ops.messages import GenerateParams
     from tessera.ops.pipeline import LocalPipeline
+    from tessera.server.config import served_graph
     from tessera.server.engine import StepRow
-    pipe = LocalPipeline(model_dir, capacity=rows)
+    pipe = LocalPipeline(served_graph(model_dir=model_dir), capacity=rows)
     [tok] = pipe.tokenized([GenerateParams("a red circle", num_candidates=rows)])
     times = []
     with torch.inference_mode():

@@ -25,6 +25,7 @@ from tessera.ops.shapes.checker import check_image, scene_attributes
 from tessera.ops.shapes.world import ATTRIBUTES, HELD_OUT, caption, random_scene, render
 from tessera.ops.shared import to_uint8
 from tessera.ops.training.data import alter, render_batch, to_tensor
+from tessera.server.engine import GraphConfig
 
 log = logging.getLogger("tessera.evaluate")
 
@@ -102,10 +103,12 @@ def generation(pipe: LocalPipeline, prompts: list[tuple[str, dict, int]], candid
             "_rows": rows}
 
 
-def evaluate(model_dir: str | None, out: Path, n_prompts: int, candidates: int, seed: int) -> dict:
+def evaluate(graph: GraphConfig, out: Path, n_prompts: int, candidates: int, seed: int,
+             model_dir: str | None = None) -> dict:
+    """The figures of the model `graph` serves (model_dir names it in the report; None: bundled)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    pipe = LocalPipeline(model_dir, capacity=128)
+    pipe = LocalPipeline(graph, capacity=128)
     rng = random.Random(f"{seed}/eval/prompts")
     scenes = [random_scene(rng) for _ in range(n_prompts)]
     en = [(caption(s, "en"), scene_attributes(s), 1000 + i) for i, s in enumerate(scenes)]
@@ -229,7 +232,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    report = evaluate(args.model, args.out, args.prompts, args.candidates, args.seed)
+    # The command line is the app's edge: it evaluates the graph `tessera serve --model` serves.
+    from tessera.server.config import served_graph
+    report = evaluate(served_graph(model_dir=args.model), args.out, args.prompts, args.candidates, args.seed,
+                      model_dir=args.model)
     print(json.dumps({"figures": report["figures"], "meets_bar": report["meets_bar"]}, indent=2))
     if args.card:
         from tessera.ops.models.loading import BUNDLED_MODEL_DIR

@@ -30,12 +30,13 @@ def generic(tiny_model_dir):
 async def test_concurrent_requests_get_the_in_process_pipelines_images_for_their_seeds(generic, tiny_model_dir):
     from tessera.ops.messages import GenerateParams
     from tessera.ops.pipeline import LocalPipeline
+    from tessera.server.config import served_graph
     bodies = [{"prompt": "a red circle", "seed": 3, "num_candidates": 3, "num_images": 2},
               {"prompt": "a large green square at the bottom", "seed": 11, "num_candidates": 3},
               {"prompt": "蓝色背景上的黄色三角形", "seed": 5, "num_candidates": 2, "temperature": 0.9}]
     async with httpx.AsyncClient(timeout=120) as client:  # together: LitServe may batch them
         answers = await asyncio.gather(*(client.post(generic.target, json=b) for b in bodies))
-    pipe = LocalPipeline(str(tiny_model_dir), capacity=8)
+    pipe = LocalPipeline(served_graph(model_dir=str(tiny_model_dir)), capacity=8)
     for body, answer in zip(bodies, answers):
         assert answer.status_code == 200, answer.text
         [want] = pipe.generate([GenerateParams(**body)])  # each alone, in this process

@@ -14,6 +14,7 @@ from tessera.server.engine.platforms import compute_for
 from tessera.server.engine.platforms.buckets import Bucketed
 from tessera.server.engine.platforms.cuda import CudaCompute
 from tessera.ops.pipeline import LocalPipeline
+from tessera.server.config import served_graph
 from tessera.server.engine import ConfigError
 
 # 3 prompts and 11 images: clip_text pads 3 rows up to 4, decode and rerank 11 up to 16.
@@ -22,8 +23,9 @@ PROMPTS = [GenerateParams(f"a red circle {i}", seed=i, num_candidates=4) for i i
 
 
 def test_bucketed_ops_return_the_eager_images_and_choices(tiny_model_dir):
-    eager = LocalPipeline(str(tiny_model_dir), capacity=16)
-    padded = LocalPipeline(str(tiny_model_dir), capacity=16, forward_mode="padded", forward_buckets=[4, 16])
+    graph = served_graph(model_dir=str(tiny_model_dir))
+    eager = LocalPipeline(graph, capacity=16)
+    padded = LocalPipeline(graph, capacity=16, forward_mode="padded", forward_buckets=[4, 16])
     assert all(isinstance(fn, Bucketed) for fn in (padded.decode._decode, padded.clip_text._encode,
                                                    padded.rerank._encode))
     assert eager.decode.settings.forward_mode == "auto" and not isinstance(eager.decode._decode, Bucketed)

@@ -6,6 +6,7 @@ import pickle
 from tessera.ops.messages import (DecodedImage, GenerateParams, RankedImages, RerankInputs, SampledCandidate,
                                   TextEmbedding, TokenizedPrompt)
 from tessera.ops.pipeline import LocalPipeline
+from tessera.server.config import served_graph
 
 
 def hop(value):
@@ -13,7 +14,7 @@ def hop(value):
 
 
 def test_every_message_crosses_a_pickle_hop_and_gives_the_same_images(tiny_model_dir):
-    pipe = LocalPipeline(str(tiny_model_dir), capacity=8)
+    pipe = LocalPipeline(served_graph(model_dir=str(tiny_model_dir)), capacity=8)
     request = GenerateParams("a red circle", num_images=2, num_candidates=3, seed=9, temperature=0.9)
     [direct] = pipe.generate([request])
 

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from tessera.server.config import AppConfig
+from tessera.server.config import AppConfig, served_graph
 from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError
 from tessera.server.main import load_config
@@ -32,6 +32,20 @@ def test_model_dir_reaches_every_op_unless_it_sets_its_own():
     cfg = AppConfig.from_dict(raw)
     assert cfg.graph.ops["sample"].settings["model_dir"] == "/models/a"
     assert cfg.graph.ops["decode"].settings["model_dir"] == "/models/b"
+
+
+def test_served_graph_is_the_graph_serve_serves_with_the_given_model():
+    """What the offline pipeline runs: the shipped graph, or a file's, its model as serve reads it."""
+    def model_dirs(graph) -> set:
+        return {op.settings.get("model_dir") for op in graph.ops.values()}  # every shipped OP takes one
+    assert served_graph() == load_config(None, None, None, None).graph
+    only_graph = {"graph": DEFAULT_CONFIG["graph"]}
+    assert model_dirs(served_graph({**only_graph, "model": "/models/a"})) == {"/models/a"}  # `model: PATH`
+    assert model_dirs(served_graph({**only_graph, "model_dir": "/models/a"})) == {"/models/a"}  # the older key
+    assert model_dirs(served_graph({**only_graph, "model": {"path": "/models/a"}}, model_dir="/models/b",
+                                   clip="ViT-B-32:/c.bin")) == {"/models/b"}
+    with pytest.raises(ConfigError, match="model.clip"):
+        served_graph(clip="no-arch")
 
 
 @pytest.mark.parametrize("mutate, key", [

@@ -65,7 +65,8 @@ def make_reference(path: Path) -> None:
     """On the CPU: each prompt's image, one request at a time, as the server returns it."""
     from tessera.ops.messages import GenerateParams
     from tessera.ops.pipeline import LocalPipeline
-    pipe = LocalPipeline(None, "cpu", capacity=64)
+    from tessera.server.config import served_graph
+    pipe = LocalPipeline(served_graph(), "cpu", capacity=64)
     out = []
     path.parent.mkdir(parents=True, exist_ok=True)
     for i, (prompt, seed) in enumerate(PROMPTS):
@@ -119,8 +120,9 @@ def probe_capture(device: str) -> dict:
         return {"captured": False, "error": traceback.format_exc()[-3000:], "sections_use": "decode_mode off"}
     from tessera.ops.messages import GenerateParams
     from tessera.ops.pipeline import LocalPipeline
+    from tessera.server.config import served_graph
     try:  # tokens picked on the GPU (the sampler's default there)
-        LocalPipeline(None, device, capacity=8, **MODE).generate([GenerateParams("a red circle", seed=1)])
+        LocalPipeline(served_graph(), device, capacity=8, **MODE).generate([GenerateParams("a red circle", seed=1)])
     except Exception:
         MODE["sample_on"] = "cpu"
         return {"captured": True, "sample_on_device": False, "error": traceback.format_exc()[-3000:],
@@ -209,7 +211,8 @@ def _interleaved(pipes: dict, prompts: list[str], rounds: int = 2) -> dict[str, 
 def check_half(device: str, prompts: list[str]) -> dict:
     """2. Half-precision tokens against fp32 (64 prompts x 4 candidates), and images/s of each."""
     from tessera.ops.pipeline import LocalPipeline
-    pipes = {name: LocalPipeline(None, device, capacity=64, half=half, **MODE)
+    from tessera.server.config import served_graph
+    pipes = {name: LocalPipeline(served_graph(), device, capacity=64, half=half, **MODE)
              for name, half in (("fp32", False), ("fp16", "fp16"), ("bf16", "bf16"))}
     rows = _rows(pipes["fp32"], prompts, 4)
     tokens = {name: _tokens(p, rows) for name, p in pipes.items()}
@@ -224,6 +227,7 @@ def check_graphs(device: str, prompts: list[str]) -> dict:
     from tessera.ops.models.loading import load_model_dir
     from tessera.ops.models.transformer import BucketedDecoder, KVCache
     from tessera.ops.pipeline import LocalPipeline
+    from tessera.server.config import served_graph
     out: dict = {}
     for dtype in (torch.float32, torch.float16):
         model = load_model_dir(None, device=device, dtype=dtype).transformer
@@ -252,8 +256,8 @@ def check_graphs(device: str, prompts: list[str]) -> dict:
             "capture_s_8_buckets": capture_s, "step_ms_per_round": times,
             "median_ratio_graph_over_eager": {n: statistics.median(
                 g / e for g, e in zip(times[f"{n} rows cuda_graph"], times[f"{n} rows eager"])) for n in (4, 16, 64)}}
-    eager = LocalPipeline(None, device, capacity=64, decode_mode="off")
-    graph = LocalPipeline(None, device, capacity=64, decode_mode="cuda_graph")
+    eager = LocalPipeline(served_graph(), device, capacity=64, decode_mode="off")
+    graph = LocalPipeline(served_graph(), device, capacity=64, decode_mode="cuda_graph")
     rows = _rows(eager, prompts, 4)
     out["tokens_cuda_graph_vs_eager"] = _compare(_tokens(eager, rows), _tokens(graph, rows))
     out["offline_images_per_s"] = _interleaved({"off": eager, "cuda_graph": graph}, prompts)
@@ -263,8 +267,10 @@ def check_graphs(device: str, prompts: list[str]) -> dict:
 def check_sample_on(device: str, prompts: list[str]) -> dict:
     """Tokens picked on the device against the CPU's picks; a 64-row step and offline images/s of each."""
     from tessera.ops.pipeline import LocalPipeline
+    from tessera.server.config import served_graph
     settings = {k: v for k, v in MODE.items() if k != "sample_on"}
-    pipes = {on: LocalPipeline(None, device, capacity=64, sample_on=on, **settings) for on in ("cpu", "device")}
+    pipes = {on: LocalPipeline(served_graph(), device, capacity=64, sample_on=on, **settings)
+             for on in ("cpu", "device")}
     rows = _rows(pipes["cpu"], prompts, 4)
     out: dict = {"tokens_device_vs_cpu": _compare(_tokens(pipes["cpu"], rows), _tokens(pipes["device"], rows))}
     out["step_split"] = {on: check_step_split(device, prompts, sample_on=on) for on in ("cpu", "device")}
@@ -279,7 +285,9 @@ def check_forward(device: str, prompts: list[str]) -> dict:
     from tessera.ops.messages import GenerateParams
     from tessera.ops.models.buckets import Bucketed
     from tessera.ops.pipeline import LocalPipeline
-    pipes = {mode: LocalPipeline(None, device, capacity=64, forward_mode=mode, **MODE) for mode in ("off", "auto")}
+    from tessera.server.config import served_graph
+    pipes = {mode: LocalPipeline(served_graph(), device, capacity=64, forward_mode=mode, **MODE)
+             for mode in ("off", "auto")}
     calls = {mode: {"decode": p.decode._decode, "clip_text": p.clip_text._encode, "rerank": p.rerank._encode}
              for mode, p in pipes.items()}
     out: dict = {"bucketed": {name: isinstance(fn, Bucketed) for name, fn in calls["auto"].items()}}
@@ -309,8 +317,9 @@ def check_step_split(device: str, prompts: list[str], **settings) -> dict:
     import torch
 
     from tessera.ops.pipeline import LocalPipeline
+    from tessera.server.config import served_graph
     from tessera.server.engine import StepRow
-    pipe = LocalPipeline(None, device, capacity=64, **{**MODE, **settings})
+    pipe = LocalPipeline(served_graph(), device, capacity=64, **{**MODE, **settings})
     op = pipe.sample
     op.admit([StepRow(i, r) for i, r in enumerate(_rows(pipe, prompts[:16], 4))])
     n = len(op.slots)

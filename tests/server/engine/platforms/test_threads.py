@@ -205,8 +205,9 @@ def test_images_do_not_depend_on_the_thread_count():
     torch = pytest.importorskip("torch")
     from tessera.ops.messages import GenerateParams
     from tessera.ops.pipeline import LocalPipeline
+    from tessera.server.config import served_graph
 
-    pipe = LocalPipeline(None, "cpu", capacity=16)
+    pipe = LocalPipeline(served_graph(), "cpu", capacity=16)
     prompts = ["a red circle", "a small blue square at the top", "a large green diamond on a white background"]
     reqs = [GenerateParams(p, seed=40 + i, num_candidates=4, num_images=4) for i, p in enumerate(prompts)]
     before = torch.get_num_threads()
