@@ -283,7 +283,7 @@ def check_forward(device: str, prompts: list[str]) -> dict:
     import torch
 
     from tessera.ops.messages import GenerateParams
-    from tessera.ops.models.buckets import Bucketed
+    from tessera.server.engine.platforms.buckets import Bucketed
     from tessera.ops.pipeline import LocalPipeline
     from tessera.server.config import served_graph
     pipes = {mode: LocalPipeline(served_graph(), device, capacity=64, forward_mode=mode, **MODE)
