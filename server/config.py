@@ -12,12 +12,12 @@ import copy
 from dataclasses import fields
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError, GraphConfig
 from tessera.server.engine.config import Section, resolve_op_type
-from tessera.server.engine.settings import TOP, config_error, invalid
+from tessera.server.engine.settings import invalid
 
 MiB = 1024 * 1024
 Int32 = 2**31 - 1
@@ -145,15 +145,6 @@ class AppConfig(Section):
                     settings.setdefault(setting, value)
         return graph
 
-    @classmethod
-    def from_dict(cls, raw: Any) -> AppConfig:
-        """The YAML file's mapping -> AppConfig; ConfigError names the key at fault."""
-        if not isinstance(raw, dict):
-            raise ConfigError(TOP, "the configuration must be a mapping")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise config_error(exc, cls, raw) from None
 
 
 def served_graph(config: dict | None = None, *, model_dir: str | None = None, bpe_path: str | None = None,

@@ -40,6 +40,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tessera.bench.servers import stop_server
 from tessera.v1 import image_generation_pb2 as pb
 
 GENERATE = "/tessera.v1.ImageGeneration/Generate"
@@ -100,13 +101,7 @@ class Server:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_server(self.proc)
         self._log.close()
         self._dir.cleanup()
 

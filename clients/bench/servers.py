@@ -80,6 +80,19 @@ def bench_configs(model_dir: str | None = None, device: str | None = None,
             "all-threads": all_threads, "processes": in_processes}
 
 
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGTERM (the server drains and exits), then SIGKILL if it is still running after
+    `timeout_s`; returns once it has exited."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
 class ServerProcess:
     """`tessera serve` in a child process on free ports; stopped with SIGTERM.
 
@@ -150,13 +163,8 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_server(self.proc)
         if self._path is not None:
             self._path.unlink(missing_ok=True)
         if self._log is not None:

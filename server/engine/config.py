@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
                       WithJsonSchema, field_validator, model_validator)
@@ -49,6 +49,17 @@ class Section(BaseModel):
     @classmethod
     def _empty_is_defaults(cls, data: Any) -> Any:
         return {} if data is None else data
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Self:
+        """The mapping as YAML gives it -> this section (the whole file for AppConfig, the
+        `graph` section for GraphConfig); ConfigError names the key at fault."""
+        if not isinstance(raw, dict):
+            raise ConfigError(TOP, "the configuration must be a mapping")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise config_error(exc, cls, raw) from None
 
 
 @dataclass(frozen=True)
@@ -329,12 +340,3 @@ class GraphConfig(Section):
             todo.extend(i for i in self.ops[name].inputs if i != REQUEST)
         return seen
 
-    @classmethod
-    def from_dict(cls, raw: Any) -> GraphConfig:
-        """The `graph` section as YAML gives it -> GraphConfig; ConfigError names the key."""
-        if not isinstance(raw, dict):
-            raise ConfigError(TOP, "the configuration must be a mapping")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise config_error(exc, cls, raw) from None
