@@ -100,7 +100,7 @@ class Compute:
     float32 whatever `half` asks, runs "auto" model calls eagerly, padded or compiled buckets
     on request, and knows no free memory; each platform's subclass says what its device does."""
 
-    kind = "cpu"
+    kind = ""
     auto_mode = "off"                 # what a model call's mode "auto" means on this device
     modes = ("padded", "compile")     # the bucketed modes this device runs
 
