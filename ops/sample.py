@@ -123,11 +123,6 @@ class SampleOp(SteppingOp, ModelOp):
 
     @torch.inference_mode()
     def admit(self, rows: list[StepRow]) -> dict[Hashable, BaseException]:
-        if self.cache.slots < 2 * self.capacity:  # capacity raised after setup
-            if self.rows:
-                raise RuntimeError("capacity grew while rows were running")
-            self.cache = self.model.new_cache(2 * self.capacity, self.device, self.dtype)
-            self.decoder = self._decoder(self.cache)
         if len(self.rows) + len(rows) > self.capacity:
             raise RuntimeError(f"admitting {len(rows)} rows would exceed capacity {self.capacity}")
         values: list[CandidateRow] = [r.value for r in rows]

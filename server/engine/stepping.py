@@ -95,10 +95,6 @@ class StepScheduler:
         """Whether `worker` holds no rows (its next call needs rows from the queue or a retry)."""
         return self.held(worker) == 0
 
-    def running(self, worker: Hashable) -> list[RowTask]:
-        batch = self._batches.get(worker)
-        return list(batch.live.values()) if batch is not None else []
-
     def may_take_rows(self) -> list[Hashable]:
         """The workers whose call in flight a waiting row could join (ask them to return)."""
         return [w for w, plan in self._in_flight.items() if plan.may_join]

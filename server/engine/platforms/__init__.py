@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 @dataclass
 class WorkerPlan:
     """A platform's decision for one worker, read by the stage that builds it."""
-    device: str
     compute: Any = None                    # what the worker side needs (goes in WorkerSpec.compute)
     shared: ComputeThread | None = None    # the device's compute thread, for a thread worker taking turns
 
@@ -156,6 +155,13 @@ class Platform:
         """The worker side, built where the worker runs."""
         return DeviceHost(spec, others_waiting)
 
+    def turn_thread(self, cfg: OpConfig, device: str) -> ComputeThread | None:
+        """The compute thread a worker of OP `cfg` on `device` takes turns on: the device's, for
+        a thread worker of an OP that computes on the device; None: a thread of its own."""
+        if cfg.mode == "thread" and cfg.op_class.uses_device:
+            return self.device_thread(device)
+        return None
+
     def device_thread(self, device: str) -> ComputeThread | None:
         """The one compute thread that thread workers on `device` share while device turns
         are on (graph.device_turns): one call at a time per device; None: each its own."""
@@ -208,6 +214,13 @@ class Platforms:
 
     def of(self, device: str) -> Platform:
         return self._by_kind[kind_of(device)]
+
+    def turn_thread(self, cfg: OpConfig, device: str) -> ComputeThread | None:
+        """The compute thread a worker of OP `cfg` on `device` takes turns on: the device's, for
+        a thread worker of an OP that computes on the device; None: a thread of its own."""
+        if cfg.mode == "thread" and cfg.op_class.uses_device:
+            return self.device_thread(device)
+        return None
 
     def device_thread(self, device: str) -> ComputeThread | None:
         return self.of(device).device_thread(device)

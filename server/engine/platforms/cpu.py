@@ -109,8 +109,7 @@ class CpuPlatform(Platform):
         beside = self.beside_turns(cfg, index)
         compute = CpuPlan(cfg.threads, turns=self.node_turns and not beside,
                           team=not beside and self.may_open_team(cfg, index))
-        takes_turns = cfg.mode == "thread" and cfg.op_class.uses_device and not beside
-        return WorkerPlan(device, compute, self.device_thread(device) if takes_turns else None)
+        return WorkerPlan(compute, None if beside else self.turn_thread(cfg, device))
 
     @staticmethod
     def host(spec: WorkerSpec, others_waiting: Callable[[], int] | None = None) -> CpuHost:

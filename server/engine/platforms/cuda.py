@@ -67,5 +67,4 @@ class CudaPlatform(Platform):
                     log.info("%s: one stepping worker per GPU (concurrency %d asks for more on %s; "
                              "a second would only alternate with the first)", cfg.name, cfg.concurrency, device)
                 return None
-        takes_turns = cfg.mode == "thread" and cfg.op_class.uses_device
-        return WorkerPlan(device, None, self.device_thread(device) if takes_turns else None)
+        return WorkerPlan(None, self.turn_thread(cfg, device))
