@@ -60,6 +60,11 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.
         return load_model_dir(spec.path, device=device, dtype=dtype)
     if family == "min-dalle":
         from tessera.ops.families import min_dalle
-        return min_dalle.load(spec, device, dtype)
-    from tessera.ops.families import dalle_pytorch
-    return dalle_pytorch.load(spec, device, dtype)
+        bundle = min_dalle.load(spec, device, dtype)
+    else:
+        from tessera.ops.families import dalle_pytorch
+        bundle = dalle_pytorch.load(spec, device, dtype)
+    if spec.clip:  # a local OpenCLIP checkpoint reranks for either family (openclip.py)
+        from tessera.ops.families.openclip import load_openclip
+        bundle.clip = load_openclip(spec.clip, device, dtype)
+    return bundle

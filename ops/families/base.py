@@ -82,6 +82,22 @@ class RowCache(Protocol):
         """Slots start..end-1 take `snapshot` (from `snapshot()`), as if prefilled with it."""
 
 
+def snapshot_prefix(keys: list[torch.Tensor], values: list[torch.Tensor], slot: int,
+                    length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A RowCache's snapshot over per-layer keys and values laid out (slot, head, position, dim):
+    per layer, a copy of slot `slot`'s at positions 0..length-1."""
+    return [(k[slot, :, :length].clone(), v[slot, :, :length].clone()) for k, v in zip(keys, values)]
+
+
+def fill_prefix(keys: list[torch.Tensor], values: list[torch.Tensor], start: int, end: int,
+                prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """A RowCache's fill: slots start..end-1 take `prefix` (from snapshot_prefix) at its positions."""
+    for k, v, (pk, pv) in zip(keys, values, prefix):
+        length = pk.shape[1]
+        k[start:end, :, :length] = pk  # broadcast over the slots
+        v[start:end, :, :length] = pv
+
+
 def copy_slots(tensors: list[torch.Tensor], src: list[int], dst: list[int]) -> None:
     """A RowCache's copy_rows over its per-slot tensors (slot first): one strided copy per row
     and tensor, which moves a handful of rows 6-10x faster than an index gather and scatter."""

@@ -112,21 +112,15 @@ class ImagePreprocess:
 class OpenCLIPReranker:
     """A Reranker over an open_clip model: unit float32 embeddings of prompts and images."""
 
-    def __init__(self, arch: str, model, tokenizer, device, dtype):
+    def __init__(self, arch: str, model, tokenizer, device, dtype, preprocess_cfg: dict):
+        """`preprocess_cfg`: open_clip's get_model_preprocess_cfg(model) ({} for the legacy attributes)."""
         self.name = f"OpenCLIP {arch}"
         self.model = model
         self._tokenizer = tokenizer
         self.device = torch.device(device)
         self.dtype = dtype
         self.context = int(getattr(tokenizer, "context_length", 0) or model.context_length)
-        self.image_size = _size2(model.visual.image_size)
-        try:
-            import open_clip
-            cfg = open_clip.get_model_preprocess_cfg(model)
-        except Exception:  # noqa: BLE001 - an older open_clip: the legacy attributes
-            cfg = {}
-        self.preprocess_cfg = dict(cfg)
-        self._preprocess = ImagePreprocess(self.preprocess_cfg, model.visual.image_size)
+        self._preprocess = ImagePreprocess(dict(preprocess_cfg), model.visual.image_size)
 
     def tokenize(self, prompt: str) -> list[int]:
         return self._tokenizer([prompt])[0].tolist()
@@ -171,4 +165,8 @@ def load_openclip(spec: str, device, dtype) -> OpenCLIPReranker:
         raise ModelLoadError(f"--clip {spec!r}: open_clip cannot load {path} as {arch}: "
                              f"{type(e).__name__}: {e}") from e
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return OpenCLIPReranker(arch, model, tokenizer, device, dtype)
+    try:
+        preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
+    except Exception:  # noqa: BLE001 - an older open_clip: the legacy attributes
+        preprocess_cfg = {}
+    return OpenCLIPReranker(arch, model, tokenizer, device, dtype, preprocess_cfg)

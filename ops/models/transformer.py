@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tessera.ops.families.base import copy_slots
+from tessera.ops.families.base import copy_slots, fill_prefix, snapshot_prefix
 from tessera.server.engine.platforms import Compute, compute_for
 
 
@@ -72,15 +72,11 @@ class KVCache:
 
     def snapshot(self, slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, a copy of slot `slot`'s keys and values over the text (what prefill wrote)."""
-        length = self.text_len
-        return [(k[slot, :, :length].clone(), v[slot, :, :length].clone()) for k, v in zip(self.k, self.v)]
+        return snapshot_prefix(self.k, self.v, slot, self.text_len)
 
     def fill(self, start: int, end: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Slots start..end-1 take `prefix` (from `snapshot()`) at its positions."""
-        for k, v, (pk, pv) in zip(self.k, self.v, prefix):
-            length = pk.shape[1]
-            k[start:end, :, :length] = pk  # broadcast over the slots
-            v[start:end, :, :length] = pv
+        fill_prefix(self.k, self.v, start, end, prefix)
 
 
 class StepIndex:

@@ -1,13 +1,13 @@
 """DALLE-pytorch checkpoints (train_dalle.py's .pt) served through our own KV-cached transformer.
 
-The tokenizer, the VAE and the reranker live beside this (tokenizer.py, vae.py, openclip's
-family) and are imported inside `load`, so the transformer and its checkpoint reader import alone.
+The tokenizer and the VAE live beside this (tokenizer.py, vae.py) and are imported inside
+`load`, so the transformer and its checkpoint reader import alone; a reranker (--clip) is
+loaded by `load_model` for every family (openclip.py).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from tessera.ops.families.base import ModelBundle, ModelLoadError, ModelSpec, SamplingDefaults
 
@@ -30,7 +30,7 @@ def load(spec: ModelSpec, device, dtype) -> ModelBundle:
     source = ckpt["source"]
     hp = parse_hparams(ckpt)
     state = ckpt["weights"]
-    model = build_model(hp, state, source).to(device=device, dtype=dtype)
+    model = build_model(hp, state, source, meta=str(device) == "meta").to(device=device, dtype=dtype)
 
     from tessera.ops.families.dalle_pytorch.tokenizer import load_tokenizer
     from tessera.ops.families.dalle_pytorch.vae import build_vae, read_vae_file
@@ -54,19 +54,12 @@ def load(spec: ModelSpec, device, dtype) -> ModelBundle:
         if problems:
             raise ModelLoadError(f"mismatched --vae {spec.vae_path} for {source}: " + "; ".join(problems))
     else:
-        vae_state = {k[len("vae."):]: v for k, v in state.items() if k.startswith("vae.")}
         vae_class = hp.vae_class_name or "DiscreteVAE"
-        vae = build_vae(vae_class, hp.vae_params, vae_state, source)
+        vae = build_vae(vae_class, hp.vae_params, state, source)  # its `vae.` keys
         if int(vae.num_tokens) != hp.num_image_tokens or int(vae.image_len) != hp.image_len:
             raise ModelLoadError(f"{source}: its VAE ({vae.num_tokens} tokens, {vae.image_len} per image) does not "
                                  f"fit its transformer ({hp.num_image_tokens} tokens, {hp.image_len} per image)")
-    if isinstance(vae, torch.nn.Module):
-        vae = vae.to(device).eval()
-
-    clip = None
-    if spec.clip:
-        from tessera.ops.families.openclip import load_openclip
-        clip = load_openclip(spec.clip, device, dtype)
+    vae = vae.to(device)
 
     k = default_top_k(hp.total_tokens, hp.num_image_tokens)
     details = {
@@ -87,6 +80,6 @@ def load(spec: ModelSpec, device, dtype) -> ModelBundle:
     if hp.notes:
         details["notes"] = "; ".join(hp.notes)
     return ModelBundle(
-        name=Path(spec.path).stem, tokenizer=tokenizer, dvae=vae, transformer=model, clip=clip,
+        name=Path(spec.path).stem, tokenizer=tokenizer, dvae=vae, transformer=model, clip=None,
         sampling=SamplingDefaults(temperature=1.0, top_k=k, top_p=1.0, guidance_scale=1.0),
         kind="dalle-pytorch", details=details)

@@ -19,13 +19,14 @@ DALLE-pytorch's sparse classes compute in a full forward).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tessera.ops.families.base import ModelLoadError, copy_slots
+from tessera.ops.families.base import ModelLoadError, copy_slots, fill_prefix, snapshot_prefix
 from tessera.ops.families.dalle_pytorch.checkpoint import DalleHparams, sublayer, sublayer_prefixes
 
 
@@ -125,14 +126,10 @@ class DalleRowCache:
         copy_slots(self._all(), src, dst)
 
     def snapshot(self, slot: int) -> Any:
-        L = self.text_len
-        return [(k[slot, :, :L].clone(), v[slot, :, :L].clone()) for k, v in zip(self.k, self.v)]
+        return snapshot_prefix(self.k, self.v, slot, self.text_len)
 
     def fill(self, start: int, end: int, snapshot: Any) -> None:
-        for k, v, (pk, pv) in zip(self.k, self.v, snapshot):
-            L = pk.shape[1]
-            k[start:end, :, :L] = pk
-            v[start:end, :, :L] = pv
+        fill_prefix(self.k, self.v, start, end, snapshot)
 
 
 class _Step:
@@ -140,7 +137,6 @@ class _Step:
 
     def __init__(self, index: torch.Tensor, text_len: int, fmap: int):
         n = index.shape[0]
-        self.index = index                                   # image token number, (n,)
         self.pos = index + text_len                          # absolute position, (n,)
         self.rows = torch.arange(n, device=index.device)     # row i is slot i
         self.ring_at = index % fmap                          # this token's ring entry
@@ -182,13 +178,13 @@ class Attention(nn.Module):
         y = self._attend(q, k, v, mask[:T, :T])
         return self.to_out(y.transpose(1, 2).reshape(B, T, -1))
 
-    def step(self, x, cos, sin, mask, cache: DalleRowCache, layer: int, at: _Step):
-        """One token per row, (n, 1, dim); row i in slot i at position at.pos[i]."""
+    def step(self, x, cos, sin, visible, cache: DalleRowCache, layer: int, at: _Step):
+        """One token per row, (n, 1, dim); row i in slot i at position at.pos[i], seeing the
+        positions `visible` (n, 1, 1, S) marks."""
         n = x.shape[0]
         q, k, v = self._qkv(x, cos, sin)                   # (n, heads, 1, dim_head)
         cache.k[layer][at.rows, :, at.pos] = k[:, :, 0]
         cache.v[layer][at.rows, :, at.pos] = v[:, :, 0]
-        visible = mask[at.pos][:, None, None, :]          # (n, 1, 1, S)
         y = self._attend(q, cache.k[layer][:n], cache.v[layer][:n], visible)
         return self.to_out(y.transpose(1, 2).reshape(n, 1, -1))
 
@@ -215,7 +211,7 @@ class Sublayer(nn.Module):
         self.norm_out = nn.LayerNorm(hp.dim) if hp.sandwich_norm else nn.Identity()
         self.scale = nn.Parameter(torch.ones(1, 1, hp.dim))
         self.fn = fn
-        self.shift, self.ring, self.text_len = hp.shift_tokens, ring, hp.text_len
+        self.shift, self.ring = hp.shift_tokens, ring
 
     def forward(self, x, *args):
         h = self.norm(x)                                   # (B, T, dim), T <= text_len
@@ -408,15 +404,22 @@ class DallePytorchModel(nn.Module):
         else:
             x = x + self.image_pos_emb(index)[:, None]
 
+        # Each attention type's mask rows for this step's positions, once for all its layers.
+        visible = {kind: getattr(self, f"mask_{kind}")[at.pos][:, None, None, :] for kind in set(self.attn_types)}
+
         def call(sub, i, h):
             if isinstance(sub.fn, Attention):
-                return sub.step(h, cos, sin, self._mask(i), cache, i, at, cache=cache, at=at)
+                return sub.step(h, cos, sin, visible[self.attn_types[i]], cache, i, at, cache=cache, at=at)
             return sub.step(h, cache=cache, at=at)
         x = self._run(x, call)
         return self._logits(x[:, 0])
 
 
-def build_model(hp: DalleHparams, state: dict[str, torch.Tensor], source: str = "the checkpoint") -> DallePytorchModel:
-    model = DallePytorchModel(hp)
+def build_model(hp: DalleHparams, state: dict[str, torch.Tensor], source: str = "the checkpoint",
+                meta: bool = False) -> DallePytorchModel:
+    """The model with the checkpoint's weights (every key and shape checked). meta: on the meta
+    device, with no random init and no weight read (to tokenize or describe the model)."""
+    with torch.device("meta") if meta else nullcontext():
+        model = DallePytorchModel(hp)
     model.load_dalle_state(state, source)
     return model.eval()

@@ -164,10 +164,6 @@ class DallePytorchTokenizer:
         self.context = int(text_seq_len)
         self.vocab_size = impl.vocab_size
 
-    def ids(self, prompt: str) -> list[int]:
-        """The prompt's ids before padding (DALLE-pytorch's tokenizer.encode)."""
-        return self._impl.encode(prompt)
-
     def encode_prompt(self, prompt: str) -> Encoded:
         if not isinstance(prompt, str):
             raise PromptError("the prompt must be text")

@@ -135,11 +135,6 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
         raise ModelLoadError(f"min-dalle {files['detoker.pt']}: not min-dalle's VQGAN: {e}") from e
     del vq_sd
 
-    clip = None
-    if spec.clip:
-        from tessera.ops.families.openclip import load_openclip  # its own family, loaded on demand
-        clip = load_openclip(spec.clip, device, dtype)
-
     details = {
         "layers": cfg.decoder_layers, "encoder_layers": cfg.encoder_layers, "embed": cfg.embed,
         "heads": cfg.heads, "glu": cfg.decoder_glu, "encoder_glu": cfg.encoder_glu,
@@ -151,6 +146,6 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
         **({"on_a_cpu": CPU_GUIDE} if str(device).startswith("cpu") else {}),
     }
     return ModelBundle(
-        name=name, tokenizer=tokenizer, dvae=dvae, transformer=transformer, clip=clip,
+        name=name, tokenizer=tokenizer, dvae=dvae, transformer=transformer, clip=None,
         sampling=SamplingDefaults(temperature=1.0, top_k=256, top_p=1.0, guidance_scale=16.0),
         kind="min-dalle", details=details)
