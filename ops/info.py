@@ -16,8 +16,7 @@ from tessera.ops.shapes.vocabulary import VOCABULARY
 BUNDLED = Path(__file__).resolve().parent / "bundled" / "shapes-dalle"
 
 
-def describe_model(model: ModelSpec | str | None) -> dict:
-    spec = model if isinstance(model, ModelSpec) else ModelSpec(path=model or None)
+def describe_model(spec: ModelSpec) -> dict:
     if family_of(spec.path) == "tessera":
         root = Path(spec.path) if spec.path else BUNDLED
         cfg = json.loads((root / "config.json").read_text())

@@ -79,7 +79,7 @@ class TesseraServer:
         try:  # the graph's first and output OPs map requests and responses: checked before any model loads
             mapping = PipelineMapping.of(self.config.graph)
         except ConfigError as exc:
-            raise ConfigError(f"graph.{exc.key}", str(exc).split(": ", 1)[1]) from None
+            raise ConfigError(f"graph.{exc.key}", exc.message) from None
         self.engine = Engine(self.config.graph)
         limit = s.limits.max_message_bytes
         self.calls = CallCounter(self.engine.metrics.registry)

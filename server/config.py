@@ -156,13 +156,24 @@ def served_graph(config: dict | None = None, *, model_dir: str | None = None, bp
         pipe = LocalPipeline(served_graph(model_dir="ops/bundled/shapes-dalle"), capacity=64)
     """
     raw = copy.deepcopy(DEFAULT_CONFIG if config is None else config)
-    model = raw.pop("model", None)
-    model = {"path": model} if isinstance(model, str) else dict(model or {})
-    if raw.get("model_dir") is not None:
-        model["path"] = raw.pop("model_dir")
-    given = {"path": model_dir, "bpe_path": bpe_path, "vae": vae_path, "clip": clip}
-    raw["model"] = {**model, **{k: v for k, v in given.items() if v is not None}}
+    override_model(raw, {"path": model_dir, "bpe_path": bpe_path, "vae": vae_path, "clip": clip})
     return AppConfig.from_dict(raw).graph
+
+
+def override_model(raw: dict, given: dict[str, Any]) -> None:
+    """The configuration mapping `raw`'s `model` section with the given keys (path, bpe_path,
+    vae, clip; None keeps the file's) in place, as `tessera serve --model ...` does: a given
+    path replaces the file's model, whichever key (`model`, `model_dir`) named it."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return
+    section = raw.get("model")
+    section = {"path": section} if isinstance(section, str) else dict(section or {})
+    if "path" in given:
+        raw.pop("model_dir", None)
+    elif raw.get("model_dir") is not None:
+        section["path"] = raw.pop("model_dir")
+    raw["model"] = {**section, **given}
 
 
 def _takes_model_dir(op: dict) -> bool:

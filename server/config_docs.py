@@ -50,7 +50,7 @@ def config_schema() -> dict[str, Any]:
     # Each shipped OP's settings, as its Settings dataclass takes them (other OPs: any mapping).
     rules = []
     for spec in shipped_ops():
-        settings = settings_model(resolve_op_type("type", spec).Settings)
+        settings = settings_model(resolve_op_type("type", spec).Settings, described=True)
         defs[settings.__name__] = settings.model_json_schema(ref_template="#/$defs/{model}")
         _factory_defaults(defs[settings.__name__], settings)
         rules.append({"if": {"properties": {"type": {"const": spec}}, "required": ["type"]},

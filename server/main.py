@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from tessera.ops.families.base import ModelLoadError
-from tessera.server.config import AppConfig
+from tessera.server.config import AppConfig, override_model
 from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError
 from tessera.server.engine import run as run_event_loop
@@ -50,15 +50,7 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
                 server[key] = value
         if ray_address is not None and isinstance(raw.get("graph"), dict):
             raw["graph"]["ray_address"] = ray_address
-        given = {k: v for k, v in (model or {}).items() if v is not None}
-        if given:
-            section = raw.get("model")
-            section = {"path": section} if isinstance(section, str) else dict(section or {})
-            if "path" in given:
-                raw.pop("model_dir", None)  # --model replaces the file's model, whichever key named it
-            elif raw.get("model_dir") is not None:
-                section["path"] = raw.pop("model_dir")
-            raw["model"] = {**section, **given}
+        override_model(raw, model or {})
         if device is not None:
             _set_device(raw.get("graph"), device)
     return AppConfig.from_dict(raw)

@@ -237,7 +237,7 @@ class OpConfig(Section):
             try:
                 resolve_op_type("type", spec)
             except ConfigError as exc:
-                raise invalid(str(exc).split(": ", 1)[1]) from None
+                raise invalid(exc.message) from None
         return spec
 
     @model_validator(mode="after")
@@ -251,7 +251,7 @@ class OpConfig(Section):
         try:  # the OP's own Settings dataclass; workers build it again from this mapping
             parse_settings(self._op_class.Settings, self.settings)
         except ConfigError as exc:
-            raise invalid(str(exc).split(": ", 1)[1],
+            raise invalid(exc.message,
                           "settings" + ("" if exc.key == "settings" else f".{exc.key}")) from None
         return self
 

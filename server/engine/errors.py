@@ -54,4 +54,4 @@ class OpFailed(EngineError):
 class ConfigError(EngineError):
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.message = key, message

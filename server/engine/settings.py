@@ -71,16 +71,18 @@ def parse_settings(cls: type, raw: Any) -> Any:
 
 
 @functools.cache
-def settings_model(cls: type) -> type[BaseModel]:
-    """A strict pydantic model with the dataclass's init fields: types, defaults, and a
-    description where the field's metadata has one (`field(metadata={"description": ...})`)."""
+def settings_model(cls: type, described: bool = False) -> type[BaseModel]:
+    """A strict pydantic model with the dataclass's init fields: types and defaults; described
+    (for the schema and the reference), a description where the field's metadata has one
+    (`field(metadata={"description": ...})`) or a comment beside it. Validation needs no
+    descriptions: it skips reading the classes' source, in every worker process."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    comments = _comments(cls)
+    comments = _comments(cls) if described else {}
     spec: dict[str, Any] = {}
     for f in fields(cls):
         if not f.init:
             continue
-        doc = f.metadata.get("description") or comments.get(f.name)
+        doc = (f.metadata.get("description") or comments.get(f.name)) if described else None
         if f.default is not MISSING:
             info = Field(f.default, description=doc)
         elif f.default_factory is not MISSING:

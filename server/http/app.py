@@ -346,14 +346,12 @@ def _worded_for_json(exc: BaseException) -> str:
     an HTTP caller reads the names they send."""
     message = str(exc)
     for name in getattr(exc, "fields", ()):
-        message = re.sub(rf"\b{re.escape(name)}\b", _json_name(name), message)
+        message = re.sub(rf"\b{re.escape(name)}\b", _JSON_NAMES.get(name, name), message)
     return message
 
 
-def _json_name(name: str) -> str:
-    """protoc's json_name rule: drop each underscore and capitalize the letter after it."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+# A request field's proto name -> its JSON name, as the descriptor (protoc) gives it.
+_JSON_NAMES = {f.name: f.json_name for f in pb.GenerateRequest.DESCRIPTOR.fields}
 
 
 def _log_failure(code: grpc.StatusCode, exc: BaseException) -> None:

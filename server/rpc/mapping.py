@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tessera.server.engine import ConfigError
-from tessera.server.engine.config import REQUEST, resolve_op_type
+from tessera.server.engine.config import REQUEST
 
 FromRequest = Callable[..., Any]               # (fields, limits, *, streaming) -> the first OP's input
 ToResponse = Callable[[Any], Mapping[str, Any]]  # the output OP's result -> response fields
@@ -32,10 +32,10 @@ class PipelineMapping:
     def of(cls, graph: Any) -> PipelineMapping:
         """The mapping of a validated graph configuration (GraphConfig), or ConfigError naming the
         OP that lacks its half."""
-        entries = [(name, op) for name, op in graph.ops.items() if REQUEST in _sources(op.inputs)]
+        entries = [(name, op) for name, op in graph.ops.items() if REQUEST in op.inputs]
         hooks = {}
         for name, op in entries:
-            hook = getattr(resolve_op_type(f"ops.{name}.type", op.type), "from_request", None)
+            hook = getattr(op.op_class, "from_request", None)
             if hook is None:
                 raise ConfigError(f"ops.{name}.type", f"{op.type} takes the request but has no from_request "
                                                       "to map a request's fields to its input")
@@ -44,15 +44,9 @@ class PipelineMapping:
             raise ConfigError("ops", f"the OPs that take the request ({', '.join(hooks)}) map it differently; "
                                      "one OP should take the request and feed the others")
         out = graph.ops[graph.output]
-        to_response = getattr(resolve_op_type(f"ops.{graph.output}.type", out.type), "to_response", None)
+        to_response = getattr(out.op_class, "to_response", None)
         if to_response is None:
             raise ConfigError(f"ops.{graph.output}.type", f"{out.type} is the output but has no to_response "
                                                           "to map its result to the response's fields")
         return cls(from_request=next(iter(hooks.values())), to_response=to_response)
 
-
-def _sources(inputs: Any) -> list[str]:
-    """The OPs (or 'request') feeding an OP, whichever form its configured inputs take."""
-    if isinstance(inputs, Mapping):
-        return list(inputs.values())
-    return list(inputs)

@@ -38,9 +38,9 @@ log = logging.getLogger("tessera.rpc")
 
 class GenerationService:
     def __init__(self, engine: Engine, limits: Limits, info: dict, version: str = "0.1.0", *,
-                 mapping: PipelineMapping | None = None):
+                 mapping: PipelineMapping):
         self.engine, self.limits, self.info, self.version = engine, limits, info, version
-        self.mapping = mapping if mapping is not None else PipelineMapping.of(engine.config)
+        self.mapping = mapping
         self._calls: weakref.WeakKeyDictionary[Request, _Call] = weakref.WeakKeyDictionary()
 
     def submit(self, request: pb.GenerateRequest, *, streaming: bool, timeout_s: float | None) -> Request:

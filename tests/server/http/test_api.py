@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from tessera.server.engine import Cancelled, InvalidInput
-from tessera.server.http.app import _json_name, _worded_for_json
+from tessera.server.http.app import _worded_for_json
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
 from tests.server.engine.toy_ops import until
@@ -133,11 +133,6 @@ def test_only_whole_field_names_are_reworded_for_json():
                        fields=("num_images",))
     assert _worded_for_json(exc) == "numImages is 17; raise server.limits.max_num_images or num_images_total"
     assert _worded_for_json(InvalidInput("num_images is 17")) == "num_images is 17"  # names no fields
-
-
-def test_json_names_follow_protoc():
-    for field in pb.GenerateRequest.DESCRIPTOR.fields:
-        assert _json_name(field.name) == field.json_name
 
 
 async def test_stream_refuses_bad_input_with_a_status_not_an_event(http_served):
