@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import platform
@@ -24,9 +25,12 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+
+from tessera.bench.servers import ServerProcess
 
 PROMPTS = ["a red circle on a blue background", "an armchair in the shape of an avocado",
            "a painting of a fox sitting in a field at sunrise", "a green train coming down the tracks",
@@ -48,25 +52,11 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-class Serve:
-    """`tessera serve --model CKPT --port 0` as a subprocess, logging to a file; its port read off its banner."""
-
-    def __init__(self, model: str, log: Path):
-        cmd = [sys.executable, "-m", "tessera.server.cli", "serve", "--model", model, "--port", "0",
-               "--http-port", "-1", "--metrics-port", "-1"]
-        self.log = log
-        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
-        while self.proc.poll() is None:
-            m = re.search(r"serving .* on [\d.]+:(\d+)", log.read_text())
-            if m:
-                self.target = f"127.0.0.1:{m.group(1)}"
-                return
-            time.sleep(0.5)
-        raise RuntimeError(f"tessera serve exited {self.proc.returncode}: {log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+def serving(model: Path) -> ServerProcess:
+    """`tessera serve` on the shipped configuration with `model`, logging at INFO (the bench keeps
+    its memory lines)."""
+    from tessera.server.defaults import DEFAULT_CONFIG
+    return ServerProcess(model.name, {**copy.deepcopy(DEFAULT_CONFIG), "model": str(model)}, log_level="INFO")
 
 
 def closed_loop(target: str, c: int, n: int, seed0: int) -> dict:
@@ -315,8 +305,9 @@ def dalle_pytorch(rounds: int, out: Path, levels=(1, 8, 32), batch: int = 8, tai
         else:
             check = _dp_check_fix(dalle, text, steps=3)
             print("cache fix check:", check, flush=True)
-        server = Serve(str(ckpt), Path(tmp) / "serve.log") if rounds else None
-        try:
+        measured = settings()
+        with ExitStack() as stack:
+            server = stack.enter_context(serving(ckpt)) if rounds else None
             if server:
                 closed_loop(server.target, 1, 1, 10 ** 6)  # warm-up
             for r in range(rounds):
@@ -332,14 +323,11 @@ def dalle_pytorch(rounds: int, out: Path, levels=(1, 8, 32), batch: int = 8, tai
                         row = _dp_uncached(dalle, text, tail)
                     rows.append({"round": r, "contender": name, "loadavg_before": la, **row})
                     print(f"  {row['images_per_s']:.3f} images/s", flush=True)
-                    (out / "rows.json").write_text(json.dumps({"settings": settings(), "check": check, "rows": rows},
+                    (out / "rows.json").write_text(json.dumps({"settings": measured, "check": check, "rows": rows},
                                                               indent=1))
-        finally:
-            if server:
-                server.stop()
         prof = {"tessera (8 rows)": _profile_ours(ckpt, batch), "dalle-pytorch fixed cache (batch 8)": _profile_dalle(dp, dalle, text)}
-    (out / "rows.json").write_text(json.dumps({"settings": kept or settings(), "check": check, "rows": rows,
-                                               "profile_settings": settings(), "profile_ms_per_step": prof}, indent=1))
+    (out / "rows.json").write_text(json.dumps({"settings": kept or measured, "check": check, "rows": rows,
+                                               "profile_settings": measured, "profile_ms_per_step": prof}, indent=1))
     return rows, _dp_report(rows, check, prof, rounds, tail)
 
 
@@ -395,30 +383,13 @@ def _md_build(root: Path, shape: dict) -> Path:
     as ROOT/dalle_bart_mini/{encoder.pt,decoder.pt,vocab.json,merges.txt} + ROOT/vqgan/detoker.pt
     (the tests' build_detoker: conv_out scaled so pixels are not all clipped). A BPE learned from the
     tests' corpus and the prompts (ids well under text_vocab). An existing ROOT is reused."""
-    from tests.ops.families.min_dalle.conftest import CORPUS, build_detoker, learn_bpe
-    from tests.ops.families.references import import_min_dalle
+    from tests.ops.families.min_dalle.conftest import CORPUS, build_detoker, save_min_dalle
     model_dir = root / "dalle_bart_mini"
     if (model_dir / "decoder.pt").exists() and (root / "vqgan" / "detoker.pt").exists():
         return root
-    md = import_min_dalle()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (root / "vqgan").mkdir(exist_ok=True)
+    (root / "vqgan").mkdir(parents=True, exist_ok=True)
     build_detoker(root / "vqgan" / "detoker.pt")
-    vocab, merges = learn_bpe(CORPUS + " " + " ".join(PROMPTS), 300)
-    assert max(vocab.values()) < shape["text_vocab"]
-    (model_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf8")
-    (model_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf8")
-    torch.manual_seed(1)
-    with torch.no_grad():
-        enc = md.models.DalleBartEncoder(layer_count=shape["layers"], embed_count=shape["embed"],
-                                         attention_head_count=shape["heads"], text_vocab_count=shape["text_vocab"],
-                                         text_token_count=64, glu_embed_count=shape["glu"], device="cpu")
-        torch.save(enc.state_dict(), model_dir / "encoder.pt")
-        del enc
-        dec = md.models.DalleBartDecoder(image_vocab_count=shape["image_vocab"], embed_count=shape["embed"],
-                                         attention_head_count=shape["heads"], glu_embed_count=shape["glu"],
-                                         layer_count=shape["layers"], device="cpu")
-        torch.save(dec.state_dict(), model_dir / "decoder.pt")
+    save_min_dalle(model_dir, shape, CORPUS + " " + " ".join(PROMPTS), 300, seed=1, perturb=False)
     return root
 
 
@@ -463,14 +434,10 @@ def _md_timers(dalle) -> Timers:
     for layer in dalle.decoder.layers:
         for mod, label in ((layer.glu, "glu"), (layer.encoder_attn.k_proj, "cross_kv"),
                            (layer.encoder_attn.v_proj, "cross_kv")):
-            _wrap_instance(T, mod, label)
-    _wrap_instance(T, dalle.decoder.lm_head, "logits")
-    _wrap_instance(T, dalle.detokenizer, "vqgan")
+            T.wrap(mod, "forward", label)
+    T.wrap(dalle.decoder.lm_head, "forward", "logits")
+    T.wrap(dalle.detokenizer, "forward", "vqgan")
     return T
-
-
-def _wrap_instance(T: Timers, obj, label: str, name: str = "forward") -> None:
-    T.wrap(obj, name, label)  # an instance's method, timed (and undone) as a class's is
 
 
 def _md_generate(dalle, grid: int, seed: int) -> dict:
@@ -516,15 +483,15 @@ def _profile_md_ours(root: Path, rows: int, images: int = 2) -> dict:
     text = torch.tensor([tok.encode_prompt(PROMPTS[i % len(PROMPTS)]).ids for i in range(half)]
                         + [tok.empty()] * half)
     T = Timers()
-    _wrap_instance(T, model, "step", "decode_step")
+    T.wrap(model, "decode_step", "step")
     for layer in model.decoder.layers:
         for mod, label in ((layer.self_attn.q_proj, "self"), (layer.self_attn.k_proj, "self"),
                            (layer.self_attn.v_proj, "self"), (layer.encoder_attn.q_proj, "cross"),
                            (layer.glu, "glu")):
-            _wrap_instance(T, mod, label)
-        _wrap_instance(T, layer.self_attn, "self", "attend")
-        _wrap_instance(T, layer.encoder_attn, "cross", "attend")
-    _wrap_instance(T, model.decoder.lm_head, "logits")
+            T.wrap(mod, "forward", label)
+        T.wrap(layer.self_attn, "attend", "self")
+        T.wrap(layer.encoder_attn, "attend", "cross")
+    T.wrap(model.decoder.lm_head, "forward", "logits")
     temp, top_k, top_p, scale = (torch.full((half,), float(d.temperature)), torch.full((half,), int(d.top_k)),
                                  torch.full((half,), float(d.top_p)), torch.full((half,), float(d.guidance_scale)))
     uni = torch.stack([row_uniforms(i, model.image_len) for i in range(half)])
@@ -584,8 +551,9 @@ def min_dalle(rounds: int, out: Path, levels=(1, 4, 16), grids=(1, 2), requests:
             dalle = _md_load(root, smoke)
             mem["min-dalle load s"] = time.perf_counter() - t
             mem["bench process after MinDalle load (GiB RSS)"] = _rss(os.getpid())["VmRSS"]
-        server = Serve(str(root), Path(tmp) / "serve.log") if rounds else None
-        try:
+        measured = settings()
+        with ExitStack() as stack:
+            server = stack.enter_context(serving(root)) if rounds else None
             if server:
                 closed_loop(server.target, 1, 1, 10 ** 6)  # warm-up
             for r in range(rounds):
@@ -600,22 +568,19 @@ def min_dalle(rounds: int, out: Path, levels=(1, 4, 16), grids=(1, 2), requests:
                         row = _md_generate(dalle, int(name.split()[-1]), seed=1 + 10 * r)
                     rows.append({"round": r, "contender": name, "loadavg_before": la, **row})
                     print(f"  {row['images_per_s']:.4f} images/s ({row['wall_s']:.1f} s)", flush=True)
-                    (out / "rows.json").write_text(json.dumps({"settings": settings(), "rows": rows, "memory": mem},
+                    (out / "rows.json").write_text(json.dumps({"settings": measured, "rows": rows, "memory": mem},
                                                               indent=1))
             if server:
                 mem["tessera server (GiB, RSS now / peak)"] = _rss(server.proc.pid)
-                mem["tessera server log"] = [ln for ln in server.log.read_text().splitlines()
+                mem["tessera server log"] = [ln for ln in server.output().splitlines()
                                              if "cache for" in ln or "weights" in ln]
                 mem["bench process with MinDalle (GiB, RSS now / peak)"] = _rss(os.getpid())
-        finally:
-            if server:
-                server.stop()
         if not profile_only:
             del dalle
         prof_la = loadavg()
         prof = _profile_md_ours(root, rows=8)
-    (out / "rows.json").write_text(json.dumps({"settings": kept or settings(), "rows": rows, "memory": mem,
-                                               "profile_settings": settings(), "profile_loadavg_before": prof_la,
+    (out / "rows.json").write_text(json.dumps({"settings": kept or measured, "rows": rows, "memory": mem,
+                                               "profile_settings": measured, "profile_loadavg_before": prof_la,
                                                "profile_ms_per_step": prof, "shape": shape}, indent=1))
     return rows, _md_report(rows, prof, mem, shape, prof_la)
 

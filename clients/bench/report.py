@@ -188,18 +188,17 @@ def figure(series: dict[str, list[tuple[int, list[float], list[float]]]]):
             err = np.array([[m - v.min() for m, v in zip(mid, values)], [v.max() - m for m, v in zip(mid, values)]])
             ax.errorbar(xs, mid, yerr=err, marker="o", capsize=3, label=name)
     thru = "requests/s" if set(series) == {"engine"} else "images/s"
-    left.set(xlabel="concurrency (clients in a closed loop)", ylabel=thru, title=f"throughput ({thru})")
+    left.set(ylabel=thru, title=f"throughput ({thru})")
+    right.set(ylabel="p99 latency (ms)", title="p99 latency")
     p99s = [v for points in series.values() for _, _, p99 in points for v in p99 if v == v and v > 0]
     if p99s and max(p99s) >= 10 * min(p99s):
-        right.set(xlabel="concurrency (clients in a closed loop)", ylabel="p99 latency (ms, log scale)",
-                  title="p99 latency", yscale="log")
+        right.set(ylabel="p99 latency (ms, log scale)", yscale="log")
         right.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
         right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
         right.yaxis.set_minor_formatter(NullFormatter())
-    else:
-        right.set(xlabel="concurrency (clients in a closed loop)", ylabel="p99 latency (ms)", title="p99 latency")
     levels = sorted({c for points in series.values() for c, _, _ in points})
     for ax in (left, right):
+        ax.set_xlabel("concurrency (clients in a closed loop)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])  # the measured levels: 1, 8, 32, not 2^0, 2^3, 2^5
         ax.xaxis.set_minor_locator(NullLocator())

@@ -104,10 +104,11 @@ class ServerProcess:
 
     SERVING = re.compile(r"tessera: serving .*:(\d+); metrics on http://[^:]+:(\d+)/metrics")
 
-    def __init__(self, name: str, config: dict, start_timeout_s: float = 600):
+    def __init__(self, name: str, config: dict, start_timeout_s: float = 600, log_level: str = "WARNING"):
         # 600 s: a local Ray's start (GCS, raylet, one actor per worker loading the model) on
         # two busy cores has taken minutes; a server that fails exits, and is reported, sooner.
         self.name, self.config, self.start_timeout_s = name, config, start_timeout_s
+        self.log_level = log_level  # INFO: the start-up lines (memory, cache) in output()
         self.proc: subprocess.Popen | None = None
         self.port = self.metrics_port = None
         self._path: Path | None = None
@@ -137,7 +138,7 @@ class ServerProcess:
         self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tessera.server.cli", "serve", "--config", path, "--port", "0",
-             "--metrics-port", "0", "--http-port", "-1", "--log-level", "WARNING"],
+             "--metrics-port", "0", "--http-port", "-1", "--log-level", self.log_level],
             stdout=self._log, stderr=subprocess.STDOUT, text=True, env=self.environment())
         deadline = time.monotonic() + self.start_timeout_s
         while (match := self.SERVING.search(_read(self._log))) is None:
@@ -157,6 +158,10 @@ class ServerProcess:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        """What the server has printed so far."""
+        return _read(self._log)
 
     @property
     def metrics_url(self) -> str:

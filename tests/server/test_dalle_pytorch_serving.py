@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 
 from tessera.clients import TesseraError
-from tests.ops.families.dalle_pytorch.conftest import build_dalle, save_checkpoint
+from tests.ops.families.dalle_pytorch.conftest import Payload, build_dalle, save_checkpoint, save_image_normalized
 from tests.ops.families.references import import_dalle_pytorch, import_open_clip
 from tessera.server.config import AppConfig
 from tests.server.rpc.conftest import app_config, raw_config, serving
@@ -43,8 +42,7 @@ def greedy_reference(dalle, hparams, prompt: str) -> np.ndarray:
     text = SimpleTokenizer().tokenize([prompt], hparams["text_seq_len"])
     with torch.no_grad():
         image = dalle.generate_images(text, filter_thres=1.0)[0]
-    image = (image - image.min()) / max(float(image.max() - image.min()), 1e-5)  # save_image(normalize=True)
-    return (image * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return save_image_normalized(image).numpy()
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -118,16 +116,6 @@ async def test_an_openclip_checkpoint_reranks(checkpoint, tmp_path):
     assert info.rerank and info.reranker == f"OpenCLIP {CLIP_ARCH}"
     scores = [im.clip_score for im in gen.images]
     assert gen.reranked and scores == sorted(scores, reverse=True) and scores[0] != 0.0
-
-
-class Payload:
-    """A pickle that would create a file when loaded: a checkpoint must never run code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def serve(*args: str) -> subprocess.CompletedProcess:

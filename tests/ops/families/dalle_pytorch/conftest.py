@@ -1,6 +1,8 @@
 """Tiny random-weight DALLE models built with DALLE-pytorch's own classes, saved as train_dalle.py saves."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -56,3 +58,25 @@ def make_checkpoint(tmp_path):
         path = save_checkpoint(tmp_path / f"{name}.pt", dalle, hp, vp, drop_hparams, drop_weights)
         return path, dalle
     return make
+
+
+def save_image_normalized(image: torch.Tensor) -> torch.Tensor:
+    """torchvision.utils.save_image(image, fp, normalize=True) for one (C, H, W) image, as the
+    array it writes: make_grid's norm_range, then mul(255).add_(0.5).clamp_(0, 255) to uint8."""
+    img = image.detach().float().clone()
+    if img.shape[0] == 1:
+        img = torch.cat((img, img, img), 0)
+    low, high = float(img.min()), float(img.max())
+    img.clamp_(min=low, max=high)
+    img.sub_(low).div_(max(high - low, 1e-5))
+    return img.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8)
+
+
+class Payload:
+    """A pickle that would create a file when loaded: a checkpoint must never run code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

@@ -1,30 +1,19 @@
 """What the checkpoint reader refuses, and the sampling defaults the family derives."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from tessera.ops.families.base import ModelLoadError, ModelUnsupported
 from tessera.ops.families.dalle_pytorch import default_top_k
 from tessera.ops.families.dalle_pytorch.checkpoint import parse_hparams, read_checkpoint
-
-
-class _Payload:
-    """Unpickling this runs os.system: it must never happen."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from tests.ops.families.dalle_pytorch.conftest import Payload
 
 
 def test_refuses_a_pickle_that_runs_code(tmp_path):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.pt"
-    torch.save({"hparams": {}, "weights": {"x": torch.zeros(1)}, "extra": _Payload(marker)}, path)
+    torch.save({"hparams": {}, "weights": {"x": torch.zeros(1)}, "extra": Payload(marker)}, path)
     with pytest.raises(ModelLoadError, match="is not a plain checkpoint: .*refusing to run code from it"):
         read_checkpoint(path)
     assert not marker.exists()

@@ -8,19 +8,8 @@ import torch
 
 from tessera.ops.families.base import ImageDecoder, ModelLoadError, ModelUnsupported
 from tessera.ops.families.dalle_pytorch.vae import build_vae, read_vae_file
+from tests.ops.families.dalle_pytorch.conftest import save_image_normalized
 from tests.ops.families.references import import_dall_e, import_dalle_pytorch
-
-
-def save_image_normalized(image: torch.Tensor) -> torch.Tensor:
-    """torchvision.utils.save_image(image, fp, normalize=True) for one (C, H, W) image, as the
-    array it writes: make_grid's norm_range, then mul(255).add_(0.5).clamp_(0, 255) to uint8."""
-    img = image.detach().float().clone()
-    if img.shape[0] == 1:
-        img = torch.cat((img, img, img), 0)
-    low, high = float(img.min()), float(img.max())
-    img.clamp_(min=low, max=high)
-    img.sub_(low).div_(max(high - low, 1e-5))
-    return img.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8)
 
 
 def reference_pixels(images: torch.Tensor) -> torch.Tensor:

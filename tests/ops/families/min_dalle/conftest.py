@@ -100,29 +100,44 @@ def detoker_file(tmp_path_factory) -> Path:
     return build_detoker(tmp_path_factory.mktemp("vqgan") / "detoker.pt")
 
 
-def build_root(root: Path, detoker: Path, name: str = "dalle_bart_mini", seed: int = 1) -> Path:
+SHAPE = dict(layers=LAYERS, embed=EMBED, heads=HEADS, glu=GLU, text_vocab=TEXT_VOCAB, image_vocab=IMAGE_VOCAB)
+
+
+def save_min_dalle(model_dir: Path, shape: dict, corpus: str, merges: int, seed: int, perturb: bool) -> None:
+    """min-dalle's own DalleBartEncoder and DalleBartDecoder of `shape` (layers, embed, heads, glu,
+    text_vocab, image_vocab), seeded, saved with a BPE learned from `corpus` as MinDalle reads
+    them: model_dir/{encoder.pt,decoder.pt,vocab.json,merges.txt}. perturb: LayerNorms off their
+    defaults. Each half is saved and dropped before the next is built (Mini's shape on a small
+    machine)."""
     md = import_min_dalle()
-    model_dir = root / name
-    model_dir.mkdir(parents=True)
-    (root / "vqgan").mkdir()
-    os.symlink(detoker, root / "vqgan" / "detoker.pt")
-    vocab, merges = learn_bpe(CORPUS, 90)
-    assert max(vocab.values()) < TEXT_VOCAB
+    model_dir.mkdir(parents=True, exist_ok=True)
+    vocab, rules = learn_bpe(corpus, merges)
+    assert max(vocab.values()) < shape["text_vocab"]
     (model_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf8")
-    (model_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf8")
+    (model_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(rules) + "\n", encoding="utf8")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    halves = {"encoder.pt": lambda: md.models.DalleBartEncoder(
+                  layer_count=shape["layers"], embed_count=shape["embed"], attention_head_count=shape["heads"],
+                  text_vocab_count=shape["text_vocab"], text_token_count=64, glu_embed_count=shape["glu"],
+                  device="cpu"),
+              "decoder.pt": lambda: md.models.DalleBartDecoder(
+                  image_vocab_count=shape["image_vocab"], embed_count=shape["embed"],
+                  attention_head_count=shape["heads"], glu_embed_count=shape["glu"], layer_count=shape["layers"],
+                  device="cpu")}
     with torch.no_grad():
-        enc = md.models.DalleBartEncoder(layer_count=LAYERS, embed_count=EMBED, attention_head_count=HEADS,
-                                         text_vocab_count=TEXT_VOCAB, text_token_count=64, glu_embed_count=GLU,
-                                         device="cpu")
-        dec = md.models.DalleBartDecoder(image_vocab_count=IMAGE_VOCAB, embed_count=EMBED,
-                                         attention_head_count=HEADS, glu_embed_count=GLU, layer_count=LAYERS,
-                                         device="cpu")
-        _perturb_norms(enc, gen)
-        _perturb_norms(dec, gen)
-    torch.save(enc.state_dict(), model_dir / "encoder.pt")
-    torch.save(dec.state_dict(), model_dir / "decoder.pt")
+        for file, build in halves.items():
+            half = build()
+            if perturb:
+                _perturb_norms(half, gen)
+            torch.save(half.state_dict(), model_dir / file)
+            del half
+
+
+def build_root(root: Path, detoker: Path, name: str = "dalle_bart_mini", seed: int = 1) -> Path:
+    (root / "vqgan").mkdir(parents=True)
+    os.symlink(detoker, root / "vqgan" / "detoker.pt")
+    save_min_dalle(root / name, SHAPE, CORPUS, 90, seed, perturb=True)
     return root
 
 
