@@ -145,8 +145,15 @@ class Vocabulary(_message.Message):
     def __init__(self, colors: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., shapes: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., positions: _Optional[_Iterable[_Union[Term, _Mapping]]] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model_name", "image_width", "image_height", "text_context", "limits", "defaults", "version", "vocabulary", "model_kind", "image_tokens", "tokenizer", "rerank", "reranker", "details")
+    __slots__ = ("model_name", "image_width", "image_height", "text_context", "limits", "defaults", "version", "vocabulary", "model_kind", "image_tokens", "tokenizer", "rerank", "reranker", "details", "precision")
     class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PrecisionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +174,7 @@ class ServerInfo(_message.Message):
     RERANK_FIELD_NUMBER: _ClassVar[int]
     RERANKER_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     image_width: int
     image_height: int
@@ -181,4 +189,5 @@ class ServerInfo(_message.Message):
     rerank: bool
     reranker: str
     details: _containers.ScalarMap[str, str]
-    def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., model_kind: _Optional[str] = ..., image_tokens: _Optional[int] = ..., tokenizer: _Optional[str] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    precision: _containers.ScalarMap[str, str]
+    def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., model_kind: _Optional[str] = ..., image_tokens: _Optional[int] = ..., tokenizer: _Optional[str] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., precision: _Optional[_Mapping[str, str]] = ...) -> None: ...
