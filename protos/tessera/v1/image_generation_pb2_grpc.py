@@ -5,7 +5,7 @@ import warnings
 
 from tessera.v1 import image_generation_pb2 as tessera_dot_v1_dot_image__generation__pb2
 
-GRPC_GENERATED_VERSION = '1.85.4'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
