@@ -23,7 +23,7 @@ from tessera.server.engine.errors import (Cancelled, DeadlineExceeded, EngineErr
 from tessera.server.engine.metrics import EngineMetrics
 from tessera.server.engine.platforms import Platforms
 from tessera.server.engine.request import Request, Result, StageTiming
-from tessera.server.engine.stage import OpStage
+from tessera.server.engine.stage import OpStage, gather_settled
 
 log = logging.getLogger("tessera.engine")
 
@@ -75,7 +75,7 @@ class Engine:
             self._ray = RayConnection(self.config.ray_address)
             await asyncio.get_running_loop().run_in_executor(None, self._ray.open)
         self.stages = {name: OpStage(self, cfg) for name, cfg in self.config.ops.items()}
-        await asyncio.gather(*(stage.start() for stage in self.stages.values()))
+        await gather_settled(stage.start() for stage in self.stages.values())  # every setup ended
         self.health_changed()
         self.accepting = True
         self._idle.set()

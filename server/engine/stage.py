@@ -57,6 +57,19 @@ def as_engine_error(exc: BaseException, op: str, request_id: str) -> EngineError
     return OpFailed(op, f"{type(exc).__name__}: {exc}")
 
 
+async def gather_settled(aws) -> list[Any]:
+    """asyncio.gather that, when one awaitable fails, still waits for every other to end
+    before raising the first failure. A worker's setup runs on a thread that cannot be
+    cancelled: a start that raised while another worker still loaded its model left that
+    thread inside torch, and the interpreter's exit then aborted the process
+    ("terminate called without an active exception") instead of exiting with its code."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 class CallTimedOut(OpFailed):
     """A worker call ran past timeout_ms; the worker was abandoned and is being replaced."""
 
@@ -168,7 +181,7 @@ class OpStage:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        await asyncio.gather(*(w.start() for w in self.workers))
+        await gather_settled(w.start() for w in self.workers)
         for w in self.workers:
             self.supervisor.up(w)
         self._tasks.append(asyncio.create_task(self._feed(), name=f"{self.name}-feed"))

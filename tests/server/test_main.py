@@ -136,3 +136,16 @@ def test_auth_configuration_mistakes_exit_2_naming_the_key(tmp_path, server, env
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_setup_that_fails_while_another_still_computes_exits_1_without_aborting(tmp_path):
+    # The start-up fails only once every OP's setup has ended: a setup thread left in torch at
+    # the interpreter's exit aborted the process (134, "terminate called without an active
+    # exception") instead of the one line and its exit code.
+    cfg = {"server": {"port": 0, "metrics_port": -1, "http_port": -1},
+           "graph": {"output": "busy", "ops": {
+               "failing": {"type": "tests.server.exit_ops:FailingSetupOp", "inputs": ["request"]},
+               "busy": {"type": "tests.server.exit_ops:BusySetupOp", "inputs": ["failing"]}}}}
+    proc = tessera("serve", "--config", _write(tmp_path, cfg))
+    assert proc.returncode == 1, proc.stderr
+    assert "this OP never starts" in proc.stderr and "terminate called" not in proc.stderr
