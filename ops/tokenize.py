@@ -30,7 +30,7 @@ class TokenizeOp(Op):
             encoded = tokenizer.encode_prompt(row.prompt)
             clip_text = clip.tokenize(row.prompt) if clip is not None else None
         except PromptError as exc:
-            return InvalidInput(str(exc))
+            return InvalidInput(str(exc), fields=("prompt",))
         d = self.bundle.sampling
         sampling = Sampling(temperature=row.temperature or d.temperature, top_k=row.top_k or d.top_k,
                             top_p=row.top_p or d.top_p, guidance_scale=row.guidance_scale or d.guidance_scale)

@@ -34,6 +34,17 @@ class PromptError(ValueError):
     """A prompt the model cannot take: empty once normalised, or longer than the context."""
 
 
+class PromptTooLong(PromptError):
+    """A prompt over the model's text context, worded the same for every family."""
+
+    def __init__(self, length: int, limit: int):
+        super().__init__(f"prompt is {length} tokens long; the limit is {limit} tokens")
+        self.length, self.limit = length, limit
+
+    def __reduce__(self):  # pickled with its own arguments, not the message (a process hop)
+        return type(self), (self.length, self.limit)
+
+
 @dataclass
 class SamplingDefaults:
     temperature: float = 1.0

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tessera.ops.families.base import Encoded, PromptError
+from tessera.ops.families.base import Encoded, PromptError, PromptTooLong
 
 PAD = "<pad>"
 _PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
@@ -66,8 +66,7 @@ class TextTokenizer:
             raise PromptError("prompt is empty once punctuation and spaces are removed")
         ids = self.tokenizer.encode(text).ids
         if len(ids) > self.context:
-            raise PromptError(
-                f"prompt is {len(ids)} tokens long; the limit is {self.context} tokens")
+            raise PromptTooLong(len(ids), self.context)
         return ids + [self.pad_id] * (self.context - len(ids))
 
     @property

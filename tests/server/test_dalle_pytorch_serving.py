@@ -91,7 +91,8 @@ async def test_seeds_guidance_and_batching_work_as_for_the_bundled_model(checkpo
 async def test_an_over_long_prompt_is_invalid_argument(checkpoint):
     path, _, _ = checkpoint
     async with serving(app_config(path)) as (server, client):
-        with pytest.raises(TesseraError, match="INVALID_ARGUMENT.*tokens"):
+        # the bundled model's wording (tests/server/rpc/test_errors.py): one for every family
+        with pytest.raises(TesseraError, match=r"INVALID_ARGUMENT.*prompt is \d+ tokens long; the limit is 8 tokens"):
             await client.generate("a red circle " * 10)
         assert (await client.generate(PROMPT, seed=3)).images  # and the server serves on
 
@@ -139,3 +140,42 @@ def test_serve_names_a_path_that_is_no_model(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = serve("--model", str(tmp_path / "empty"))
     assert proc.returncode == 2 and "dalle_bart_mega" in proc.stderr
+
+
+def _vqgan_checkpoint(path: Path, tmp_path: Path) -> Path:
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["vae_class_name"], ckpt["vae_params"] = "VQGanVAE", None  # as train_dalle.py saves a VQGAN run
+    out = tmp_path / "vqgan-dalle.pt"
+    torch.save(ckpt, out)
+    return out
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing BPE", "cannot read the BPE file"),
+    ("bad tokenizers JSON", "not a readable tokenizers JSON"),
+    ("not BPE merges", "not a BPE merges file"),
+    ("VQGanVAE", "VQGanVAE"),
+    ("random bytes", "is not a PyTorch checkpoint"),
+    ("gzipped text", "is not a PyTorch checkpoint: it is a gzip file"),
+])
+def test_every_model_refusal_is_one_line_and_exit_2(checkpoint, tmp_path, case, expected):
+    # Through the real command, as a user meets it: one line, exit 2, never an abort (134)
+    # from a loader thread still running when the process exits.
+    import gzip
+    path, _, _ = checkpoint
+    args = {"missing BPE": lambda: ["--model", str(path), "--bpe-path", str(tmp_path / "nope.txt.gz")],
+            "bad tokenizers JSON": lambda: ["--model", str(path), "--bpe-path", _write(tmp_path / "t.json", b'{"bad": ')],
+            "not BPE merges": lambda: ["--model", str(path), "--bpe-path", _write(tmp_path / "notbpe.txt", b"hello\n")],
+            "VQGanVAE": lambda: ["--model", str(_vqgan_checkpoint(path, tmp_path))],
+            "random bytes": lambda: ["--model", _write(tmp_path / "junk.pt", bytes(range(3, 256)) * 19)],
+            "gzipped text": lambda: ["--model", _write(tmp_path / "text.pt", gzip.compress(b"a note\n"))]}[case]()
+    proc = serve(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tessera serve: cannot load the model: ") and expected in lines[0]
+    assert "refusing to run code" not in lines[0]
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)

@@ -33,6 +33,26 @@ _CONSOLIDATE = (
     "{{..., 'weights': dalle.state_dict()}} with torch.save), then serve that file")
 
 
+_ZIP_MAGIC = b"PK\x03\x04"   # torch.save since 1.6
+_PICKLE_PROTO = b"\x80"       # torch.save's legacy format: a pickle, protocol 2 or later
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """What the file is instead, when its first bytes are neither torch.save's zip nor a pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO):
+        return None
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\x1f\x8b"):
+        return "it is a gzip file"
+    return "its bytes are neither a zip file nor a pickle"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """train_dalle.py's file as a dict, loaded with weights_only=True (no code runs)."""
     p = Path(path)
@@ -42,15 +62,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise ModelLoadError(f"{p} is a directory, not a DALLE-pytorch checkpoint file")
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file")
+    not_torch = _not_a_torch_file(p)
+    if not_torch:
+        raise ModelLoadError(f"{p} is not a PyTorch checkpoint: {not_torch} (torch.save writes a zip file; "
+                             "train_dalle.py's dalle.pt is one)")
     try:
         ckpt = load_weights_only(p)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "Unsupported operand" in msg:
-            first = next((line.strip() for line in msg.splitlines()
-                          if "Unsupported" in line or "global" in line.lower()), msg.splitlines()[0])
-            raise ModelLoadError(f"{p} is not a plain checkpoint: {first}; refusing to run code from it") from None
-        raise ModelLoadError(f"{p} is truncated or corrupt ({msg.splitlines()[0] if msg else 'unpickling failed'})") from None
+        lines = [line.strip() for line in msg.splitlines() if line.strip()]
+        reaching = next((line for line in lines if "global" in line.lower()), None)
+        if reaching:  # the pickle names a function or class to call: code, not weights
+            raise ModelLoadError(f"{p} is not a plain checkpoint: {reaching}; refusing to run code from it") from None
+        first = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "unpickling failed")
+        raise ModelLoadError(f"{p} is truncated or corrupt, or not a PyTorch checkpoint ({first})") from None
     except Exception as e:  # noqa: BLE001 - zip reader errors, EOFError, ...
         raise ModelLoadError(f"{p} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or "weights" not in ckpt:

@@ -20,7 +20,7 @@ import importlib.util
 import os
 from functools import lru_cache
 
-from tessera.ops.families.base import Encoded, ModelLoadError, ModelUnsupported, PromptError
+from tessera.ops.families.base import Encoded, ModelLoadError, ModelUnsupported, PromptError, PromptTooLong
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CLIP_VOCAB_SIZE = 49408            # what DALLE-pytorch's SimpleTokenizer reports
@@ -169,10 +169,9 @@ class DallePytorchTokenizer:
             raise PromptError("the prompt must be text")
         ids = self._impl.encode(prompt)
         if not ids:
-            raise PromptError("the prompt is empty once normalised")
+            raise PromptError("prompt is empty once normalised")
         if len(ids) > self.context:
-            raise PromptError(f"the prompt is {len(ids)} tokens long; this model takes at most "
-                              f"{self.context}")
+            raise PromptTooLong(len(ids), self.context)
         return Encoded(ids + [0] * (self.context - len(ids)))
 
     def empty(self) -> list[int]:
@@ -234,8 +233,11 @@ def load_tokenizer(bpe_path: str | None, text_seq_len: int):
     except UnicodeDecodeError as e:
         raise ModelLoadError(f"{path}: not UTF-8 BPE merges ({e}); {BPE_HINT}") from e
     lines = text.split("\n")
-    if len(lines) < 2 or any(len(m.split()) != 2 for m in lines[1:_CLIP_MERGES + 1] if m.strip()):
-        raise ModelLoadError(f"{path}: not a BPE merges file (one 'a b' pair a line after a "
-                             f"'#version' line); {BPE_HINT}")
+    merges = [m for m in lines[1:_CLIP_MERGES + 1] if m.strip()]
+    # CLIP's file's first line holds "#version: 0.2"; SimpleTokenizer skips that line unread,
+    # so a file without it (or without a pair after it) is some other text, not merges.
+    if "#version" not in lines[0] or not merges or any(len(m.split()) != 2 for m in merges):
+        raise ModelLoadError(f"{path}: not a BPE merges file (a '#version' line, then one 'a b' pair a "
+                             f"line); {BPE_HINT}")
     impl = ClipBPE(text)
     return DallePytorchTokenizer(impl, f"CLIP BPE ({impl.vocab_size} tokens)", text_seq_len)

@@ -90,7 +90,7 @@ class MinDalleTokenizer:
     def encode_prompt(self, prompt: str) -> Encoded:
         ids = self.tokenize(prompt)
         if len(ids) <= 2:
-            raise PromptError("the prompt is empty once normalised as min-dalle does "
+            raise PromptError("prompt is empty once normalised as min-dalle does "
                               "(emoji named, lower-case ASCII only)")
         notes = []
         if len(ids) > self.context:

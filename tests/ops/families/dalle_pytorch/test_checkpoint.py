@@ -32,6 +32,33 @@ def test_refuses_a_truncated_file(make_checkpoint, tmp_path):
         read_checkpoint(junk)
 
 
+@pytest.mark.parametrize("name, content, what", [
+    ("random.pt", bytes(range(7, 250)) * 20, "neither a zip file nor a pickle"),
+    ("text.pt.gz", None, "it is a gzip file"),
+    ("notes.txt", b"hello\n", "neither a zip file nor a pickle"),
+    ("empty.pt", b"", "the file is empty"),
+])
+def test_a_file_that_is_no_pytorch_checkpoint_says_so_not_that_it_runs_code(tmp_path, name, content, what):
+    import gzip
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"some text\n") if content is None else content)
+    with pytest.raises(ModelLoadError) as caught:
+        read_checkpoint(path)
+    message = str(caught.value)
+    assert f"{name} is not a PyTorch checkpoint: " in message and what in message
+    assert "code" not in message  # nothing in it reached for a function to call
+
+
+def test_refuses_a_legacy_pickle_that_runs_code(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "legacy.pt"
+    with open(path, "wb") as f:  # torch.save's pre-1.6 format: a bare pickle
+        torch.save({"weights": Payload(marker)}, f, _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelLoadError, match="is not a plain checkpoint: .*GLOBAL.*refusing to run code from it"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
 def test_refuses_deepspeed_placeholder_and_directory(tmp_path):
     path = tmp_path / "dalle.pt"
     torch.save({"hparams": {}, "vae_params": None, "epoch": 1, "version": "1.6.6", "vae_class_name": "DiscreteVAE",

@@ -103,8 +103,8 @@ def test_over_long_and_empty_prompts(reference):
     too_long = fits + " nine"
     with pytest.raises(RuntimeError):   # what DALLE-pytorch does with it
         reference.tokenizer.tokenize([too_long], 8, truncate_text=False)
-    with pytest.raises(PromptError, match="9 tokens"):
-        ours.encode_prompt(too_long)
+    with pytest.raises(PromptError, match="^prompt is 9 tokens long; the limit is 8 tokens$"):
+        ours.encode_prompt(too_long)  # the bundled model's wording (tests/ops/models/test_loading.py)
     for empty in ("", "   \n\t "):
         with pytest.raises(PromptError):
             ours.encode_prompt(empty)
@@ -120,6 +120,10 @@ def test_missing_default_vocabulary_and_bad_files(monkeypatch, tmp_path):
     junk.write_text("#version\nthis line has too many words\n")
     with pytest.raises(ModelLoadError, match="junk.txt"):
         load_tokenizer(str(junk), 16)
+    for text in ("hello\n", "hello", "#version: 0.2\n"):  # one word; no pairs after the header
+        junk.write_text(text)
+        with pytest.raises(ModelLoadError, match="junk.txt: not a BPE merges file"):
+            load_tokenizer(str(junk), 16)
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{ not json")
     with pytest.raises(ModelLoadError, match="bad.json"):
