@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import functools
 import json
 import os
 import platform
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from tessera.bench.roofline import (Peak, StepCost, count_step, live_prefix, measure_peak, peak_line, roofline_line,
+                                    share)
 from tessera.bench.servers import ServerProcess
 
 PROMPTS = ["a red circle on a blue background", "an armchair in the shape of an avocado",
@@ -83,6 +86,38 @@ def closed_loop(target: str, c: int, n: int, seed0: int) -> dict:
     return asyncio.run(run())
 
 
+def _roofline(model, cache, rows: int, step_ms: float, peak: Peak | None) -> dict | None:
+    """The decode step against `peak` (bench/roofline.py) at the profile's mean step time: its
+    FLOPs and weight bytes counted from the model's own calls at the first and the last step
+    (their mean is the image's: attention grows linearly), over the cache the profile just
+    filled (nothing reads it again)."""
+    if peak is None:
+        return None
+    zeros = torch.zeros(rows, dtype=torch.long)
+    cost = StepCost.mean([count_step(lambda at=at: model.decode_step(zeros, torch.full((rows,), at), cache,
+                                                                     **live_prefix(model, at)), rows)
+                          for at in (0, model.image_len - 2)])
+    return {**share(cost, step_ms / 1e3, peak), "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+
+
+def roofline_part(peak: dict, label: str, roof: dict) -> str:
+    """results.md's roofline paragraph: the peak, then the step against it."""
+    return (f"Roofline (bench/roofline.py; measured in process just before the profile): {peak['line']}.\n\n"
+            f"- {roofline_line(label, roof)}.\n\nA step's FLOPs and weight bytes are counted from the model's "
+            "own calls (each Linear: 2 x rows x its parameters, its weight read once a step; attention: over the "
+            "positions the step attends to, its K/V read from the cache) at the first and the last step; its time "
+            "is the profile's mean decode_step (the draw left out). 100% of the roofline is a step at the slower of "
+            "the matmul peak in its precision and the memory peak.")
+
+
+def probe(seconds: float) -> tuple[Peak, dict]:
+    """This machine's CPU peak, and its JSON form with its printed line."""
+    peak = measure_peak("cpu", seconds)
+    line = peak_line(peak)
+    print(line, flush=True)
+    return peak, {**peak.to_dict(), "line": line}
+
+
 class Timers:
     """Inclusive wall time of chosen methods, patched onto their classes (restored by undo)."""
 
@@ -92,6 +127,7 @@ class Timers:
     def wrap(self, cls, name: str, label: str):
         orig = getattr(cls, name)
 
+        @functools.wraps(orig)  # its signature stays readable (bench/roofline.py's live_prefix reads it)
         def timed(*a, **kw):
             t = time.perf_counter()
             try:
@@ -224,8 +260,9 @@ def _dp_check_fix(dalle, text, steps: int) -> dict:
             "tokens_row0": toks[1][0].tolist()}
 
 
-def _profile_ours(ckpt: Path, rows: int) -> dict:
-    """Our decode step at `rows` rows over one whole image, split by part (mean ms per step)."""
+def _profile_ours(ckpt: Path, rows: int, peak: Peak | None = None) -> dict:
+    """Our decode step at `rows` rows over one whole image, split by part (mean ms per step);
+    `_roofline`: the step against `peak`."""
     from tessera.ops.families.base import ModelSpec
     from tessera.ops.families.dalle_pytorch import load
     from tessera.ops.families.dalle_pytorch import model as M
@@ -248,11 +285,12 @@ def _profile_ours(ckpt: Path, rows: int) -> dict:
             t = time.perf_counter()
             tok = sample_tokens(logits.float(), *args, torch.rand(rows, dtype=torch.float64))
             pick += time.perf_counter() - t
-            logits = model.decode_step(tok, torch.full((rows,), i), cache)
+            logits = model.decode_step(tok, torch.full((rows,), i), cache, **live_prefix(model, i))
     T.undo()
     n = model.image_len - 1
     ms = {k: 1e3 * v / n for k, v in T.total.items()}
-    return {"embedding, rotary table, step setup": ms["step"] - ms["layers"] - ms["logits"],
+    return {"_roofline": _roofline(model, cache, rows, ms["step"], peak),
+            "embedding, rotary table, step setup": ms["step"] - ms["layers"] - ms["logits"],
             "attention (8 layers)": ms["attention"], "feed-forward (8 layers)": ms["ff"],
             "norms + shift-token ring + LayerScale": ms["sublayers"] - ms["attention"] - ms["ff"],
             "residual adds, layer loop": ms["layers"] - ms["sublayers"], "logits (8192 image rows)": ms["logits"],
@@ -292,7 +330,7 @@ def _profile_dalle(dp, dalle, text) -> dict:
 
 
 def dalle_pytorch(rounds: int, out: Path, levels=(1, 8, 32), batch: int = 8, tail: int = 3,
-                  profile_only: bool = False) -> tuple[list, str]:
+                  profile_only: bool = False, probe_seconds: float = 0.5) -> tuple[list, str]:
     """profile_only: keep out/rows.json's rounds and check, redo the per-step profile."""
     rows, kept = [], None
     with tempfile.TemporaryDirectory() as tmp:
@@ -325,10 +363,15 @@ def dalle_pytorch(rounds: int, out: Path, levels=(1, 8, 32), batch: int = 8, tai
                     print(f"  {row['images_per_s']:.3f} images/s", flush=True)
                     (out / "rows.json").write_text(json.dumps({"settings": measured, "check": check, "rows": rows},
                                                               indent=1))
-        prof = {"tessera (8 rows)": _profile_ours(ckpt, batch), "dalle-pytorch fixed cache (batch 8)": _profile_dalle(dp, dalle, text)}
+        peak, peak_json = probe(probe_seconds)
+        prof = {"tessera (8 rows)": _profile_ours(ckpt, batch, peak),
+                "dalle-pytorch fixed cache (batch 8)": _profile_dalle(dp, dalle, text)}
+    roof = {"peak": peak_json, "tessera (8 rows)": prof["tessera (8 rows)"].pop("_roofline")}
+    print(roofline_line("tessera's decode step", roof["tessera (8 rows)"]), flush=True)
     (out / "rows.json").write_text(json.dumps({"settings": kept or measured, "check": check, "rows": rows,
-                                               "profile_settings": measured, "profile_ms_per_step": prof}, indent=1))
-    return rows, _dp_report(rows, check, prof, rounds, tail)
+                                               "profile_settings": measured, "profile_ms_per_step": prof,
+                                               "roofline": roof}, indent=1))
+    return rows, _dp_report(rows, check, prof, rounds, tail, roof)
 
 
 def _rounds_table(rows, label: str, cell, digits: int):
@@ -346,7 +389,7 @@ def _rounds_table(rows, label: str, cell, digits: int):
     return names, by, got, head, body
 
 
-def _dp_report(rows, check, prof, rounds, tail) -> str:
+def _dp_report(rows, check, prof, rounds, tail, roof) -> str:
     names, by, got, head, body = _rounds_table(
         rows, "load before", lambda r: f"{r['images_per_s']:.3f} ({r['loadavg_before'].split()[0]})", 3)
     ratios = [by[(i, "tessera c=8")]["images_per_s"] / by[(i, "dalle-pytorch fixed cache")]["images_per_s"]
@@ -368,6 +411,7 @@ def _dp_report(rows, check, prof, rounds, tail) -> str:
         + table(["part (Tessera)", "ms", "part (DALLE-pytorch cached)", "ms"], prow)
         + "\n\nTimed by wrapping each part's method (inclusive wall time; a part = its method minus those inside it); "
         "the text prefill is left out of both. Rotary itself (rotating q, k, v) is inside attention on both sides.",
+        roofline_part(roof["peak"], "Tessera's decode step", roof["tessera (8 rows)"]),
     ])
 
 
@@ -468,7 +512,7 @@ def _md_generate(dalle, grid: int, seed: int) -> dict:
             "sampling_s": T.total["step"], "rest_s": wall - T.total["step"] - T.total["vqgan"]}
 
 
-def _profile_md_ours(root: Path, rows: int, images: int = 2) -> dict:
+def _profile_md_ours(root: Path, rows: int, images: int = 2, peak: Peak | None = None) -> dict:
     """Our decode step at `rows` rows (rows/2 guided images: each with its unconditional twin, as the
     sampler lays them out) over one whole image, split by part (mean ms per step); the draw is the
     sampler's own guide + sample_tokens at the model defaults; the VQGAN decode timed per image."""
@@ -506,8 +550,10 @@ def _profile_md_ours(root: Path, rows: int, images: int = 2) -> dict:
             pick += time.perf_counter() - t
             grid.append(toks)
             if i + 1 < model.image_len:
-                logits = model.decode_step(torch.cat([toks, toks]), torch.full((rows,), i), cache)
+                logits = model.decode_step(torch.cat([toks, toks]), torch.full((rows,), i), cache,
+                                           **live_prefix(model, i))
         T.undo()
+        roof = _roofline(model, cache, rows, 1e3 * T.total["step"] / (model.image_len - 1), peak)
         grid = torch.stack(grid, 1)  # (half, 256)
         vq = []
         for j in range(min(images, half)):
@@ -524,7 +570,7 @@ def _profile_md_ours(root: Path, rows: int, images: int = 2) -> dict:
                 ms["step"] - ms["self"] - ms["cross"] - ms["glu"] - ms["logits"],
             f"the draw (guide + sample_tokens, top_k {d.top_k}: float64 softmax + full sort)": draw,
             "total per step": ms["step"] + draw,
-            "_vqgan_s_per_image": sum(vq) / len(vq), "_vqgan_runs": vq}
+            "_vqgan_s_per_image": sum(vq) / len(vq), "_vqgan_runs": vq, "_roofline": roof}
 
 
 def _rss(pid: int) -> dict:
@@ -533,7 +579,8 @@ def _rss(pid: int) -> dict:
 
 
 def min_dalle(rounds: int, out: Path, levels=(1, 4, 16), grids=(1, 2), requests: dict | None = None,
-              root: Path | None = None, smoke: bool = False, profile_only: bool = False) -> tuple[list, str]:
+              root: Path | None = None, smoke: bool = False, profile_only: bool = False,
+              probe_seconds: float = 0.5) -> tuple[list, str]:
     """Served Tessera at `levels` (one image a request, closed loop, max(4, 2c) requests unless
     `requests` says) against min-dalle's generate_images at `grids`, interleaved rounds; then our
     step profiled at the c=4 batch (8 rows). `root`: keep the built model there (built if absent)."""
@@ -578,11 +625,15 @@ def min_dalle(rounds: int, out: Path, levels=(1, 4, 16), grids=(1, 2), requests:
         if not profile_only:
             del dalle
         prof_la = loadavg()
-        prof = _profile_md_ours(root, rows=8)
+        peak, peak_json = probe(probe_seconds)
+        prof = _profile_md_ours(root, rows=8, peak=peak)
+    roof = {"peak": peak_json, "tessera (8 rows)": prof.pop("_roofline")}
+    print(roofline_line("tessera's decode step", roof["tessera (8 rows)"]), flush=True)
     (out / "rows.json").write_text(json.dumps({"settings": kept or measured, "rows": rows, "memory": mem,
                                                "profile_settings": measured, "profile_loadavg_before": prof_la,
-                                               "profile_ms_per_step": prof, "shape": shape}, indent=1))
-    return rows, _md_report(rows, prof, mem, shape, prof_la)
+                                               "profile_ms_per_step": prof, "shape": shape, "roofline": roof},
+                                              indent=1))
+    return rows, _md_report(rows, prof, mem, shape, prof_la, roof)
 
 
 def _md_flops(embed: int, layers: int, glu: int, image_vocab: int = 16384, text: int = 64, pos: int = 128) -> float:
@@ -592,7 +643,7 @@ def _md_flops(embed: int, layers: int, glu: int, image_vocab: int = 16384, text:
     return layers * (6 * embed ** 2 + 3 * embed * glu + 2 * embed * (pos + text)) + embed * image_vocab
 
 
-def _md_report(rows, prof, mem, shape, prof_la) -> str:
+def _md_report(rows, prof, mem, shape, prof_la, roof) -> str:
     names, by, got, head, body = _rounds_table(
         rows, "s, load before",
         lambda r: f"{r['images_per_s']:.4f} ({r['wall_s']:.0f} s, {r['loadavg_before'].split()[0]})", 4)
@@ -630,6 +681,7 @@ def _md_report(rows, prof, mem, shape, prof_la) -> str:
                256 * step8 * mega / mini / 4e3 + prof["_vqgan_s_per_image"]}
     parts.append("Memory and the mega estimate:\n\n" + "\n".join(f"- {k}: {v}" for k, v in mem.items())
                  + "\n" + "\n".join(f"- {k}: {v:.2f}" for k, v in est.items()))
+    parts.append(roofline_part(roof["peak"], "Tessera's decode step", roof["tessera (8 rows)"]))
     return "\n\n".join(parts)
 
 
@@ -645,6 +697,8 @@ def main(argv=None) -> int:
     ap.add_argument("--root", type=Path, help="min-dalle: build the model under this folder (reused if there)")
     ap.add_argument("--requests", default="", help="min-dalle: requests per level, e.g. 16:16 (default max(4, 2c))")
     ap.add_argument("--smoke", action="store_true", help="min-dalle: a tiny shape, to check the script runs")
+    ap.add_argument("--probe-seconds", type=float, default=0.5,
+                    help="the roofline's budget for each probe of the machine's peak (bench/roofline.py)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     s = settings()
@@ -652,7 +706,8 @@ def main(argv=None) -> int:
     if args.family == "min-dalle":
         extra = dict(root=args.root, smoke=args.smoke,
                      requests={int(a): int(b) for a, b in (x.split(":") for x in args.requests.split(",") if x)})
-    _, body = FAMILIES[args.family](args.rounds, args.out, profile_only=args.profile_only, **extra)
+    _, body = FAMILIES[args.family](args.rounds, args.out, profile_only=args.profile_only,
+                                    probe_seconds=args.probe_seconds, **extra)
     cmd = "python -m tessera.bench.families " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "results.md").write_text(
         f"# {args.family}: served Tessera vs the project's own sampler\n\n`{cmd}` (from the repository root)\n\n"

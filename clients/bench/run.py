@@ -259,30 +259,81 @@ def engine_only(concurrency_levels: list[int], requests: int) -> list[dict]:
     return run(main())
 
 
-def kv_profile(model_dir: str | None, rows: int) -> dict:
-    """Decode-step time over the first vs the last quarter of image tokens, at a full batch."""
+def _sampler_image(pipe, rows: int) -> tuple[list[float], list[float]]:
+    """One image's decode steps at `rows` rows through the pipeline's sampler OP, twice (the first
+    pass warms up): the second pass's step times and its model calls' (the OP's decoder), seconds."""
     import torch
 
     from tessera.ops.messages import GenerateParams
+    from tessera.server.engine import StepRow
+    sample = pipe.sample
+    [tok] = pipe.tokenized([GenerateParams("a red circle", num_candidates=rows)])
+    decoder, calls = sample.decoder, []
+    sync = torch.cuda.synchronize if str(sample.device).startswith("cuda") else (lambda: None)
+
+    def timed(*args):
+        t = time.perf_counter()
+        out = decoder(*args)
+        sync()
+        calls.append(time.perf_counter() - t)
+        return out
+    sample.decoder = timed
+    try:
+        with torch.inference_mode():
+            for _ in range(2):  # the first pass warms up
+                sample.admit([StepRow(i, r) for i, r in enumerate(sample.split(tok))])
+                times = []
+                calls.clear()
+                while sample.active:
+                    t = time.perf_counter()
+                    sample.step()
+                    times.append(time.perf_counter() - t)
+    finally:
+        sample.decoder = decoder
+    return times, list(calls)
+
+
+def kv_profile(model_dir: str | None, rows: int) -> dict:
+    """Decode-step time over the first vs the last quarter of image tokens, at a full batch."""
     from tessera.ops.pipeline import LocalPipeline
     from tessera.server.config import served_graph
-    from tessera.server.engine import StepRow
-    pipe = LocalPipeline(served_graph(model_dir=model_dir), capacity=rows)
-    [tok] = pipe.tokenized([GenerateParams("a red circle", num_candidates=rows)])
-    times = []
-    with torch.inference_mode():
-        for attempt in range(2):  # the first pass warms up
-            pipe.sample.admit([StepRow(i, r) for i, r in enumerate(pipe.sample.split(tok))])
-            times = []
-            while pipe.sample.active:
-                t = time.perf_counter()
-                pipe.sample.step()
-                times.append(time.perf_counter() - t)
+    times, _ = _sampler_image(LocalPipeline(served_graph(model_dir=model_dir), capacity=rows), rows)
     n = len(times)
     q = max(1, n // 4)
     first, last = statistics.mean(times[:q]), statistics.mean(times[-q - 1:-1])
     return {"rows": rows, "steps": n, "first_quarter_ms": 1000 * first, "last_quarter_ms": 1000 * last,
             "ratio": last / first}
+
+
+def roofline_profile(model_dir: str | None, rows: int, device: str = "cpu", settings: dict | None = None,
+                     seconds: float = 0.5) -> dict:
+    """This machine's peak (bench/roofline.py: the CPU's, and the GPU's when `device` is one) and the
+    sampler's decode step at `rows` rows over one image against it: the model's FLOPs and weight
+    bytes counted from its own calls (at the first and the last step), its time the sampler's
+    decoder calls' mean (the draw and the bookkeeping around them are in `sampler_step_ms`)."""
+    import torch
+
+    from tessera.bench.roofline import (StepCost, count_step, live_prefix, measure_peak, peak_line, roofline_line,
+                                        share)
+    peaks = {"cpu": measure_peak("cpu", seconds)}
+    if device.startswith("cuda"):
+        peaks[device] = measure_peak(device, seconds)
+    pipe = _pipeline(model_dir, rows, device, tuple(sorted((settings or {}).items())))
+    steps, calls = _sampler_image(pipe, rows)
+    sample = pipe.sample
+    model, dev = sample.model, sample.device
+    tokens = torch.zeros(rows, dtype=torch.long, device=dev)
+    # After the image: the cache is the finished rows', which nothing reads again.
+    cost = StepCost.mean([count_step(lambda at=at: model.decode_step(tokens, torch.full((rows,), at, device=dev),
+                                                                     sample.cache, **live_prefix(model, at)), rows)
+                          for at in (0, model.image_len - 2)])
+    decode = share(cost, statistics.mean(calls), peaks[device if device in peaks else "cpu"])
+    decode.update(model=model_dir or "the bundled model", dtype=str(next(model.parameters()).dtype)[6:],
+                  steps=len(calls), sampler_step_ms=1e3 * statistics.mean(steps))
+    lines = [peak_line(p) for p in peaks.values()]
+    lines.append(roofline_line(f"decode step of {decode['model']}", decode)
+                 + f" (the sampler's whole step, with the draw: {decode['sampler_step_ms']:.2f} ms)")
+    return {"peaks": {k: p.to_dict() for k, p in peaks.items()}, "decode": decode, "lines": lines}
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -322,6 +373,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--prompts", help="a file with one prompt per line (default: the shapes world)")
     ap.add_argument("--engine-only", action="store_true", help="four no-op OPs, no model, no RPC")
     ap.add_argument("--kv", action="store_true", help="decode-step time early vs late (KV cache)")
+    ap.add_argument("--roofline", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure this machine's peak and the sampler's decode step against it (bench/roofline.py)")
+    ap.add_argument("--probe-seconds", type=float, default=0.5,
+                    help="the roofline's budget for each probe (a matmul per precision, the bandwidth)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the whole comparison, configs interleaved, and report each round's ratios")
     ap.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.png")
@@ -476,6 +531,9 @@ def _run(args: argparse.Namespace) -> int:
                     with serving(name) as server:
                         open_sweep(name, server.target, rate, server.metrics_url, server.pid)
             report.setdefault("ratios", []).append(bar_ratios(rows[first:]))
+        if args.roofline:  # after the rounds: no server of theirs is running
+            report["roofline"] = roofline_profile(args.model_dir, capacity_rows, args.device or "cpu", in_process,
+                                                  args.probe_seconds)
     report["rows"] = rows
     console.print(table(rows))
     for r in rows:
@@ -485,6 +543,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {r['config']} {r['mode']}: {split}")
         if r.get("server_cpu"):
             print(f"  {r['config']} {r['mode']} cpu: {cpu_line(r['server_cpu'])}")
+    if "roofline" in report:
+        print("roofline (the sampler's batch; images/s above):")
+        for line in report["roofline"]["lines"]:
+            print(f"  {line}")
     if any(report.get("ratios", [])):
         print("side-by-side ratios, one column per round (bench.report.bar_ratios says which is which):")
         print(ratio_table(report["ratios"]))

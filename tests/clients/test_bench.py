@@ -119,9 +119,10 @@ def test_rounds_repeat_the_comparison_and_keep_each_rounds_rows_apart(tiny_model
     import json
     from tessera.bench import main
     assert main(["--compare", "offline", "--concurrency", "1", "--requests", "2", "--num-candidates", "2",
-                 "--rounds", "2", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path)]) == 0
+                 "--rounds", "2", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path), "--no-roofline"]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [(r["config"], r["round"]) for r in report["rows"]] == [("offline", 0), ("offline", 1)]
+    assert "roofline" not in report  # --no-roofline: no probe, no decode-step profile
     assert report["ratios"] == [{}, {}]  # offline alone pairs with nothing
     assert (tmp_path / "bench.png").stat().st_size > 0
 
