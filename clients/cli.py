@@ -53,14 +53,26 @@ def build_parser(prog: str, description: str, commands: tuple[Command, ...], cho
     return ap
 
 
+# What a shell reports for a command a closed pipe stopped (128 + SIGPIPE): `tessera info | head`.
+EXIT_BROKEN_PIPE = 141
+
+
 def dispatch(prog: str, description: str, commands: tuple[Command, ...], argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((c.name for c in commands if argv and argv[0] == c.name), None)
-    ap = build_parser(prog, description, commands, chosen)
-    args, unknown = ap.parse_known_args(argv)
-    if unknown:  # argparse would report these with the top-level usage; the command's own is the useful one
-        getattr(args, "parser", ap).error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args.run(args)
+    try:
+        ap = build_parser(prog, description, commands, chosen)
+        args, unknown = ap.parse_known_args(argv)
+        if unknown:  # argparse would report these with the top-level usage; the command's own is the useful one
+            getattr(args, "parser", ap).error(f"unrecognized arguments: {' '.join(unknown)}")
+        code = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader left (`| head`): no traceback. Python's own advice (the signal module's
+        # note on SIGPIPE): point stdout at devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _connection_arguments(ap: argparse.ArgumentParser) -> None:

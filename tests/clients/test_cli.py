@@ -123,3 +123,26 @@ async def test_a_call_refused_during_shutdown_says_so_and_nothing_else(tiny_mode
             server.engine.accepting = True
     err = capsys.readouterr().err
     assert code == 1 and "is shutting down" in err and "cannot reach" not in err
+
+
+def _with_reader_gone(*args: str) -> tuple[int, str]:
+    """Run `tessera ARGS` with its stdout a pipe nobody reads (`tessera info | head -0`)."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.server.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader left before the first line: every write meets a closed pipe
+    err = proc.stderr.read()
+    return proc.wait(timeout=60), err
+
+
+@pytest.mark.parametrize("args", [("config", "--docs"), ("config", "--schema")])
+def test_a_closed_pipe_ends_a_command_quietly(args):
+    code, err = _with_reader_gone(*args)
+    assert (code, err) == (141, "")  # 128 + SIGPIPE, as a shell reports `yes | head`; no traceback
+
+
+async def test_info_into_a_closed_pipe_ends_quietly(tiny_model_dir):
+    async with serving(app_config(tiny_model_dir)) as (server, _):
+        code, err = await asyncio.to_thread(_with_reader_gone, "info", "--server", f"127.0.0.1:{server.port}")
+    assert (code, err) == (141, "")
