@@ -222,6 +222,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"images     {info.image_width} x {info.image_height}, {info.image_tokens} image tokens")
     print(f"prompt     up to {info.text_context} tokens ({info.tokenizer})")
     print(f"rerank     {info.reranker if info.rerank else 'off: images come back in sampling order'}")
+    if info.precision:
+        print("precision  " + ", ".join(f"{op} {dtype}" for op, dtype in info.precision.items()))
     if info.details:
         print("details    " + ", ".join(f"{k} {v}" for k, v in sorted(info.details.items())))
     print("limits     " + ", ".join(f"{k} {v}" for k, v in info.limits.items()))

@@ -108,6 +108,7 @@ class ServerInfo:
     rerank: bool = True     # False: images come back in sampling order, unscored
     reranker: str = ""
     details: dict[str, str] = field(default_factory=dict)
+    precision: dict[str, str] = field(default_factory=dict)  # per model OP: "float32", "bfloat16", ...
 
 
 def channel_target(target: str) -> str:
@@ -185,7 +186,8 @@ def _info(i: pb.ServerInfo) -> ServerInfo:
     vocabulary = {f.name: [(t.en, t.zh) for t in getattr(i.vocabulary, f.name)]
                   for f in i.vocabulary.DESCRIPTOR.fields}
     return ServerInfo(i.model_name, i.image_width, i.image_height, i.text_context, limits, defaults, i.version,
-                      vocabulary, i.model_kind, i.image_tokens, i.tokenizer, i.rerank, i.reranker, dict(i.details))
+                      vocabulary, i.model_kind, i.image_tokens, i.tokenizer, i.rerank, i.reranker, dict(i.details),
+                      dict(i.precision))
 
 
 def _checked_token(token: str) -> str:

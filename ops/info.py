@@ -7,13 +7,34 @@ built here on the meta device: its files are read, no weight memory is kept).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tessera.ops.families import ModelBundle, ModelSpec, family_of
 from tessera.ops.shapes.vocabulary import VOCABULARY
 
+if TYPE_CHECKING:
+    from tessera.server.engine import GraphConfig
+
 BUNDLED = Path(__file__).resolve().parent / "bundled" / "shapes-dalle"
+
+
+def op_precisions(graph: GraphConfig) -> dict[str, str]:
+    """The precision each model OP of `graph` computes in, by OP name: its `dtype` setting as
+    its devices' platforms resolve it for its model's family ("bfloat16"; "cpu float32,
+    cuda:0 float16" where its devices differ). Nothing is loaded."""
+    from tessera.server.engine.platforms import compute_for
+    out = {}
+    for name, op in graph.ops.items():
+        if "dtype" not in {f.name for f in fields(op.op_class.Settings)}:
+            continue
+        family = family_of(op.settings.get("model_dir"))
+        setting = op.settings.get("dtype", "auto")
+        by_device = {d: str(compute_for(d).dtype(setting, family)).removeprefix("torch.") for d in op.devices}
+        names = set(by_device.values())
+        out[name] = names.pop() if len(names) == 1 else ", ".join(f"{d} {t}" for d, t in by_device.items())
+    return out
 
 
 def describe_model(spec: ModelSpec) -> dict:

@@ -23,17 +23,17 @@ from tessera.server.engine import REQUEST, ConfigError, GraphConfig, Op, Steppin
 
 class LocalPipeline:
     def __init__(self, graph: GraphConfig, device: str = "cpu", capacity: int | None = None,
-                 half: bool | str | None = None, forward_mode: str | None = None,
+                 dtype: str | None = None, forward_mode: str | None = None,
                  forward_buckets: list[int] | None = None, **sample_settings: Any):
         """`graph` is a validated graph configuration, its model files already in its OPs'
-        settings (tessera.server.config.served_graph). `half`, `forward_mode` and
+        settings (tessera.server.config.served_graph). `dtype`, `forward_mode` and
         `forward_buckets` (None: as configured) and `sample_settings` (`decode_mode`, ...) go to
         each OP whose settings take them, over the configured ones; `capacity` (None: its
         configured batch_size) bounds the stepping OP's running batch. Every OP runs on `device`."""
         if not isinstance(graph, GraphConfig):  # e.g. a model directory, as this once took
             raise TypeError(f"LocalPipeline takes a GraphConfig, got {type(graph).__name__}; "
                             "build one with tessera.server.config.served_graph(model_dir=...)")
-        overrides = {"half": half, "forward_mode": forward_mode, "forward_buckets": forward_buckets}
+        overrides = {"dtype": dtype, "forward_mode": forward_mode, "forward_buckets": forward_buckets}
         overrides = {k: v for k, v in overrides.items() if v is not None} | sample_settings
         self.ops: dict[str, Op] = {}
         self.inputs = {name: op.inputs for name, op in graph.ops.items()}

@@ -76,7 +76,7 @@ class SampleOp(SteppingOp, ModelOp):
         super().setup(device)
         self.model = self.bundle.transformer
         self.image_len = self.model.image_len
-        self.dtype = next(self.model.parameters()).dtype
+        self.dtype = next(self.model.parameters()).dtype  # the cache's too
         self.decode_mode = self.compute.call_mode(self.settings.decode_mode)
         if self.decode_mode != "off" and not getattr(self.model, "graphable", False):
             if self.settings.decode_mode != "auto":
@@ -170,8 +170,9 @@ class SampleOp(SteppingOp, ModelOp):
         live = [row for row in self.rows if len(row.tokens) < self.image_len]
         if live:
             tokens = torch.tensor([row.tokens[-1] for row, _ in self.slots], device=self.device)
-            index = torch.tensor([len(row.tokens) - 1 for row, _ in self.slots], device=self.device)
-            logits = self.decoder(tokens, index).float()  # (m, V)
+            at = [len(row.tokens) - 1 for row, _ in self.slots]
+            index = torch.tensor(at, device=self.device)
+            logits = self.decoder(tokens, index, max(at)).float()  # (m, V)
             cond, uncond = logits[self._cond_idx], logits[self._uncond_idx]
             picks = self._sample(self.rows, cond, uncond, [len(r.tokens) for r in self.rows])
             for row, tok in zip(self.rows, picks):
@@ -214,8 +215,8 @@ class SampleOp(SteppingOp, ModelOp):
     def _decoder(self, cache: RowCache):
         """The decode step over `cache`: eager, or compiled/captured over batch-size buckets
         (setting `decode_buckets`, default powers of two up to the cache's slots)."""
-        if self.decode_mode == "off":
-            return lambda tokens, index: self.model.decode_step(tokens, index, cache)
+        if self.decode_mode == "off":  # eager: each step attends over the cache's live prefix
+            return lambda tokens, index, last: self.model.decode_step(tokens, index, cache, last)
         buckets = self.settings.decode_buckets or [2 ** i for i in range(cache.slots.bit_length())]
         return BucketedDecoder(self.model, cache, buckets, self.decode_mode, self.compute)
 

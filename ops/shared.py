@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from tessera.ops.models.dvae import uint8_pixels
-from tessera.ops.families import ModelBundle, ModelSpec, load_model
+from tessera.ops.families import ModelBundle, ModelSpec, family_of, load_model
 from tessera.server.engine import Op
-from tessera.server.engine.platforms import CALL_MODES, HALF, compute_for
+from tessera.server.engine.platforms import CALL_MODES, DTYPES, compute_for
 from tessera.server.engine.platforms.buckets import default_buckets
 
 LOG = logging.getLogger("tessera.ops")
@@ -21,18 +21,25 @@ _BUNDLES: dict[tuple, ModelBundle] = {}
 _LOCK = threading.Lock()
 
 
-def bundle_for(model: ModelSpec | str | None, device: str, half: bool | str = False) -> ModelBundle:
-    """Load once per process; workers on the same device share read-only weights.
+def bundle_for(model: ModelSpec | str | None, device: str, dtype: str = "auto") -> ModelBundle:
+    """Load once per process; workers on the same device in the same precision share read-only
+    weights.
 
-    `model` is a ModelSpec (a path alone names a model with no extra files); `half`: true or
-    "fp16" for float16, "bf16" for bfloat16, where the device's platform computes in them (a
-    GPU; a CPU keeps float32)."""
+    `model` is a ModelSpec (a path alone names a model with no extra files); `dtype` an OP's
+    setting: "auto" (the device's platform's choice for the model's family: float16 on a GPU,
+    bfloat16 on a CPU with bf16 matmuls for the large families, else float32) or a name."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec(path=model or None)
-    dtype = compute_for(device).dtype(half)
-    key = (spec, device, dtype)
+    compute = compute_for(device)
+    torch_dtype = compute.dtype(dtype, family_of(spec.path))
+    key = (spec, device, torch_dtype)
     with _LOCK:
         if key not in _BUNDLES:
-            _BUNDLES[key] = load_model(spec, device=device, dtype=dtype)
+            bundle = load_model(spec, device=device, dtype=torch_dtype)
+            for part in (bundle.transformer, bundle.dvae, bundle.clip):
+                if isinstance(part, torch.nn.Module):
+                    compute.prepare(part, torch_dtype)
+            bundle.dtype = torch_dtype
+            _BUNDLES[key] = bundle
         return _BUNDLES[key]
 
 
@@ -84,11 +91,15 @@ class ModelFiles:
 
 @dataclass
 class ModelSettings(ModelFiles):
-    half: bool | str = False      # on a CUDA device: true or "fp16" float16, "bf16" bfloat16 (a CPU keeps fp32)
+    # The precision the OP computes in: "auto" is the device's platform's choice for the
+    # model's family (float16 on a GPU; bfloat16 on a CPU with bf16 matmuls for DALLE-pytorch
+    # and min-dalle, float32 for the bundled model: docs/models.md, Precision), or float32,
+    # bfloat16, float16 by name. float32 reproduces the families' own projects exactly.
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.half not in HALF:
-            raise ValueError(f"half: must be true, false, 'fp16' or 'bf16', got {self.half!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
 
 
 @dataclass
@@ -115,7 +126,7 @@ class ModelOp(Op):
     def setup(self, device: str) -> None:
         self.device = device
         self.compute = compute_for(device)  # what the device's platform says about computing there
-        self.bundle = bundle_for(self.settings.spec, device, self.settings.half)
+        self.bundle = bundle_for(self.settings.spec, device, self.settings.dtype)
 
     def forward(self, fn, rows: list[torch.Tensor], pad: str = "zero"):
         """`fn` as the `forward_mode` setting asks (ForwardSettings): itself, or bucketed by the

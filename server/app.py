@@ -61,7 +61,7 @@ class TesseraServer:
 
     def model_info(self) -> dict:
         from tessera.ops.families import ModelSpec
-        from tessera.ops.info import describe_model  # the bundled layout: config.json only
+        from tessera.ops.info import describe_model, op_precisions  # the bundled layout: config.json only
         model = self.config.model
         spec = ModelSpec(path=model.path, bpe_path=model.bpe_path, vae_path=model.vae, clip=model.clip)
         for op in self.config.graph.ops.values():  # an OP's own settings name the model it serves
@@ -70,7 +70,7 @@ class TesseraServer:
                 spec = ModelSpec(path=s.get("model_dir"), bpe_path=s.get("bpe_path"),
                                  vae_path=s.get("vae_path"), clip=s.get("clip"))
                 break
-        return describe_model(spec)
+        return {**describe_model(spec), "precision": op_precisions(self.config.graph)}
 
     async def start(self) -> int:
         """Bind the port, load the OPs, serve; PortInUse or ConfigError before any model loads."""
@@ -124,9 +124,10 @@ class TesseraServer:
             except OSError as exc:
                 raise PortInUse(s.host, s.metrics_port, "metrics", exc) from None
             self.metrics_port = self._metrics_http.server_port
-        log.info("serving %s on %s:%d (HTTP %s, auth %s, tls %s)", info["name"], s.host, self.port,
+        log.info("serving %s on %s:%d (HTTP %s, auth %s, tls %s; precision %s)", info["name"], s.host, self.port,
                  self.http_port if self._http else "off", "on" if token else "off",
-                 "on" if s.tls_cert_file else "off")
+                 "on" if s.tls_cert_file else "off",
+                 ", ".join(f"{op} {dtype}" for op, dtype in info["precision"].items()) or "none")
         return self.port
 
     async def _lull(self, quiet_s: float = 0.1, at_most_s: float = 2.0) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import fields
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
@@ -76,7 +76,7 @@ def _arch_path(value: str | None) -> str | None:
 
 
 # The `model` section's keys -> the model OPs' settings they fill in (ops/shared.py, ModelSettings).
-MODEL_KEYS = {"path": "model_dir", "bpe_path": "bpe_path", "vae": "vae_path", "clip": "clip"}
+MODEL_KEYS = {"path": "model_dir", "bpe_path": "bpe_path", "vae": "vae_path", "clip": "clip", "dtype": "dtype"}
 
 
 class ModelConfig(Section):
@@ -93,6 +93,10 @@ class ModelConfig(Section):
     clip: Annotated[Path | None, AfterValidator(_arch_path)] = Field(
         None, json_schema_extra={"pattern": "^[^:]+:.+$"})
     """ARCH:PATH, a local OpenCLIP checkpoint that reranks (e.g. ViT-B-32:/models/clip.bin)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    """The precision of every model OP that does not set its own `dtype` (`tessera serve --dtype`
+    sets it for every one): auto is each device's choice (docs/models.md, Precision); float32
+    reproduces the families' own projects exactly."""
 
 
 class AppConfig(Section):
@@ -162,7 +166,7 @@ def served_graph(config: dict | None = None, *, model_dir: str | None = None, bp
 
 def override_model(raw: dict, given: dict[str, Any]) -> None:
     """The configuration mapping `raw`'s `model` section with the given keys (path, bpe_path,
-    vae, clip; None keeps the file's) in place, as `tessera serve --model ...` does: a given
+    vae, clip, dtype; None keeps the file's) in place, as `tessera serve --model ...` does: a given
     path replaces the file's model, whichever key (`model`, `model_dir`) named it."""
     given = {k: v for k, v in given.items() if v is not None}
     if not given:

@@ -51,9 +51,19 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
         if ray_address is not None and isinstance(raw.get("graph"), dict):
             raw["graph"]["ray_address"] = ray_address
         override_model(raw, model or {})
+        if (model or {}).get("dtype") is not None:
+            _drop_op_dtypes(raw.get("graph"))
         if device is not None:
             _set_device(raw.get("graph"), device)
     return AppConfig.from_dict(raw)
+
+
+def _drop_op_dtypes(graph: object) -> None:
+    """--dtype forces one precision on every OP: the OPs' own `dtype` settings give way to it."""
+    ops = graph.get("ops") if isinstance(graph, dict) else None
+    for op in (ops or {}).values() if isinstance(ops, dict) else ():
+        if isinstance(op, dict) and isinstance(op.get("settings"), dict):
+            op["settings"].pop("dtype", None)
 
 
 def _set_device(graph: object, device: str) -> None:
@@ -106,8 +116,10 @@ async def _serve(config: AppConfig) -> int:
     metrics = f"; metrics on http://{config.server.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
     scheme = "https" if config.server.tls_cert_file else "http"
     web = f"; HTTP and the web page on {scheme}://{config.server.host}:{server.http_port}/" if server.http_port is not None else ""
-    print(f"tessera: serving '{server.model_info()['name']}' on {config.server.host}:{port}{metrics}{web}",
-          flush=True)
+    info = server.model_info()
+    precision = ", ".join(f"{op} {dtype}" for op, dtype in info["precision"].items())
+    print(f"tessera: serving '{info['name']}' on {config.server.host}:{port}{metrics}{web}"
+          + (f"; precision: {precision}" if precision else ""), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,6 +150,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="where the model OPs compute: cpu or cuda:N (sets their devices; default: "
                          "the configuration's). The platform picks the device's shape: on a GPU one "
                          "sampler worker per GPU, on a CPU thread counts and turns")
+    ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                    help="the precision of every model OP (model.dtype, over the OPs' own): auto is the "
+                         "device's choice (bfloat16 on a CPU with bf16 matmuls for DALLE-pytorch and "
+                         "min-dalle, float16 on a GPU, else float32); float32 reproduces the families' "
+                         "own projects exactly")
     ap.add_argument("--host", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     ap.add_argument("--metrics-port", type=int, help="Prometheus port; 0 picks, -1 off (default 9090)")
@@ -154,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.host, args.port, args.metrics_port,
                              ray_address=args.ray_address, http_port=args.http_port,
                              model={"path": args.model, "bpe_path": args.bpe_path, "vae": args.vae,
-                                    "clip": args.clip},
+                                    "clip": args.clip, "dtype": args.dtype},
                              device=args.device)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)

@@ -129,7 +129,7 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
 
 
 def build_server(args: argparse.Namespace) -> litserve.LitServer:
-    settings = {k: v for k, v in (("half", args.half), ("decode_mode", args.decode_mode),
+    settings = {k: v for k, v in (("dtype", args.dtype), ("decode_mode", args.decode_mode),
                                   ("sample_on", args.sample_on), ("forward_mode", args.forward_mode)) if v}
     api = TesseraLitAPI(args.model_dir, args.device, args.capacity, settings, args.max_batch_size,
                         args.batch_timeout_ms)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--capacity", type=int, default=64, help="the sampler's rows per step")
-    ap.add_argument("--half", default=None, choices=["fp16", "bf16"])
+    ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--decode-mode", default=None)
     ap.add_argument("--sample-on", default=None, choices=["device", "cpu"])
     ap.add_argument("--forward-mode", default=None, choices=["off", "padded", "cuda_graph"])

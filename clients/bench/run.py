@@ -5,7 +5,7 @@
     tessera bench --server 127.0.0.1:50051 --metrics http://127.0.0.1:9090/metrics
     tessera bench --compare default,ceiling --concurrency 1,32 --contend 1  # one core kept busy meanwhile
     tessera bench --compare default,generic --concurrency 1,8,32 --rounds 3  # against a generic batching server
-    tessera bench --compare default,offline --device cuda:0 --half fp16      # the model OPs on a GPU
+    tessera bench --compare default,offline --device cuda:0 --dtype float16     # the model OPs on a GPU
     tessera bench --engine-only
     tessera bench --kv
 
@@ -344,7 +344,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="configurations to start and compare side by side")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default=None, help="device of the model OPs, e.g. cuda:0 (default: the config's)")
-    ap.add_argument("--half", default=None, choices=["fp16", "bf16"], help="the model OPs' half precision (CUDA)")
+    ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                    help="the model OPs' precision (default: each OP's own, auto: the device's choice)")
     ap.add_argument("--decode-mode", default=None, help="the sampler's decode_mode (default: its own, auto)")
     ap.add_argument("--sample-on", default=None, choices=["device", "cpu"],
                     help="where the sampler picks tokens (default: its own, auto)")
@@ -475,7 +476,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from tessera.bench.ceiling import ceiling_run
         from tessera.bench.servers import GenericServer, ServerProcess, bench_configs
-        op_settings = {"half": args.half} if args.half else {}
+        op_settings = {"dtype": args.dtype} if args.dtype else {}
         sample_settings = {k: v for k, v in (("decode_mode", args.decode_mode), ("sample_on", args.sample_on)) if v}
         forward_settings = {"forward_mode": args.forward_mode} if args.forward_mode else {}
         configs = bench_configs(args.model_dir, args.device, op_settings, sample_settings, forward_settings)

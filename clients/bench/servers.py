@@ -220,7 +220,7 @@ class GenericServer:
                      "--batch-timeout-ms", str(batch_timeout_ms), "--device", device or "cpu"]
         if model_dir:
             self.args += ["--model-dir", str(model_dir)]
-        for key, value in (settings or {}).items():  # half, decode_mode, sample_on, forward_mode
+        for key, value in (settings or {}).items():  # dtype, decode_mode, sample_on, forward_mode
             self.args += [f"--{key.replace('_', '-')}", str(value)]
         self.start_timeout_s, self.stop_timeout_s = start_timeout_s, stop_timeout_s
         self.proc: subprocess.Popen | None = None

@@ -109,6 +109,30 @@ def fill_prefix(keys: list[torch.Tensor], values: list[torch.Tensor], start: int
         v[start:end, :, :length] = pv
 
 
+# A decode step attends over the cache's first `live_length(...)` positions, a multiple of this:
+# few distinct shapes, and at most this many dead positions a step.
+LIVE_STEP = 32
+
+
+def live_length(last: int | None, size: int) -> int:
+    """How many cache positions a step whose rows sit at positions <= `last` attends over (all
+    `size` when `last` is None: a compiled or captured step keeps one shape)."""
+    if last is None:
+        return size
+    return min(size, (last // LIVE_STEP + 1) * LIVE_STEP)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Attention of q (B, heads, Tq, D) over k, v (B, heads, Tk, D) where `visible` (B, 1, 1|Tq, Tk)
+    is True, softmax in float32. Unlike scaled_dot_product_attention on a CPU, a row's output
+    here is the same bits whatever its batch and however many masked positions follow its
+    visible ones (checked in the tests), so a step may attend over the live prefix of the cache
+    and a row's bytes still never depend on its batch-mates."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5   # (B, heads, Tq, Tk)
+    scores = scores.float().masked_fill(~visible, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)   # (B, heads, Tq, D)
+
+
 def copy_slots(tensors: list[torch.Tensor], src: list[int], dst: list[int]) -> None:
     """A RowCache's copy_rows over its per-slot tensors (slot first): one strided copy per row
     and tensor, which moves a handful of rows 6-10x faster than an index gather and scatter."""
@@ -131,10 +155,13 @@ class SamplingModel(Protocol):
     def prefill(self, text: torch.Tensor, cache: RowCache, slots: torch.Tensor) -> torch.Tensor:
         """text (G, text_len) long into cache slots `slots` (G,); logits for image token 0, (G, image_vocab)."""
 
-    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: RowCache) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: RowCache,
+                    last: int | None = None) -> torch.Tensor:
         """Row i (in slot i) feeds image token number index[i], tokens[i]; logits for token
         index[i] + 1, (n, image_vocab). Rows are independent: a row's logits never depend
-        on its batch-mates."""
+        on its batch-mates. `last` (the largest index[i], known on the host) lets the step
+        attend over the live prefix of the cache only (`live_length`); None: the whole cache
+        (one shape, for a compiled or captured step)."""
 
 
 @runtime_checkable
@@ -171,6 +198,7 @@ class ModelBundle:
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     kind: str = "tessera"                                # the family: tessera, dalle-pytorch, min-dalle
     details: dict[str, Any] = field(default_factory=dict)  # family facts for GetInfo (strings, numbers)
+    dtype: torch.dtype = torch.float32                   # the precision it was loaded in
 
     @property
     def image_size(self) -> int:

@@ -24,17 +24,25 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     """logits (n, V); per-row temperature (n,), top_k (n,) with 0 = off, top_p (n,) in (0, 1],
     uniforms (n,) in [0, 1) -> token ids (n,), by inverse-CDF over the kept tokens.
 
-    Only the `head` most likely tokens are sorted when every row's kept set lies inside
-    them (its top-k is at most `head`, or its top-p mass is reached there), which is the
-    usual case; otherwise the whole vocabulary is. Either way the pick is the same."""
-    probs = torch.softmax(logits.double() / temperature.double()[:, None], dim=-1)  # (n, V)
-    if head < probs.shape[1]:
-        top, order = probs.topk(head, dim=-1)  # sorted, descending
-        inside = ((top_k > 0) & (top_k <= head)) | (top.cumsum(-1)[:, -1] >= top_p.double())
+    The candidates are a partial selection (torch.topk in the logits' precision): the largest
+    top-k when every row has one, else the `head` most likely when every row's kept set lies
+    inside them (its top-p mass is reached there); only otherwise is the whole vocabulary
+    sorted. Their probabilities are exp(logit - logsumexp(row)) in float64 over the candidates
+    alone: no softmax over the whole row in float64. Either way the pick is the same."""
+    n, vocab = logits.shape
+    x = logits / temperature.to(logits.dtype)[:, None]                     # (n, V)
+    norm = torch.logsumexp(x, dim=-1, keepdim=True).double()               # (n, 1): the whole row's mass
+    if bool((top_k > 0).all()) and int(top_k.max()) < vocab:
+        top, order = x.topk(int(top_k.max()), dim=-1)                      # sorted, descending
+        return _inverse_cdf((top.double() - norm).exp(), order, top_k, top_p, uniforms)
+    if head < vocab:
+        top, order = x.topk(head, dim=-1)
+        probs = (top.double() - norm).exp()
+        inside = ((top_k > 0) & (top_k <= head)) | (probs.cumsum(-1)[:, -1] >= top_p.double())
         if bool(inside.all()):
-            return _inverse_cdf(top, order, top_k, top_p, uniforms)
-    probs, order = probs.sort(dim=-1, descending=True)
-    return _inverse_cdf(probs, order, top_k, top_p, uniforms)
+            return _inverse_cdf(probs, order, top_k, top_p, uniforms)
+    top, order = x.sort(dim=-1, descending=True)
+    return _inverse_cdf((top.double() - norm).exp(), order, top_k, top_p, uniforms)
 
 
 def _inverse_cdf(probs: torch.Tensor, order: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

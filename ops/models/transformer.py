@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tessera.ops.families.base import copy_slots, fill_prefix, snapshot_prefix
+from tessera.ops.families.base import attend, copy_slots, fill_prefix, live_length, snapshot_prefix
 from tessera.server.engine.platforms import Compute, compute_for
 
 
@@ -80,13 +80,15 @@ class KVCache:
 
 
 class StepIndex:
-    """Where a decode step's rows write and what they see, built once for every layer."""
+    """Where a decode step's rows write and what they see, built once for every layer: the
+    first `live` positions of the cache (every row's position is below it)."""
 
-    def __init__(self, pos: torch.Tensor, seq_len: int):
+    def __init__(self, pos: torch.Tensor, live: int):
         self.pos = pos                                                   # (n,)
+        self.live = live
         self.rows = torch.arange(pos.shape[0], device=pos.device)        # slot of each row
-        visible = torch.arange(seq_len, device=pos.device)[None, :] <= pos[:, None]
-        self.visible = visible[:, None, None, :]                         # (n, 1, 1, S)
+        visible = torch.arange(live, device=pos.device)[None, :] <= pos[:, None]
+        self.visible = visible[:, None, None, :]                         # (n, 1, 1, live)
 
 
 class Attention(nn.Module):
@@ -124,8 +126,8 @@ class Attention(nn.Module):
         # the attention reads rows 0..n-1 through a view.
         cache.k[layer][at.rows, :, at.pos] = k[:, :, 0]
         cache.v[layer][at.rows, :, at.pos] = v[:, :, 0]
-        ck, cv = cache.k[layer][:n], cache.v[layer][:n]  # (n, heads, S, head_dim)
-        y = F.scaled_dot_product_attention(q, ck, cv, attn_mask=at.visible)
+        ck, cv = cache.k[layer][:n, :, :at.live], cache.v[layer][:n, :, :at.live]  # (n, heads, live, head_dim)
+        y = attend(q, ck, cv, at.visible)  # base.py: exact over the live prefix, batch-invariant
         return self.proj(y.transpose(1, 2).reshape(n, 1, -1))
 
 
@@ -227,11 +229,13 @@ class ImageGPT(nn.Module):
         return self.head(self.ln_f(x[:, -1]))
 
     @torch.no_grad()
-    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Feed image token `index[i]` of row i (slot i); logits for token index[i]+1, (n, image_vocab)."""
+    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: KVCache,
+                    last: int | None = None) -> torch.Tensor:
+        """Feed image token `index[i]` of row i (slot i); logits for token index[i]+1, (n, image_vocab).
+        `last`: the largest index[i] (None: attend over the whole cache)."""
         pos = index + self.cfg.text_len  # absolute positions, (n,)
         x = self.image_emb(tokens)[:, None] + self.pos_emb(pos)[:, None]  # (n, 1, C)
-        at = StepIndex(pos, self.cfg.seq_len)
+        at = StepIndex(pos, live_length(None if last is None else last + self.cfg.text_len, self.cfg.seq_len))
         for i, block in enumerate(self.blocks):
             x = block.step(x, at, cache, i)
         return self.head(self.ln_f(x[:, 0]))
@@ -263,5 +267,7 @@ class BucketedDecoder:
         self._call = compute.bucketed(step, [zero, zero], fits, mode)
         self.buckets = self._call.buckets
 
-    def __call__(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """The step at its bucket's size; `last` is not used: a compiled or captured step keeps
+        one shape, the whole cache."""
         return self._call(tokens, index)

@@ -136,7 +136,7 @@ class GenerationService:
                                         for kind, terms in self.info["vocabulary"].items()}),
             model_kind=self.info["kind"], image_tokens=self.info["image_tokens"],
             tokenizer=self.info["tokenizer"], rerank=self.info["rerank"], reranker=self.info["reranker"],
-            details=self.info["details"])
+            details=self.info["details"], precision=self.info.get("precision", {}))
 
 
 def request_fields(request: pb.GenerateRequest) -> dict[str, Any]:

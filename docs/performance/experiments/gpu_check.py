@@ -212,8 +212,8 @@ def check_half(device: str, prompts: list[str]) -> dict:
     """2. Half-precision tokens against fp32 (64 prompts x 4 candidates), and images/s of each."""
     from tessera.ops.pipeline import LocalPipeline
     from tessera.server.config import served_graph
-    pipes = {name: LocalPipeline(served_graph(), device, capacity=64, half=half, **MODE)
-             for name, half in (("fp32", False), ("fp16", "fp16"), ("bf16", "bf16"))}
+    pipes = {name: LocalPipeline(served_graph(), device, capacity=64, dtype=dtype, **MODE)
+             for name, dtype in (("fp32", "float32"), ("fp16", "float16"), ("bf16", "bfloat16"))}
     rows = _rows(pipes["fp32"], prompts, 4)
     tokens = {name: _tokens(p, rows) for name, p in pipes.items()}
     out = {name: _compare(tokens["fp32"], tokens[name]) for name in ("fp16", "bf16")}

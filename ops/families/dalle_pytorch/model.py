@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tessera.ops.families.base import ModelLoadError, copy_slots, fill_prefix, snapshot_prefix
+from tessera.ops.families.base import ModelLoadError, attend, copy_slots, fill_prefix, live_length, snapshot_prefix
 from tessera.ops.families.dalle_pytorch.checkpoint import DalleHparams, sublayer, sublayer_prefixes
 
 
@@ -164,7 +164,7 @@ class Attention(nn.Module):
 
     def _attend(self, q, k, v, visible):
         if not self.stable:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+            return attend(q, k, v, visible)  # base.py: exact over a live prefix, batch-invariant
         dots = (q * self.dim_head ** -0.5) @ k.transpose(-1, -2)
         dots = dots.masked_fill(~visible, -torch.finfo(dots.dtype).max)
         return stable_softmax(dots) @ v
@@ -185,7 +185,8 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, cos, sin)                   # (n, heads, 1, dim_head)
         cache.k[layer][at.rows, :, at.pos] = k[:, :, 0]
         cache.v[layer][at.rows, :, at.pos] = v[:, :, 0]
-        y = self._attend(q, cache.k[layer][:n], cache.v[layer][:n], visible)
+        live = visible.shape[-1]  # the cache's live prefix (decode_step)
+        y = self._attend(q, cache.k[layer][:n, :, :live], cache.v[layer][:n, :, :live], visible)
         return self.to_out(y.transpose(1, 2).reshape(n, 1, -1))
 
 
@@ -392,8 +393,10 @@ class DallePytorchModel(nn.Module):
         return self._logits(x[:, -1])
 
     @torch.no_grad()
-    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: DalleRowCache) -> torch.Tensor:
-        """Row i (slot i) feeds image token index[i]; logits for token index[i] + 1, (n, image_vocab)."""
+    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: DalleRowCache,
+                    last: int | None = None) -> torch.Tensor:
+        """Row i (slot i) feeds image token index[i]; logits for token index[i] + 1, (n, image_vocab).
+        `last`: the largest index[i] (None: attend over the whole cache)."""
         hp = self.hp
         at = _Step(index, hp.text_len, hp.image_fmap_size)
         x = self.image_emb(tokens)[:, None]  # (n, 1, dim)
@@ -405,7 +408,11 @@ class DallePytorchModel(nn.Module):
             x = x + self.image_pos_emb(index)[:, None]
 
         # Each attention type's mask rows for this step's positions, once for all its layers.
-        visible = {kind: getattr(self, f"mask_{kind}")[at.pos][:, None, None, :] for kind in set(self.attn_types)}
+        # Only the live prefix of the cache: positions past every row's are masked for each type.
+        full = getattr(self, f"mask_{self.attn_types[0]}").shape[-1]
+        live = live_length(None if last is None else last + hp.text_len, full)
+        visible = {kind: getattr(self, f"mask_{kind}")[at.pos, :live][:, None, None, :]
+                   for kind in set(self.attn_types)}
 
         def call(sub, i, h):
             if isinstance(sub.fn, Attention):

@@ -33,10 +33,20 @@ _HUB_NAMES = {"encoder.pt": "encoder{}.pt", "decoder.pt": "decoder{}.pt",
               "vocab.json": "vocab{}.json", "merges.txt": "merges{}.txt", "detoker.pt": "detoker.pt"}
 
 
-# What GetInfo tells a client of a CPU server (measured: docs/performance/min-dalle-2026-12-06).
-CPU_GUIDE = ("on 2 CPU cores DALL·E Mini takes 28-35 s for one image alone and makes one every 13-19 s at 4 "
-             "concurrent requests; Mega (10.4 GB of fp32 weights) needs batch_size 8 or less on 24 GiB and is "
-             "estimated at about 73 s an image; a GPU is its place")
+# What GetInfo tells a client of a CPU server about the published models, at the CPU's default
+# precision (measured: docs/performance/precision-2026-12-06); only for a model of their shape.
+CPU_GUIDE = {
+    "dalle_bart_mini": "on 2 CPU cores (AVX-512 BF16, bfloat16) DALL·E Mini takes MINI_C1 for one image alone "
+                       "and makes MINI_C16 at 16 concurrent requests; in float32 it is several times slower",
+    "dalle_bart_mega": "on 2 CPU cores Mega (5.2 GB of bfloat16 weights, batch_size 16 fits 24 GiB) is estimated "
+                       "at MEGA_EST; a GPU is its place",
+}
+PUBLISHED = {"dalle_bart_mini": (12, 1024), "dalle_bart_mega": (24, 2048)}  # decoder layers, width
+
+
+def _is_published(cfg: MinDalleConfig, name: str) -> bool:
+    """Whether the files are DALL·E Mini's or Mega's shape (not a small model in their layout)."""
+    return PUBLISHED.get(name) == (cfg.decoder_layers, cfg.embed)
 
 
 def _root_and_model(path: str) -> tuple[str, str] | None:
@@ -97,9 +107,9 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
             raise _missing(path, name)
 
     # Memory first: the files' sizes, then (from the mapped tensors, before anything is
-    # allocated on the device) the weights' size in fp32 and fp16.
+    # allocated on the device) the weights' size in the OP's precision.
     file_bytes = sum(os.path.getsize(files[f]) for f in ("encoder.pt", "decoder.pt", "detoker.pt"))
-    LOG.info("min-dalle %s: weight files %.1f MiB", name, file_bytes / 2 ** 20)
+    LOG.info("min-dalle %s: weight files %.1f MiB in %s", name, file_bytes / 2 ** 20, root)
     enc_sd = _load_state(files["encoder.pt"])
     dec_sd = _load_state(files["decoder.pt"])
     vq_sd = _load_state(files["detoker.pt"])
@@ -109,18 +119,17 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
     cfg = read_config(enc_sd, dec_sd, image_vocab, files["encoder.pt"], files["decoder.pt"])
     bart = _numel(enc_sd) + _numel(dec_sd) - (cfg.decoder_vocab - cfg.image_vocab) * cfg.embed  # lm_head rows dropped
     vqgan = _numel(vq_sd)
-    fp32, fp16 = 4 * bart + 4 * vqgan, 2 * bart + 4 * vqgan  # the VQGAN stays float32 (as min-dalle's)
-    weights_bytes = torch.tensor([], dtype=dtype).element_size() * bart + 4 * vqgan
-    LOG.info("min-dalle %s: %d layers, %d wide; weights %.2f GiB in fp32, %.2f GiB in fp16 (%.2f GiB as %s)",
-             name, cfg.decoder_layers, cfg.embed, fp32 / 2 ** 30, fp16 / 2 ** 30, weights_bytes / 2 ** 30,
-             str(dtype).removeprefix("torch."))
-
+    precision = str(dtype).removeprefix("torch.")
+    weights_bytes = torch.tensor([], dtype=dtype).element_size() * (bart + vqgan)  # the VQGAN in the OP's dtype too
     free = compute_for(device).free_memory()
+    LOG.info("min-dalle %s: %d layers, %d wide; weights %.2f GiB as %s (BART %d M, VQGAN %d M parameters; "
+             "%.1f GiB free on %s)", name, cfg.decoder_layers, cfg.embed, weights_bytes / 2 ** 30, precision,
+             bart // 10 ** 6, vqgan // 10 ** 6, (free or 0) / 2 ** 30, device)
     if free is not None and weights_bytes > 0.9 * free:  # refuse before allocating: no out-of-memory kill
         raise ModelLoadError(
-            f"min-dalle {name}: its weights need {weights_bytes / 2 ** 30:.1f} GiB as "
-            f"{str(dtype).removeprefix('torch.')} and {free / 2 ** 30:.1f} GiB is free on {device}"
-            + (" (half: true on a CUDA device halves them)" if dtype == torch.float32 else ""))
+            f"min-dalle {name}: its weights need {weights_bytes / 2 ** 30:.1f} GiB as {precision} and "
+            f"{free / 2 ** 30:.1f} GiB is free on {device}"
+            + (" (dtype bfloat16 or float16 halves them)" if dtype == torch.float32 else ""))
 
     tokenizer = MinDalleTokenizer.from_files(files["vocab.json"], files["merges.txt"], cfg.text_len)
     top = max(tokenizer.vocab.values())
@@ -130,7 +139,7 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
     transformer = build_model(cfg, enc_sd, dec_sd, device, dtype, files["encoder.pt"], files["decoder.pt"])
     del enc_sd, dec_sd
     try:
-        dvae = build_vqgan(vq_sd, device)
+        dvae = build_vqgan(vq_sd, device, dtype)
     except RuntimeError as e:
         raise ModelLoadError(f"min-dalle {files['detoker.pt']}: not min-dalle's VQGAN: {e}") from e
     del vq_sd
@@ -140,10 +149,9 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
         "heads": cfg.heads, "glu": cfg.decoder_glu, "encoder_glu": cfg.encoder_glu,
         "text_vocab": cfg.text_vocab, "text_len": cfg.text_len, "image_vocab": cfg.image_vocab,
         "decoder_vocab": cfg.decoder_vocab, "image_len": cfg.image_len,
-        "weights_bytes": weights_bytes, "weights_fp32_bytes": fp32, "weights_fp16_bytes": fp16,
-        "files_bytes": file_bytes, "root": root,
-        "memory_free_at_load_bytes": free if free is not None else "unknown",
-        **({"on_a_cpu": CPU_GUIDE} if str(device).startswith("cpu") else {}),
+        "weights_bytes": weights_bytes, "precision": precision, "files_bytes": file_bytes,
+        # Where the files are and the host's memory are for the log (above), not for any client.
+        **({"on_a_cpu": CPU_GUIDE[name]} if str(device).startswith("cpu") and _is_published(cfg, name) else {}),
     }
     return ModelBundle(
         name=name, tokenizer=tokenizer, dvae=dvae, transformer=transformer, clip=None,

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tessera.ops.families.base import ModelLoadError, ModelUnsupported, copy_slots
+from tessera.ops.families.base import ModelLoadError, ModelUnsupported, attend, copy_slots, live_length
 
 HEAD_DIM = 64          # see heads_for()
 IMAGE_LEN = 256        # min-dalle's IMAGE_TOKEN_COUNT: a 16 x 16 VQGAN grid
@@ -125,7 +125,7 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """q (B, heads, Tq, D) over k, v (B, heads, Tk, D) where mask (B, 1, 1|Tq, Tk) is True."""
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = attend(q, k, v, mask)  # base.py: batch-invariant, and exact over a live prefix
         B, _, T, _ = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -266,20 +266,24 @@ class MinDalleBart(nn.Module):
         return self._step(start, torch.zeros_like(slots), slots, cache, packed=False)
 
     @torch.no_grad()
-    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: MinDalleCache) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, index: torch.Tensor, cache: MinDalleCache,
+                    last: int | None = None) -> torch.Tensor:
         """Row i (slot i) feeds image token index[i] at decoder position index[i] + 1; logits for
-        token index[i] + 1, (n, image_vocab)."""
+        token index[i] + 1, (n, image_vocab). `last`: the largest index[i] (None: attend over all
+        256 positions)."""
         rows = torch.arange(tokens.shape[0], device=tokens.device)
-        return self._step(tokens, index + 1, rows, cache, packed=True)
+        live = live_length(None if last is None else last + 1, self.image_len)
+        return self._step(tokens, index + 1, rows, cache, packed=True, live=live)
 
     def _step(self, tokens: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, cache: MinDalleCache,
-              packed: bool) -> torch.Tensor:
+              packed: bool, live: int = 1) -> torch.Tensor:
         """One token per row at position pos; row r's state is in slot rows[r] (rows == 0..n-1 when
-        packed, so the cache is read through views)."""
+        packed, so the cache is read through views); it attends over positions 0..live-1 (every
+        row's pos < live), the rest of its slot unread."""
         n = tokens.shape[0]
         dec = self.decoder
         x = dec.layernorm_embedding(dec.embed_tokens(tokens) + dec.embed_positions(pos))[:, None]  # (n, 1, E)
-        visible = (torch.arange(self.image_len, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
+        visible = (torch.arange(live, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
         text_mask = (cache.mask[:n] if packed else cache.mask[rows])[:, None, None, :]
         for i, layer in enumerate(dec.layers):
             a = layer.self_attn
@@ -287,7 +291,8 @@ class MinDalleBart(nn.Module):
             q, k, v = a.split(a.q_proj(h)), a.split(a.k_proj(h)), a.split(a.v_proj(h))  # (n, H, 1, D)
             cache.k[i][rows, :, pos] = k[:, :, 0].to(cache.k[i].dtype)
             cache.v[i][rows, :, pos] = v[:, :, 0].to(cache.v[i].dtype)
-            ck, cv = (cache.k[i][:n], cache.v[i][:n]) if packed else (cache.k[i][rows], cache.v[i][rows])
+            ck, cv = ((cache.k[i][:n, :, :live], cache.v[i][:n, :, :live]) if packed
+                      else (cache.k[i][rows, :, :live], cache.v[i][rows, :, :live]))  # (n, H, live, D)
             x = x + layer.self_attn_layer_norm(a.attend(q, ck.to(q.dtype), cv.to(q.dtype), visible))
             c = layer.encoder_attn
             h = layer.pre_encoder_attn_layer_norm(x)

@@ -6,7 +6,11 @@ the decoder (conv_in, a middle of two ResNet blocks around an attention block, f
 from 512 channels at 16 x 16 to 128 at 256 x 256, GroupNorm(32) and swish throughout) to
 (B, 256, 256, 3); pixels are clip(0, 1) * 255 cast to uint8 (truncation), as min-dalle's
 generate_image makes them. Parameter names are min-dalle's, so detoker.pt loads as it is.
-min-dalle never casts its detokenizer to the model's dtype: it runs in float32 here too.
+min-dalle never casts its detokenizer to the model's dtype; in float32 ours runs as min-dalle's
+(the parity tests), in bfloat16 channels-last (oneDNN's fast layout for these convolutions: 9x
+float32's time per image on 2 cores, docs/performance/precision-2026-12-06), within the pixel
+contract of docs/models.md. There GroupNorm sums an odd batch in another order than an even
+one, so an odd batch is padded to even: an image's pixels never depend on its batch-mates.
 """
 from __future__ import annotations
 
@@ -126,6 +130,7 @@ class VQGan(nn.Module):
 
     def __init__(self, chunk: int = 8):
         super().__init__()
+        self.channels_last = False  # build_vqgan: True in a reduced precision
         self.embedding = nn.Embedding(VOCAB, CODE)
         self.post_quant_conv = nn.Conv2d(CODE, CODE, 1)
         self.decoder = Decoder()
@@ -134,22 +139,37 @@ class VQGan(nn.Module):
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, 256) long -> (B, 256, 256, 3) float in 0..255 (min-dalle's forward, not seamless)."""
-        z = self.embedding(tokens.long()).view(-1, GRID, GRID, CODE).permute(0, 3, 1, 2).contiguous()
+        z = self.embedding(tokens.long()).view(-1, GRID, GRID, CODE).permute(0, 3, 1, 2)
+        z = z.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         z = self.decoder(self.post_quant_conv(z))
-        return z.permute(0, 2, 3, 1).clip(0.0, 1.0) * 255
+        return z.float().permute(0, 2, 3, 1).clip(0.0, 1.0) * 255
 
     @torch.no_grad()
     def pixels(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.ndim != 2 or tokens.shape[1] != self.image_len:
             raise ValueError(f"VQGAN tokens must be (B, {self.image_len}), got {tuple(tokens.shape)}")
-        out = [self.decode(part).to(torch.uint8) for part in tokens.split(self.chunk)]
+        out = [self._decode_even(part) for part in tokens.split(self.chunk)]
         return torch.cat(out) if out else torch.zeros(0, self.image_size, self.image_size, 3, dtype=torch.uint8,
                                                       device=tokens.device)
 
 
-def build_vqgan(sd: dict[str, torch.Tensor], device: str | torch.device) -> VQGan:
+    def _decode_even(self, tokens: torch.Tensor) -> torch.Tensor:
+        """decode as uint8; channels-last, an odd batch runs with a copy of its last image."""
+        n = tokens.shape[0]
+        if self.channels_last and n % 2:
+            tokens = torch.cat([tokens, tokens[-1:]])
+        return self.decode(tokens)[:n].to(torch.uint8)
+
+
+def build_vqgan(sd: dict[str, torch.Tensor], device: str | torch.device,
+                dtype: torch.dtype = torch.float32) -> VQGan:
+    """The VQGAN in `dtype`: float32 as min-dalle runs it; a reduced precision channels-last."""
     with torch.device("meta"):
         model = VQGan()
-    model.load_state_dict({k: t.to(device=device, dtype=torch.float32, copy=True) for k, t in sd.items()},
+    model.load_state_dict({k: t.to(device=device, dtype=dtype, copy=True) for k, t in sd.items()},
                           strict=True, assign=True)
+    if dtype != torch.float32:
+        model.channels_last = True
+        model.decoder.to(memory_format=torch.channels_last)
+        model.post_quant_conv.to(memory_format=torch.channels_last)
     return model.eval().requires_grad_(False)

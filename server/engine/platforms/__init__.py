@@ -17,12 +17,13 @@ its weights, how a model call runs (eagerly, or compiled or captured per batch s
 what "auto" means on the device) and how much memory is free:
 
     compute = compute_for("cuda:0")            # in an OP's setup
-    dtype = compute.dtype("fp16")              # float16 on a GPU; a CPU keeps float32
+    dtype = compute.dtype("auto", "min-dalle")  # float16 on a GPU; bfloat16 on a CPU with bf16 matmuls
     call = compute.bucketed(fn, rows, buckets, compute.call_mode("auto"))
 
 What differs by platform lives in its own module: `cpu.py` (thread counts, OpenMP teams,
 device and node turns, the worker stepping beside the turn, float32, eager calls),
-`cuda.py` (one stepping worker per GPU, half precision, CUDA graphs: cuda_graphs.py).
+`cuda.py` (one stepping worker per GPU, half precision, CUDA graphs: cuda_graphs.py);
+`precision.py` (which precision "auto" means where, and the row-invariant kernels it needs).
 """
 from __future__ import annotations
 
@@ -86,18 +87,19 @@ class DeviceHost:
         """Free what the host holds (no call may run)."""
 
 
-# An OP's `half` setting: False keeps float32; True or "fp16" asks for float16, "bf16" for
-# bfloat16, where the device computes in them (a GPU; a CPU keeps float32).
-HALF = (False, True, "fp16", "bf16")
+# An OP's `dtype` setting: "auto" (the platform's choice for the OP's model family, where it
+# measured faster and keeps the quality contract: docs/models.md, Precision) or one by name.
+# float32 reproduces the families' own projects exactly.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 # An OP's model call modes (ForwardSettings.forward_mode, SampleSettings.decode_mode): "off"
 # (eager), "padded", "compile", "cuda_graph" (the platforms that have them), or "auto".
 CALL_MODES = ("off", "padded", "compile", "cuda_graph")
 
 
 class Compute:
-    """What an OP asks the platform of the device it computes on. This base computes in
-    float32 whatever `half` asks, runs "auto" model calls eagerly, padded or compiled buckets
-    on request, and knows no free memory; each platform's subclass says what its device does."""
+    """What an OP asks the platform of the device it computes on. This base computes "auto" in
+    float32, runs "auto" model calls eagerly, padded or compiled buckets on request, and knows
+    no free memory; each platform's subclass says what its device does."""
 
     kind = ""
     auto_mode = "off"                 # what a model call's mode "auto" means on this device
@@ -107,16 +109,26 @@ class Compute:
         self.device = device
 
     @staticmethod
-    def check_half(half: bool | str) -> bool | str:
-        if half not in HALF:
-            raise ValueError(f"half must be true, false, 'fp16' or 'bf16', got {half!r}")
-        return half
+    def check_dtype(setting: str) -> str:
+        if setting not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {setting!r}")
+        return setting
 
-    def dtype(self, half: bool | str) -> torch.dtype:
-        """The weights' dtype for an OP whose `half` setting is `half`."""
+    def auto_dtype(self, family: str | None) -> str:
+        """What "auto" means on this device for a model of `family` (tessera, dalle-pytorch,
+        min-dalle; None: unknown)."""
+        return "float32"
+
+    def dtype(self, setting: str = "auto", family: str | None = None) -> torch.dtype:
+        """The weights' and activations' dtype for an OP whose `dtype` setting is `setting`,
+        serving a model of `family`."""
         import torch
-        self.check_half(half)
-        return torch.float32
+        self.check_dtype(setting)
+        return getattr(torch, self.auto_dtype(family) if setting == "auto" else setting)
+
+    def prepare(self, module, dtype: torch.dtype) -> None:
+        """Make `module` (loaded in `dtype` on this device) compute each row the same whatever
+        the batch's row count, where this device's kernels need it (precision.py)."""
 
     def call_mode(self, asked: str) -> str:
         """A model call's mode as asked ("auto": this device's `auto_mode`)."""
@@ -234,5 +246,5 @@ class Platforms:
             platform.close()
 
 
-__all__ = ["CALL_MODES", "HALF", "Compute", "DeviceHost", "Platform", "Platforms", "WorkerPlan", "compute_for",
+__all__ = ["CALL_MODES", "DTYPES", "Compute", "DeviceHost", "Platform", "Platforms", "WorkerPlan", "compute_for",
            "host_for", "kind_of", "platform_class"]

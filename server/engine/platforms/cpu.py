@@ -10,8 +10,9 @@
 - Beside the turn: a stepping OP's thread workers after the first compute on a thread of
   their own, one core each, beside whichever call holds the turn.
 - The event loop's thread runs torch on one thread (`threads.keep_off_this_thread`).
-- What an OP asks of a CPU (`CpuCompute`): float32 always, eager model calls for "auto",
-  MemAvailable as the memory free.
+- What an OP asks of a CPU (`CpuCompute`): "auto" precision (precision.py: bfloat16 for the
+  large families on a CPU with bf16 matmuls, else float32), row-invariant bf16 linear layers,
+  eager model calls for "auto", MemAvailable as the memory free.
 """
 from __future__ import annotations
 
@@ -34,12 +35,25 @@ __all__ = ["CpuCompute", "CpuHost", "CpuPlan", "CpuPlatform"]
 
 
 class CpuCompute(Compute):
-    """A CPU computes in float32 (a `half` setting is for a GPU) and runs "auto" model calls
-    eagerly: compiling the step measured no gain worth its time at each start
-    (docs/performance.md); `padded` and `compile` run when asked for by name."""
+    """A CPU computes "auto" in bfloat16 where it has bf16 matmuls and the family measured
+    faster in it, else in float32 (precision.py), and runs "auto" model calls eagerly:
+    compiling the step measured no gain worth its time at each start (docs/performance.md);
+    `padded` and `compile` run when asked for by name."""
 
     kind = "cpu"
     auto_mode = "off"
+
+    def auto_dtype(self, family: str | None) -> str:
+        if self.device == "meta":
+            return "float32"
+        from tessera.server.engine.platforms.precision import cpu_auto_dtype
+        return cpu_auto_dtype(family)
+
+    def prepare(self, module, dtype) -> None:
+        import torch
+        if dtype in (torch.bfloat16, torch.float16) and module is not None:
+            from tessera.server.engine.platforms.precision import make_row_invariant
+            make_row_invariant(module)
 
     def free_memory(self) -> int | None:
         """MemAvailable; None if unknown or on the meta device (a model built only to describe

@@ -8,8 +8,8 @@ platform runs one per GPU instead and says so once, which makes a configuration 
 for the CPU (`sample.concurrency: 2`) right on a GPU with no edits. Workers on different
 GPUs (`devices: [cuda:0, cuda:1]`) all run; process and Ray workers are left as asked.
 
-What an OP asks of a GPU (`CudaCompute`): weights in float16 or bfloat16 when its `half`
-setting says so; "auto" model calls captured as CUDA graphs, one per batch-size bucket
+What an OP asks of a GPU (`CudaCompute`): weights in float16 for `dtype: auto` (bfloat16 or
+float32 when named); "auto" model calls captured as CUDA graphs, one per batch-size bucket
 (`CudaGraphs`, cuda_graphs.py); the memory free on the device (`torch.cuda.mem_get_info`).
 """
 from __future__ import annotations
@@ -34,10 +34,8 @@ class CudaCompute(Compute):
     auto_mode = "cuda_graph"  # measured on an H200: docs/performance.md, On a GPU
     modes = ("padded", "compile", "cuda_graph")
 
-    def dtype(self, half: bool | str) -> torch.dtype:
-        import torch
-        return {False: torch.float32, True: torch.float16, "fp16": torch.float16,
-                "bf16": torch.bfloat16}[self.check_half(half)]
+    def auto_dtype(self, family: str | None) -> str:
+        return "float16"  # as `half: true` gave before the dtype setting (docs/performance.md, On a GPU)
 
     def bucketed(self, fn, rows, buckets, mode, pad="zero"):
         if mode == "cuda_graph":

@@ -141,30 +141,54 @@ def test_eviction_repacks_slots_and_survivors_are_unchanged():
     assert op.active == 0
 
 
-def test_decode_step_cost_does_not_depend_on_position(monkeypatch):
-    """A step attends over every row's whole preallocated cache, read in place: the same
-    keys and values, no copy, at the first position and the last (the KV bar in
-    docs/performance.md: a late step costs what an early one does)."""
+def test_a_decode_step_reads_the_live_prefix_of_the_cache_in_place(monkeypatch):
+    """Told the largest position of its rows, a step attends over the cache's live prefix only
+    (a multiple of LIVE_STEP past it), read in place: a view of the live rows and positions, no
+    copy. Told nothing (a compiled or captured step), it reads the whole preallocated cache."""
+    from tessera.ops.families.base import live_length
+    from tessera.ops.models import transformer
+
     model = tiny()
     cache = KVCache(model.cfg, 3)
     model.prefill(torch.zeros(3, 6, dtype=torch.long), cache, torch.arange(3))
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    attend = torch.nn.functional.scaled_dot_product_attention
+    real = transformer.attend
 
-    def spy(q, k, v, *args, **kwargs):
+    def spy(q, k, v, visible):
         seen.append((k, v))
-        return attend(q, k, v, *args, **kwargs)
+        return real(q, k, v, visible)
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    n = 2  # two live rows of three slots: the step reads slots 0..n-1 only
+    monkeypatch.setattr(transformer, "attend", spy)
+    n, S = 2, model.cfg.seq_len  # two live rows of three slots: the step reads slots 0..n-1 only
     for index in (0, model.cfg.image_len // 2, model.cfg.image_len - 2):  # the first fed image token to the last
-        seen.clear()
-        model.decode_step(torch.zeros(n, dtype=torch.long), torch.tensor([index, index]), cache)
-        assert len(seen) == model.cfg.n_layer
-        for layer, (k, v) in enumerate(seen):
-            for read, whole in ((k, cache.k[layer]), (v, cache.v[layer])):
-                assert read.shape == (n, *whole.shape[1:])  # (n, heads, seq_len, head_dim) at any position
-                assert read.data_ptr() == whole.data_ptr() and read.stride() == whole.stride()  # a view, no copy
+        for last, length in ((index, live_length(index + model.cfg.text_len, S)), (None, S)):
+            seen.clear()
+            model.decode_step(torch.zeros(n, dtype=torch.long), torch.tensor([index, index]), cache, last)
+            assert len(seen) == model.cfg.n_layer and index + model.cfg.text_len < length <= S
+            for layer, (k, v) in enumerate(seen):
+                for read, whole in ((k, cache.k[layer]), (v, cache.v[layer])):
+                    assert read.shape == (n, whole.shape[1], length, whole.shape[3])
+                    assert read.data_ptr() == whole.data_ptr() and read.stride() == whole.stride()  # a view
+
+
+def test_attention_over_the_live_prefix_equals_the_masked_whole_cache():
+    """In float32 a step over the live prefix gives the logits of the step over the whole cache
+    behind a mask (the issue's bar: 1e-5; the shared attention makes them the same bits), for
+    rows at different positions sharing the step."""
+    torch.manual_seed(3)
+    model = ImageGPT(TransformerConfig(text_vocab=50, text_len=6, image_vocab=40, image_len=80, d_model=32,
+                                       n_layer=2, n_head=4)).eval()
+    cache = KVCache(model.cfg, 3)
+    with torch.no_grad():
+        model.prefill(torch.randint(1, 50, (3, 6)), cache, torch.arange(3))
+        for i in range(40):  # fill the rows' caches to position 46 with random tokens
+            model.decode_step(torch.randint(0, 40, (3,)), torch.tensor([i, i, i]), cache)
+        index = torch.tensor([39, 12, 3])
+        tokens = torch.randint(0, 40, (3,))
+        whole = model.decode_step(tokens, index, cache, None)
+        live = model.decode_step(tokens, index, cache, 39)
+    assert (live - whole).abs().max() <= 1e-5
+    assert torch.equal(live, whole)
 
 
 def test_evicting_from_the_middle_fills_the_hole_and_every_survivor_is_unchanged():

@@ -86,8 +86,9 @@ def test_serve_refuses_an_unknown_device_in_one_line(capsys):
 
 
 def test_each_platform_says_how_an_op_computes_on_its_device():
-    """Precision and model calls are the platform's: a CPU keeps float32 and runs "auto" calls
-    eagerly; a GPU honours `half` and captures "auto" calls as CUDA graphs."""
+    """Precision and model calls are the platform's: a GPU computes "auto" in float16 and
+    captures "auto" calls as CUDA graphs; a CPU runs them eagerly; any device takes a named
+    precision."""
     import torch
 
     from tessera.server.engine.platforms import compute_for
@@ -96,14 +97,57 @@ def test_each_platform_says_how_an_op_computes_on_its_device():
 
     cpu, gpu = compute_for("cpu"), compute_for("cuda:1")
     assert type(cpu) is CpuCompute and type(gpu) is CudaCompute and gpu.device == "cuda:1"
-    assert [cpu.dtype(h) for h in (False, True, "bf16")] == [torch.float32] * 3
-    assert [gpu.dtype(h) for h in (False, True, "fp16", "bf16")] == [
-        torch.float32, torch.float16, torch.float16, torch.bfloat16]
+    named = ("float32", "bfloat16", "float16")
+    for compute in (cpu, gpu):
+        assert [compute.dtype(d, "min-dalle") for d in named] == [torch.float32, torch.bfloat16, torch.float16]
+    assert [gpu.dtype("auto", f) for f in ("tessera", "dalle-pytorch", "min-dalle")] == [torch.float16] * 3
+    assert compute_for("meta").dtype("auto", "min-dalle") == torch.float32  # built only to describe
     assert (cpu.call_mode("auto"), gpu.call_mode("auto"), cpu.call_mode("padded")) == ("off", "cuda_graph", "padded")
     for compute in (cpu, gpu):
-        with pytest.raises(ValueError, match="half must be true, false, 'fp16' or 'bf16', got 'fp8'"):
+        with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16, float16; got 'fp8'"):
             compute.dtype("fp8")
     assert cpu.free_memory() > 0 and compute_for("meta").free_memory() is None
+
+
+@pytest.mark.parametrize("flags, tessera, large", [
+    ({"avx2", "avx512f", "avx512_bf16"}, "float32", "bfloat16"),   # AVX-512 BF16 (this machine's Zen)
+    ({"avx2", "amx_tile", "amx_bf16"}, "float32", "bfloat16"),     # AMX (Sapphire Rapids)
+    ({"avx2", "avx512f"}, "float32", "float32"),                   # no bf16 matmuls
+    (set(), "float32", "float32"),                                 # flags unknown
+])
+def test_a_cpu_chooses_bfloat16_only_where_it_computes_it_and_it_measured_faster(monkeypatch, flags, tessera, large):
+    import torch
+
+    from tessera.server.engine.platforms import compute_for, precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    cpu = compute_for("cpu")
+    assert str(cpu.dtype("auto", "tessera")).removeprefix("torch.") == tessera  # the bundled model: dispatch-bound
+    for family in ("dalle-pytorch", "min-dalle"):
+        assert str(cpu.dtype("auto", family)).removeprefix("torch.") == large
+    assert cpu.dtype("float32", "min-dalle") == torch.float32  # a named precision is always honoured
+
+
+def test_a_bfloat16_model_on_a_cpu_computes_a_row_the_same_whatever_its_batch():
+    """oneDNN's one-row bf16 path sums in another order than its batched one (K >= 2048): the
+    CPU platform's prepared linear layers give a row the bytes it gets in any batch."""
+    import torch
+
+    from tessera.server.engine.platforms import compute_for
+    from tessera.server.engine.platforms.precision import RowInvariantLinear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2048, 2048, bias=False), torch.nn.Linear(2048, 512)).to(torch.bfloat16)
+    x = torch.randn(9, 1, 2048).to(torch.bfloat16)
+    with torch.inference_mode():
+        before = model(x[:1])
+        compute_for("cpu").prepare(model, torch.bfloat16)
+        assert all(type(m) is RowInvariantLinear for m in model)
+        assert set(model.state_dict()) == {"0.weight", "1.weight", "1.bias"}  # the same parameters
+        # (unprepared, rows 4, 6 and 8 alone differ from the same rows in the batch: checked)
+        batched = model(x)
+        assert all(torch.equal(model(x[i:i + 1]), batched[i:i + 1]) for i in range(9))
+        assert model(x[:1]).shape == before.shape
 
 
 def test_a_gpu_captures_cuda_graphs_and_a_cpu_refuses_them(monkeypatch):
