@@ -131,7 +131,8 @@ DEFAULT_OUT = "tessera-out"
 
 def add_generate_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("prompt", help="English or Chinese")
-    ap.add_argument("-n", "--num-images", type=_unsigned(32), default=1, help="images returned, best CLIP score first")
+    ap.add_argument("-n", "--num-images", type=_unsigned(32), default=1,
+                    help="images returned, best CLIP score first (0: the server's default, 1)")
     ap.add_argument("--candidates", type=_unsigned(32), default=0, help="sampled then reranked (default: -n)")
     ap.add_argument("--seed", type=_unsigned(64), default=0,
                     help="0 to 2^64-1; 0: the server picks; the same seed gives the same images")

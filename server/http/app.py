@@ -39,7 +39,8 @@ from tessera.server.rpc.auth import MESSAGE as AUTH_MESSAGE
 from tessera.server.rpc.auth import BearerToken
 from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.interceptors import CallCounter
-from tessera.server.rpc.status import InvalidRequest, Unauthenticated, http_status_for, outcome_for, status_for
+from tessera.server.rpc.status import (InvalidRequest, Unauthenticated, UnsupportedMediaType, http_status_for,
+                                       http_status_of, outcome_for, status_for)
 from tessera.server.rpc.validation import MAX_REQUEST_ID_CHARS
 from tessera.v1 import image_generation_pb2 as pb
 
@@ -53,6 +54,8 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
     bearer = BearerToken(token) if token else None
     count = calls.count if calls is not None else (lambda outcome: None)
     limit = service.limits.max_message_bytes
+    # The range a refusal names for a count: this server's limit, not the uint32 the wire takes.
+    bounds = {"num_images": service.limits.max_num_images, "num_candidates": service.limits.max_num_candidates}
 
     def authorize(request: Request) -> None:
         if bearer is not None and not bearer.accepts(request.headers.get("authorization")):
@@ -62,7 +65,7 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
         """The body as a GenerateRequest, its id and deadline; a refusal here ends the request
         (and is logged by the service, as the service logs its own)."""
         try:
-            message = await _parse(request, pb.GenerateRequest, limit)
+            message = await _parse(request, pb.GenerateRequest, limit, bounds)
             rid = _request_id(message, request)
             return message, rid, _timeout(request)
         except InvalidRequest as exc:
@@ -149,8 +152,11 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
     return Starlette(routes=routes, exception_handlers={HTTPException: _routing_error})
 
 
-async def _parse(request: Request, kind: type[Message], limit: int) -> Message:
-    """The body as `kind` in proto3 JSON, or InvalidRequest saying what is wrong with it."""
+async def _parse(request: Request, kind: type[Message], limit: int,
+                 bounds: dict[str, int] | None = None) -> Message:
+    """The body as `kind` in proto3 JSON, or InvalidRequest saying what is wrong with it;
+    `bounds` are the largest values the server takes for some integer fields, by proto name."""
+    _check_json_type(request.headers.get("content-type"))
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -169,10 +175,24 @@ async def _parse(request: Request, kind: type[Message], limit: int) -> Message:
         raise InvalidRequest(f"the body is not valid JSON (nested too deeply); send a JSON {name}") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"the body must be a JSON object (a {name}), got {_kind(value)}")
-    return _message(value, kind())
+    return _message(value, kind(), bounds or {})
 
 
-def _message(value: dict, message: Message) -> Message:
+def _check_json_type(content_type: str | None) -> None:
+    """UnsupportedMediaType unless the body is declared JSON: application/json (any charset) or
+    a +json type (RFC 6839). A body with no Content-Type at all is read as JSON, as FastAPI
+    reads one; curl's `-d` alone sends application/x-www-form-urlencoded and is refused."""
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    shown = media if len(media) <= 60 else media[:60] + "…"
+    raise UnsupportedMediaType(f"the body is sent as {shown or 'an empty Content-Type'}; send it as JSON "
+                               "with the header Content-Type: application/json")
+
+
+def _message(value: dict, message: Message, bounds: dict[str, int] | None = None) -> Message:
     """Fill `message` from a JSON object by the proto3 JSON rules, or InvalidRequest naming the
     field as the JSON does (numImages) and saying what it takes, never the parser's words."""
     d = message.DESCRIPTOR
@@ -194,7 +214,7 @@ def _message(value: dict, message: Message) -> Message:
             except (json_format.ParseError, ValueError, TypeError, RecursionError):
                 raise InvalidRequest(f"{field.json_name} has a value of the wrong shape; see /openapi.json") from None
             continue
-        setattr(message, field.name, _scalar(field, raw))
+        setattr(message, field.name, _scalar(field, raw, (bounds or {}).get(field.name)))
     return message
 
 
@@ -208,8 +228,10 @@ _SCALARS = {FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL, *_UINT, *_SI
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _scalar(field: FieldDescriptor, raw) -> object:
-    """One JSON value as `field`'s Python value, or InvalidRequest in the JSON's words."""
+def _scalar(field: FieldDescriptor, raw, limit: int | None = None) -> object:
+    """One JSON value as `field`'s Python value, or InvalidRequest in the JSON's words; an
+    integer past its type names `limit`, the server's own bound, where it has one (a value
+    within the type but past the limit is refused later, as gRPC refuses it)."""
     name, t = field.json_name, field.type
     if t == FieldDescriptor.TYPE_STRING:
         if not isinstance(raw, str):
@@ -223,6 +245,8 @@ def _scalar(field: FieldDescriptor, raw) -> object:
         low, high = (0, _UINT[t]) if t in _UINT else (-_SINT[t] - 1, _SINT[t])
         wide = high > 2**32  # 64-bit integers are strings in proto3 JSON (numbers are taken too)
         what = (f"a whole number from {low} to {high}" + (" (a number or a string of digits)" if wide else ""))
+        if limit is not None:  # 0, as in proto3, asks for the default
+            what = f"a whole number from {low} to {limit} (0 or absent: the default)"
         number = None
         if isinstance(raw, int) and not isinstance(raw, bool):
             number = raw
@@ -365,7 +389,7 @@ def _error(exc: EngineError, rid: str) -> Response:
     headers = _id_header(rid)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(_status(code, exc), status_code=http_status_for(code), headers=headers)
+    return JSONResponse(_status(code, exc), status_code=http_status_of(exc), headers=headers)
 
 
 # grpc-gateway's answers for a path or method it does not route: its Status, its codes.

@@ -31,6 +31,7 @@ ERROR_SCHEMA = {
 _ERRORS = {
     "400": "INVALID_ARGUMENT: malformed JSON, a wrong type, an unknown field, or a value out of bounds",
     "401": "UNAUTHENTICATED: auth is on and the bearer token is missing or wrong",
+    "415": "INVALID_ARGUMENT: the body is not sent as JSON (Content-Type must be application/json)",
     "429": "RESOURCE_EXHAUSTED: the server is at capacity; retry later",
     "499": "CANCELLED: the caller went away",
     "500": "INTERNAL: a stage failed; the message names it",
@@ -91,7 +92,7 @@ def _errors(*codes: str) -> dict[str, Any]:
 
 def openapi_document(*, version: str, auth: bool, limits: Any = None) -> dict[str, Any]:
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
-    generate_errors = _errors("400", "401", "429", "499", "500", "503", "504")
+    generate_errors = _errors("400", "401", "415", "429", "499", "500", "503", "504")
     body = {"required": True, "content": {"application/json": {"schema": ref("GenerateRequest")}}}
     doc: dict[str, Any] = {
         "openapi": "3.0.3",

@@ -15,6 +15,11 @@ class InvalidRequest(InvalidInput):
     """The request message itself is out of bounds (checked before the engine sees it)."""
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """An HTTP body sent as something other than JSON (curl's default form type, text/plain).
+    INVALID_ARGUMENT in the body; the HTTP status is 415, as JSON APIs answer it."""
+
+
 class Unauthenticated(EngineError):
     """Auth is on and the caller's bearer token is missing or wrong (raised by a front door)."""
 
@@ -70,3 +75,10 @@ def status_for(error: BaseException) -> grpc.StatusCode:
 
 def http_status_for(code: grpc.StatusCode) -> int:
     return _HTTP.get(code, 500)
+
+
+def http_status_of(error: BaseException) -> int:
+    """The HTTP status for `error`: its gRPC code's (above), except a body that is not JSON (415)."""
+    if isinstance(error, UnsupportedMediaType):
+        return 415
+    return http_status_for(status_for(error))

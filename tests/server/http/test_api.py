@@ -309,9 +309,12 @@ async def test_a_field_it_cannot_take_is_named_as_the_json_names_it(http_served)
     cases = [
         ({"prompt": PROMPT, "colour": "red"}, '"colour" is not a field of GenerateRequest; the fields are prompt, '
                                               "numImages, numCandidates"),
-        ({"prompt": PROMPT, "numImages": "two"}, 'numImages must be a whole number from 0 to 4294967295, got "two"'),
-        ({"prompt": PROMPT, "num_images": -1}, "numImages must be a whole number from 0 to 4294967295, got -1"),
-        ({"prompt": PROMPT, "numCandidates": 1.5}, "numCandidates must be a whole number"),
+        # a count names this server's limit (server.limits), not the uint32 the wire could carry
+        ({"prompt": PROMPT, "numImages": "two"}, 'numImages must be a whole number from 0 to 16 '
+                                                 '(0 or absent: the default), got "two"'),
+        ({"prompt": PROMPT, "num_images": -1}, "numImages must be a whole number from 0 to 16 "
+                                               "(0 or absent: the default), got -1"),
+        ({"prompt": PROMPT, "numCandidates": 1.5}, "numCandidates must be a whole number from 0 to 64"),
         ({"prompt": PROMPT, "topK": True}, "topK must be a whole number"),
         ({"prompt": PROMPT, "seed": "1e99"}, "seed must be a whole number from 0 to 18446744073709551615 "
                                              '(a number or a string of digits), got "1e99"'),
@@ -370,3 +373,36 @@ async def test_each_request_ends_in_one_log_line_whichever_door(http_served, cap
     assert all(r.levelno == logging.INFO for r in lines.values())
     assert lines["g-ok"].getMessage().startswith("request g-ok ok in ") and lines["g-ok"].getMessage().endswith(
         " ms, 3 images")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/xml"])
+async def test_a_body_not_sent_as_json_is_415_naming_application_json(http_served, content_type):
+    # curl's -d alone sends the form type; text/plain is what a hand-written fetch often sends.
+    _, http = http_served
+    body = json.dumps({"prompt": PROMPT}).encode()
+    for path in ("/v1/generate", "/v1/generate:stream"):
+        reply = await http.post(path, content=body, headers={"content-type": content_type})
+        assert reply.status_code == 415, (path, reply.text)
+        assert reply.json()["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "Content-Type: application/json" in reply.json()["message"]
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "application/json"},
+                                     {"content-type": "application/json; charset=utf-8"},
+                                     {"content-type": "Application/JSON"},
+                                     {}])  # no type at all: read as JSON
+async def test_json_in_any_spelling_or_with_no_type_is_read(http_served, headers):
+    _, http = http_served
+    reply = await http.post("/v1/generate", content=json.dumps({"prompt": PROMPT}).encode(), headers=headers)
+    assert reply.status_code == 200 and len(reply.json()["images"]) == 1
+
+
+async def test_zero_counts_ask_for_the_defaults(http_served):
+    # proto3: 0 is an absent field; numImages 0 is 1 image, numCandidates 0 is numImages
+    _, http = http_served
+    reply = await http.post("/v1/generate", json={"prompt": PROMPT, "numImages": 0, "numCandidates": 0})
+    assert reply.status_code == 200 and len(reply.json()["images"]) == 1
+    two = await http.post("/v1/generate", json={"prompt": PROMPT, "numImages": 2, "numCandidates": 0, "seed": "5"})
+    indexes = sorted(im.get("candidateIndex", 0) for im in two.json()["images"])  # proto3 JSON leaves 0 out
+    assert indexes == [0, 1]  # two candidates sampled, both returned
