@@ -12,6 +12,7 @@ from tessera.ops.shared import ForwardSettings, ModelOp
 
 class ClipTextOp(ModelOp):
     Settings = ForwardSettings
+    config_defaults = {"batch_size": 32, "batch_timeout_ms": 1}
 
     def setup(self, device: str) -> None:
         super().setup(device)

@@ -10,6 +10,7 @@ from tessera.ops.shared import ForwardSettings, ModelOp
 
 class DecodeOp(ModelOp):
     Settings = ForwardSettings
+    config_defaults = {"batch_size": 64, "batch_timeout_ms": 2}
 
     def setup(self, device: str) -> None:
         super().setup(device)

@@ -15,6 +15,7 @@ from tessera.ops.shared import ForwardSettings, ModelOp, to_png
 class RerankOp(ModelOp):
     Inputs = RerankInputs  # the YAML maps `images` and `text_embedding` to the OPs feeding them
     Settings = ForwardSettings
+    config_defaults = {"batch_size": 16, "batch_timeout_ms": 2}
     # This OP's result -> the response's fields (the graph's output OP maps responses).
     to_response = staticmethod(response_fields)
 

@@ -67,6 +67,9 @@ class SampleSettings(ModelSettings):
 
 class SampleOp(SteppingOp, ModelOp):
     Settings = SampleSettings
+    # Two workers: on a CPU, past half a batch of rows the second steps beside the turn, on its
+    # share of the cores (docs/performance.md); on a GPU one stepping worker per device runs.
+    config_defaults = {"batch_size": 64, "concurrency": 2}
 
     @property
     def joins_mid_run(self) -> bool:  # read by the engine's scheduler on its own instance

@@ -11,6 +11,7 @@ from tessera.server.engine import InvalidInput, Op
 class TokenizeOp(Op):
     uses_device = False  # a tokenizer on one core: no need to wait for the model's turn
     Settings = ModelFiles
+    config_defaults = {"batch_size": 32, "batch_timeout_ms": 1}
     # The front door's request fields -> this OP's input (the graph's first OP maps requests).
     from_request = staticmethod(generate_params)
 

@@ -110,6 +110,15 @@ def config_docs() -> str:
         by_settings.setdefault(resolve_op_type("type", spec).Settings.__name__, []).append(spec)
     for name, specs in by_settings.items():
         _table(out, f"### {name}: " + ", ".join(f"`{spec}`" for spec in specs), defs[name], defs)
+    out += ["## The shipped OPs' own values", "",
+            "Where a file leaves one of these `graph.ops.<name>` keys out, the OP class's value",
+            "(`config_defaults`) is taken instead of the default above; `tessera serve` without",
+            "`--config` runs exactly these (tests/server/test_config_docs.py holds the two together).", "",
+            "| OP | Keys |", "|---|---|"]
+    for spec in shipped_ops():
+        own = resolve_op_type("type", spec).config_defaults
+        out.append(f"| `{spec}` | " + ", ".join(f"`{k}` {json.dumps(v)}" for k, v in own.items()) + " |")
+    out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -173,7 +173,9 @@ def is_device_name(device: Any) -> bool:
 
 class OpConfig(Section):
     """One OP of the graph (`graph.ops.<name>`): its class, where its inputs come from, and
-    how its workers batch and run."""
+    how its workers batch and run. A key left out takes the OP class's own value where it has
+    one (`config_defaults`; the shipped OPs' are listed under OP settings), else the default
+    below."""
     type: str = Field(pattern=r"^[\w.]+:\w+$")
     """The OP class, as `package.module:ClassName` (e.g. `tessera.ops.sample:SampleOp`)."""
     inputs: Annotated[Any, WithJsonSchema(_INPUTS_SCHEMA)]
@@ -193,7 +195,7 @@ class OpConfig(Section):
     """Longest one call may take before its rows fail; 0: no limit."""
     retry: int = Field(0, ge=0, le=10)
     """Extra attempts for a row whose call failed."""
-    channel_capacity: int = Field(256, ge=1, le=1_000_000)
+    channel_capacity: int = Field(512, ge=1, le=1_000_000)
     """Requests waiting at this OP's input before the ones upstream wait too."""
     settings: dict[str, Any] = Field(default_factory=dict)
     """The OP's own settings, checked against its class's `Settings` dataclass (see OP settings)."""
@@ -219,6 +221,19 @@ class OpConfig(Section):
     @property
     def stepping(self) -> bool:
         return issubclass(self.op_class, SteppingOp)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _class_defaults(cls, raw: Any) -> Any:
+        """The OP class's own values (`Op.config_defaults`: the shipped OPs' batch sizes) for the
+        keys the file leaves out; a key the file sets wins."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+            return raw
+        try:
+            op_class = resolve_op_type("type", raw["type"])
+        except ConfigError:
+            return raw  # the type's own check names the mistake
+        return {**op_class.config_defaults, **raw}
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -263,9 +278,9 @@ class GraphConfig(Section):
     """The OPs by name; each names the OPs feeding it in `inputs`."""
     output: str
     """The OP whose result answers the request."""
-    default_deadline_ms: float = Field(60_000.0, ge=1, le=86_400_000)
+    default_deadline_ms: float = Field(120_000.0, ge=1, le=86_400_000)
     """A request's deadline when the caller sets none."""
-    max_inflight: int = Field(1024, ge=1, le=10_000_000)
+    max_inflight: int = Field(512, ge=1, le=10_000_000)
     """Requests in the graph at once; past it a request is refused as overloaded."""
     shutdown_grace_s: float = Field(30.0, ge=0, le=3600)
     """On SIGTERM, how long requests in flight may finish before they fail."""

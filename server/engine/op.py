@@ -31,7 +31,7 @@ one input's value arrives as it is, and several arrive as a dict keyed by input 
 """
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -49,6 +49,10 @@ class Op:
     # True (set in setup) for an OP whose outputs change with the number of threads it
     # computes with: its CPU workers then keep one count instead of `threads: auto`'s choice.
     thread_exact: bool = False
+    # The OP's own values for its `graph.ops.<name>` keys where the file leaves them out (e.g.
+    # {"batch_size": 64}): what batching suits it travels with the class, so a YAML naming
+    # only the type and inputs batches as the shipped configuration does.
+    config_defaults: ClassVar[Mapping[str, Any]] = {}
     # The dataclass `settings:` must fit (unknown keys and wrong types fail start-up).
     Settings: ClassVar[type] = NoSettings
     # A dataclass whose fields name the OP's inputs (None: the inputs are not named).

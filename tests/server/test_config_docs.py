@@ -70,3 +70,40 @@ def test_check_says_ok_or_names_the_key(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["tessera config: configuration error: graph.ops.sample.concurrency: "
                    "must be an integer between 1 and 256, got 0"]
+
+
+def _left_out(config: dict) -> dict:
+    """The shipped configuration with every key that has a default left out: each OP's type
+    and inputs, and the graph's output, are all a file must say."""
+    graph = config["graph"]
+    return {"graph": {"output": graph["output"],
+                      "ops": {name: {"type": op["type"], "inputs": op["inputs"]} for name, op in graph["ops"].items()}}}
+
+
+def test_a_file_that_leaves_keys_out_runs_what_tessera_serve_runs():
+    # The reference's defaults (and each shipped OP's own values) are what the shipped
+    # configuration sets: a YAML written from the reference batches as `tessera serve` does.
+    from tessera.server.config import AppConfig
+    from tessera.server.engine.config import OpConfig
+    shipped = AppConfig.from_dict(copy.deepcopy(DEFAULT_CONFIG))
+    bare = AppConfig.from_dict(_left_out(DEFAULT_CONFIG))
+    assert bare.server.model_dump() == shipped.server.model_dump()
+    assert bare.model.model_dump() == shipped.model.model_dump()
+    graph_keys = set(type(shipped.graph).model_fields) - {"ops"}
+    assert {k: getattr(bare.graph, k) for k in graph_keys} == {k: getattr(shipped.graph, k) for k in graph_keys}
+    for name, op in shipped.graph.ops.items():
+        for key in set(OpConfig.model_fields) - {"inputs"}:
+            assert getattr(bare.graph.ops[name], key) == getattr(op, key), f"ops.{name}.{key}"
+    assert bare.graph.ops["sample"].batch_size == 64  # batching, not the generic 1
+
+
+def test_the_reference_shows_the_values_the_shipped_configuration_runs():
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    for key in ("default_deadline_ms", "max_inflight"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{key}` |"))
+        assert f"`{json.dumps(float(DEFAULT_CONFIG['graph'][key]) if key.endswith('_ms') else DEFAULT_CONFIG['graph'][key])}`" in row
+    for op in DEFAULT_CONFIG["graph"]["ops"].values():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{op['type']}` |"))
+        for key in ("batch_size", "batch_timeout_ms", "concurrency"):
+            if key in op:
+                assert f"`{key}` {json.dumps(op[key])}" in row, (op["type"], key)
