@@ -6,7 +6,9 @@
 One function per family (`dalle_pytorch`, `min_dalle`). Each builds a random-weight checkpoint
 with the project's own classes (min-dalle: DALL·E Mini's shapes, saved in min-dalle's models_root
 layout; --root keeps it between runs), runs interleaved rounds (round r runs every contender once,
-in the same order), profiles one decode step of each side, and writes rows.json (every raw row)
+in the same order), profiles one decode step of each side (ours in the precision the served OPs
+pick, dtype auto) and puts ours against this machine's peak (bench/roofline.py: its FLOP/s and
+weight bytes/s as shares of a matmul and a bandwidth probe), and writes rows.json (every raw row)
 and results.md into --out. Run from the repository root: the checkpoint is built through the
 tests' helpers (tests/ops/families/...), as the tests build it. --smoke runs min-dalle at a tiny
 shape, to check the script end to end in a minute.
@@ -264,12 +266,12 @@ def _profile_ours(ckpt: Path, rows: int, peak: Peak | None = None) -> dict:
     """Our decode step at `rows` rows over one whole image, split by part (mean ms per step);
     `_roofline`: the step against `peak`."""
     from tessera.ops.families.base import ModelSpec
-    from tessera.ops.families.dalle_pytorch import load
     from tessera.ops.families.dalle_pytorch import model as M
     from tessera.ops.models.sampling import sample_tokens
-    bundle = load(ModelSpec(path=str(ckpt)), "cpu", torch.float32)
+    from tessera.ops.shared import bundle_for
+    bundle = bundle_for(ModelSpec(path=str(ckpt)), "cpu")  # as the served OPs load it: dtype auto
     model, k = bundle.transformer, bundle.sampling.top_k
-    cache = model.new_cache(rows, "cpu", torch.float32)
+    cache = model.new_cache(rows, "cpu", bundle.dtype)
     text = torch.randint(1, 49408, (rows, model.text_len))  # every text position is attended to anyway
     T = Timers()
     for cls, name, label in ((M.DallePytorchModel, "decode_step", "step"), (M.DallePytorchModel, "_run", "layers"),
@@ -517,12 +519,12 @@ def _profile_md_ours(root: Path, rows: int, images: int = 2, peak: Peak | None =
     sampler lays them out) over one whole image, split by part (mean ms per step); the draw is the
     sampler's own guide + sample_tokens at the model defaults; the VQGAN decode timed per image."""
     from tessera.ops.families.base import ModelSpec
-    from tessera.ops.families.min_dalle import load
     from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
-    bundle = load(ModelSpec(path=str(root)), "cpu", torch.float32)
+    from tessera.ops.shared import bundle_for
+    bundle = bundle_for(ModelSpec(path=str(root)), "cpu")  # as the served OPs load it: dtype auto
     model, d = bundle.transformer, bundle.sampling
     half = rows // 2
-    cache = model.new_cache(rows, "cpu", torch.float32)
+    cache = model.new_cache(rows, "cpu", bundle.dtype)
     tok = bundle.tokenizer
     text = torch.tensor([tok.encode_prompt(PROMPTS[i % len(PROMPTS)]).ids for i in range(half)]
                         + [tok.empty()] * half)

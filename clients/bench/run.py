@@ -15,6 +15,10 @@ keeping the best throughput and the best single-request latency (bench/ceiling.p
 requests, 5 ms) running the same OPs, measured over HTTP/JSON by the same loops
 (bench/generic.py; needs pip install 'tessera[bench]').
 
+After the rounds, the roofline (bench/roofline.py; --no-roofline skips it): this machine's peak
+(a matmul per precision, the memory bandwidth) and the sampler's decode step at its batch as a
+share of it, printed after the table and kept in bench.json.
+
 Closed loop: `c` clients, each sending its next request when the last one returns.
 Open loop: Poisson arrivals at --rate (optionally bursty). Benchmarks measure; tests
 never assert a timing.
