@@ -159,12 +159,12 @@ def test_replot_redraws_the_png_from_a_saved_report_and_measures_nothing(tmp_pat
 def test_every_bench_configuration_is_a_server_configuration_with_settings_where_they_belong():
     from tessera.bench.servers import bench_configs
     from tessera.server.config import AppConfig
-    configs = bench_configs(None, None, {"half": "fp16"}, {"sample_on": "cpu"}, {"forward_mode": "padded"})
+    configs = bench_configs(None, None, {"dtype": "float16"}, {"sample_on": "cpu"}, {"forward_mode": "padded"})
     for raw in configs.values():
         AppConfig.from_dict(raw)  # each OP's settings checked against its Settings dataclass
     ops = configs["default"]["graph"]["ops"]
-    assert ops["sample"]["settings"] == {"half": "fp16", "sample_on": "cpu"}
-    assert all(ops[name]["settings"] == {"half": "fp16", "forward_mode": "padded"}
+    assert ops["sample"]["settings"] == {"dtype": "float16", "sample_on": "cpu"}
+    assert all(ops[name]["settings"] == {"dtype": "float16", "forward_mode": "padded"}
                for name in ("decode", "clip_text", "rerank"))
     turns = configs["turns"]["graph"]  # the shape shipped before two sampler workers
     assert turns["device_turns"] is True and turns["ops"]["sample"]["concurrency"] == 1
