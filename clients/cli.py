@@ -219,21 +219,28 @@ def run_info(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
-    print(f"model      {info.model_name} ({info.model_kind or 'tessera'}) {info.version}".rstrip())
-    print(f"images     {info.image_width} x {info.image_height}, {info.image_tokens} image tokens")
-    print(f"prompt     up to {info.text_context} tokens ({info.tokenizer})")
-    print(f"rerank     {info.reranker if info.rerank else 'off: images come back in sampling order'}")
+    # Only what the server says it serves: a pipeline of one's own OPs may have no model at all.
+    print(f"model      {info.model_name} ({info.model_kind or 'the graph serves no model'}) {info.version}".rstrip())
+    if info.image_width:
+        tokens = f", {info.image_tokens} image tokens" if info.image_tokens else ""
+        print(f"images     {info.image_width} x {info.image_height}{tokens}")
+    if info.text_context:
+        print(f"prompt     up to {info.text_context} tokens" + (f", {info.tokenizer}" if info.tokenizer else ""))
+    elif info.tokenizer:
+        print(f"prompt     read as {info.tokenizer}")
+    if info.model_kind:
+        print(f"rerank     {info.reranker if info.rerank else 'off: images come back in sampling order'}")
     if info.precision:
         print("precision  " + ", ".join(f"{op} {dtype}" for op, dtype in info.precision.items()))
     if info.details:
         print("details    " + ", ".join(f"{k} {v}" for k, v in sorted(info.details.items())))
     print("limits     " + ", ".join(f"{k} {v}" for k, v in info.limits.items()))
     print("defaults   " + ", ".join(f"{k} {v:g}" for k, v in info.defaults.items()))
-    if not any(info.vocabulary.values()):  # an open (BPE) vocabulary lists no words
+    if not any(info.vocabulary.values()) and info.text_context:  # an open (BPE) vocabulary lists no words
         print("vocabulary open: any text the tokenizer takes")
     for kind, words in info.vocabulary.items():  # what the model can draw, English / Chinese
         if words:
-            print(f"{kind:<10} " + ", ".join(f"{en} / {zh}" for en, zh in words))
+            print(f"{kind:<10} " + ", ".join(f"{en} / {zh}" if zh else en for en, zh in words))
     return 0
 
 

@@ -19,6 +19,15 @@ class RerankOp(ModelOp):
     # This OP's result -> the response's fields (the graph's output OP maps responses).
     to_response = staticmethod(response_fields)
 
+    @staticmethod
+    def describe(settings: ForwardSettings) -> dict:
+        """What GetInfo says is served: the model this OP's settings name (the `model` section
+        fills them), described from its files (ops/info.py)."""
+        from tessera.ops.families import ModelSpec
+        from tessera.ops.info import describe_model
+        return describe_model(ModelSpec(path=settings.model_dir, bpe_path=settings.bpe_path,
+                                        vae_path=settings.vae_path, clip=settings.clip))
+
     def setup(self, device: str) -> None:
         super().setup(device)
         clip = self.bundle.clip

@@ -24,7 +24,7 @@ from tessera.server.engine import ConfigError, Engine
 from tessera.server.http import HttpServer, build_app
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
 from tessera.server.rpc.interceptors import CallCounter, FrontDoorInterceptor
-from tessera.server.rpc.mapping import PipelineMapping
+from tessera.server.rpc.mapping import PipelineMapping, describe_pipeline
 from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.servicer import ImageGenerationServicer
 from tessera.v1 import image_generation_pb2 as pb
@@ -60,17 +60,11 @@ class TesseraServer:
         self._health_tasks: set[asyncio.Task] = set()
 
     def model_info(self) -> dict:
-        from tessera.ops.families import ModelSpec
-        from tessera.ops.info import describe_model, op_precisions  # the bundled layout: config.json only
-        model = self.config.model
-        spec = ModelSpec(path=model.path, bpe_path=model.bpe_path, vae_path=model.vae, clip=model.clip)
-        for op in self.config.graph.ops.values():  # an OP's own settings name the model it serves
-            if op.settings.get("model_dir") or op.settings.get("clip"):
-                s = op.settings
-                spec = ModelSpec(path=s.get("model_dir"), bpe_path=s.get("bpe_path"),
-                                 vae_path=s.get("vae_path"), clip=s.get("clip"))
-                break
-        return {**describe_model(spec), "precision": op_precisions(self.config.graph)}
+        """What GetInfo, the page and the start-up line say is served: the graph's output OP's
+        description (rpc/mapping.py: the DALL·E graph's rerank describes its model), or that
+        the graph serves no model."""
+        from tessera.ops.info import op_precisions
+        return {**describe_pipeline(self.config.graph), "precision": op_precisions(self.config.graph)}
 
     async def start(self) -> int:
         """Bind the port, load the OPs, serve; PortInUse or ConfigError before any model loads."""

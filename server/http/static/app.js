@@ -48,10 +48,24 @@ async function loadInfo() {
     $("vocabulary-note").textContent = "Could not ask the server what it can draw: " + e.message;
     return;
   }
-  const kind = info.modelKind && info.modelKind !== "tessera" ? ` (${info.modelKind})` : "";
-  const rerank = info.rerank ? `reranked by ${info.reranker || "CLIP"}` : "no reranker: sampling order";
-  $("model").textContent = `${info.modelName}${kind} · ${info.imageWidth}×${info.imageHeight} images · ` +
-    `prompts up to ${info.textContext} tokens (${info.tokenizer || "BPE"}) · ${rerank}`;
+  // Only what the server says it serves: a pipeline without a model has no tokens or reranker.
+  const parts = [info.modelName + (info.modelKind && info.modelKind !== "tessera" ? ` (${info.modelKind})` : "")];
+  if (info.imageWidth) parts.push(`${info.imageWidth}×${info.imageHeight} images`);
+  if (info.textContext) parts.push(`prompts up to ${info.textContext} tokens` + (info.tokenizer ? `, ${info.tokenizer}` : ""));
+  else if (info.tokenizer) parts.push(`prompts read as ${info.tokenizer}`);
+  if (info.rerank) parts.push(`reranked by ${info.reranker || "CLIP"}`);
+  else if (info.modelKind) parts.push("no reranker: images in sampling order");
+  $("model").textContent = parts.join(" · ");
+  const terms = Object.values(info.vocabulary || {}).flat();
+  const chinese = terms.some((term) => term && term.zh);
+  $("prompt-hint").textContent = chinese ? "English or 中文" : info.modelKind ? "English" : "";
+  if (!info.rerank) {
+    // Without a reranker every candidate past the images asked for is computed and thrown
+    // away: leave Candidates empty, which asks for as many as Images (the server's default).
+    $("num-candidates").value = "";
+    $("num-candidates").placeholder = "= images";
+    $("candidates-hint").textContent = "no reranker: one per image";
+  }
   const limits = info.limits || {};
   if (limits.maxNumImages) $("num-images").max = limits.maxNumImages;
   if (limits.maxNumCandidates) $("num-candidates").max = limits.maxNumCandidates;
@@ -63,7 +77,9 @@ function showVocabulary(vocabulary) {
   const note = $("vocabulary-note"), terms = $("terms");
   const kinds = vocabulary ? Object.entries(vocabulary).filter(([, list]) => list && list.length) : [];
   if (!kinds.length) {
-    note.textContent = "This model reads any English text: describe the picture you want.";
+    note.textContent = info && info.modelKind
+      ? "This model reads any English text: describe the picture you want."
+      : "This pipeline lists no words; see what its prompt takes in its documentation.";
     return;
   }
   note.textContent = "Tap a word to add it to the prompt.";

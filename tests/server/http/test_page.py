@@ -174,3 +174,32 @@ async def test_the_unknown_words_notice_goes_with_its_prompt(http_served, browse
     await page.locator("#prompt").press("End")
     await page.keyboard.type(" on blue")  # a new prompt: the notice was about the old one
     assert await notice.is_hidden()
+
+
+async def test_a_pipeline_without_a_reranker_says_what_it_is_and_asks_one_candidate_per_image(http_served, browser):
+    # The bundled model first: it reads Chinese and reranks, so 16 candidates make sense.
+    server, _ = http_served
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{server.http_port}/")
+    await page.locator("#terms .term").first.wait_for()
+    assert await page.locator("#prompt-hint").text_content() == "English or 中文"
+    assert await page.input_value("#num-candidates") == "16"
+    assert "(its tokenizer.json))" not in await page.locator("#model").text_content()
+
+    from tests.ops.examples.test_gradient import example_config
+    from tests.server.http.conftest import http_serving
+    async with http_serving(example_config()) as (example, _):
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{example.http_port}/")
+        await page.locator("#terms .term").first.wait_for()
+        subtitle = await page.locator("#model").text_content()
+        assert subtitle == ("gradient (example) · 64×64 images · prompts read as colour words · "
+                            "no reranker: images in sampling order")
+        assert await page.locator("#prompt-hint").text_content() == "English"  # no Chinese words listed
+        assert await page.input_value("#num-candidates") == ""  # the server's default: one per image
+        assert await page.locator("#candidates-hint").text_content() == "no reranker: one per image"
+        await page.fill("#prompt", "purple to yellow")
+        await page.fill("#num-images", "2")
+        await page.click("#generate")
+        await page.locator("body[data-state=done]").wait_for(timeout=60_000)
+        assert await page.locator("#results .result img").count() == 2
