@@ -4,7 +4,14 @@ import logging
 
 import pytest
 
+from tests import ports
 from tests.server.engine import toy_ops
+
+
+@pytest.fixture(autouse=True)
+def _no_fixed_ports(request, monkeypatch):
+    """Every server a test starts listens on free ports only (tests/ports.py)."""
+    ports.guard(monkeypatch, allow_taken=request.node.get_closest_marker("taken_port") is not None)
 
 
 @pytest.fixture(autouse=True)

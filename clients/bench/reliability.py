@@ -88,7 +88,7 @@ class Server:
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tessera.server.cli", "serve", "--config", str(path), "--port", "0",
-             "--metrics-port", "0", "--log-level", "WARNING"],
+             "--metrics-port", "0", "--http-port", "-1", "--log-level", "WARNING"],  # no fixed port: 8080 may be taken
             stdout=subprocess.PIPE, stderr=self._log, text=True, env={**os.environ, **(self.env or {})})
         line = self.proc.stdout.readline()
         match = re.search(r":(\d+); metrics on http://[^:]+:(\d+)", line)

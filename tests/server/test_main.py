@@ -20,7 +20,13 @@ from tessera.server.defaults import DEFAULT_CONFIG
 ROOT = Path(__file__).resolve().parents[2]
 
 
+FREE_PORTS = ("--port", "0", "--http-port", "-1", "--metrics-port", "-1")
+
+
 def tessera(*args, **kw):
+    """`tessera ARGS`; a `serve` that names no port or file of its own gets free ones (tests/ports.py)."""
+    if args and args[0] == "serve" and not any(a.startswith(("--port", "--config")) for a in args):
+        args = (*args, *FREE_PORTS)
     return subprocess.run([sys.executable, "-m", "tessera.server.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, **kw)
 
@@ -46,6 +52,7 @@ def test_deploy_default_yaml_is_the_shipped_default():
 ])
 def test_bad_configuration_is_one_line_and_a_nonzero_exit(tmp_path, mutate, key):
     cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg["server"].update(port=0, http_port=-1, metrics_port=-1)
     mutate(cfg)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -95,27 +102,29 @@ def _write(tmp_path, cfg) -> str:
     return str(path)
 
 
+@pytest.mark.taken_port
 def test_a_busy_port_is_one_line_naming_it_and_exit_3(tmp_path):
     import socket
     with socket.socket() as taken:  # a listener without SO_REUSEPORT, as another server would hold it
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = tessera("serve", "--port", str(port), "--metrics-port", "-1")
+        proc = tessera("serve", "--port", str(port), "--http-port", "-1", "--metrics-port", "-1")
     assert proc.returncode == 3
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.taken_port
 async def test_a_second_server_on_the_same_port_fails_instead_of_sharing_it(tiny_model_dir):
     from tessera.server.app import PortInUse, TesseraServer
     from tests.server.rpc.conftest import app_config
 
-    first = TesseraServer(app_config(tiny_model_dir, metrics_port=-1))
+    first = TesseraServer(app_config(tiny_model_dir, metrics_port=-1, http_port=-1))
     port = await first.start()
     try:
-        second = TesseraServer(app_config(tiny_model_dir, port=port, metrics_port=-1))
+        second = TesseraServer(app_config(tiny_model_dir, port=port, metrics_port=-1, http_port=-1))
         with pytest.raises(PortInUse, match=f":{port}"):
             await second.start()
         await second.stop(0)
@@ -131,7 +140,7 @@ async def test_a_second_server_on_the_same_port_fails_instead_of_sharing_it(tiny
 ])
 def test_auth_configuration_mistakes_exit_2_naming_the_key(tmp_path, server, env, key):
     cfg = copy.deepcopy(DEFAULT_CONFIG)
-    cfg["server"].update(server, port=0, metrics_port=-1)
+    cfg["server"].update(server, port=0, metrics_port=-1, http_port=-1)
     proc = tessera("serve", "--config", _write(tmp_path, cfg), env={**os.environ, **env})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -276,6 +276,7 @@ async def test_every_http_generation_call_is_counted_once_by_outcome(http_served
     assert counts == {"ok": 2, "invalid_input": 2}
 
 
+@pytest.mark.taken_port
 async def test_a_busy_http_port_fails_the_start_naming_it(tiny_model_dir):
     import socket
 
