@@ -143,10 +143,11 @@ class AppConfig(Section):
             return graph
         graph = copy.deepcopy(graph)
         for op in graph["ops"].values():
-            if isinstance(op, dict) and _takes_model_dir(op):
+            if isinstance(op, dict) and "model_dir" in (takes := _settings_of(op)):
                 settings = op.setdefault("settings", {})
                 for setting, value in given.items():
-                    settings.setdefault(setting, value)
+                    if setting in takes:  # dtype: only the OPs that compute with a model
+                        settings.setdefault(setting, value)
         return graph
 
 
@@ -180,12 +181,12 @@ def override_model(raw: dict, given: dict[str, Any]) -> None:
     raw["model"] = {**section, **given}
 
 
-def _takes_model_dir(op: dict) -> bool:
-    """Whether the OP's Settings has a model_dir (a bad type is reported by the graph's check)."""
+def _settings_of(op: dict) -> set[str]:
+    """The names the OP's Settings takes (none when its type or settings are bad: the graph's
+    check reports those)."""
     try:
         cls = resolve_op_type("type", op.get("type", ""))
     except ConfigError:
-        return False
+        return set()
     settings = op.get("settings")
-    return (settings is None or isinstance(settings, dict)) and any(
-        f.name == "model_dir" for f in fields(cls.Settings))
+    return {f.name for f in fields(cls.Settings)} if settings is None or isinstance(settings, dict) else set()

@@ -109,6 +109,15 @@ class SteppingOp(Op):
     # never set up), so it must follow from the class or the settings, not from setup.
     joins_mid_run: bool = True
 
+    @classmethod
+    def steps_beside(cls, settings: dict[str, Any]) -> bool:
+        """Whether, on a CPU, a second worker stepping beside the device's turn on the spare
+        cores pays for an OP with these (raw) settings: it does where a step is bound by
+        dispatch (a small model: two threads dispatch side by side); where a step is bound by
+        reading its weights, two workers each read every weight for half the rows, and hold
+        two caches. False: the CPU platform runs one stepping worker per device."""
+        return True
+
     def admit(self, rows: list[StepRow]) -> dict[Hashable, BaseException] | None:
         """Add rows to the running batch; return the rows that could not be admitted."""
         raise NotImplementedError

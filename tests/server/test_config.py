@@ -34,6 +34,37 @@ def test_model_dir_reaches_every_op_unless_it_sets_its_own():
     assert cfg.graph.ops["decode"].settings["model_dir"] == "/models/b"
 
 
+def test_model_dtype_reaches_every_model_op_and_dtype_on_the_command_line_forces_it(tmp_path, monkeypatch):
+    """`model.dtype` is each model OP's precision unless the OP sets its own; `tessera serve
+    --dtype` forces one on every OP; a precision no platform has is one error naming the key."""
+    import yaml
+
+    from tessera.ops.info import op_precisions
+    from tessera.server.engine.platforms import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    raw = copy.deepcopy(DEFAULT_CONFIG)
+    raw["model"] = {"dtype": "bfloat16"}
+    raw["graph"]["ops"]["decode"]["settings"] = {"dtype": "float32"}
+    cfg = AppConfig.from_dict(raw)
+    assert cfg.graph.ops["sample"].settings["dtype"] == "bfloat16"
+    assert op_precisions(cfg.graph) == {"sample": "bfloat16", "decode": "float32", "clip_text": "bfloat16",
+                                        "rerank": "bfloat16"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    forced = load_config(str(path), None, None, None, model={"dtype": "float32"})
+    assert set(op_precisions(forced.graph).values()) == {"float32"}
+    # auto: the bundled model stays float32 on this CPU; a min-dalle model takes bfloat16
+    assert set(op_precisions(load_config(None, None, None, None).graph).values()) == {"float32"}
+    raw["model"] = {"dtype": "fp8"}
+    with pytest.raises(ConfigError, match="model.dtype"):
+        AppConfig.from_dict(raw)
+    raw["model"] = {}
+    raw["graph"]["ops"]["decode"]["settings"] = {"dtype": "half"}
+    with pytest.raises(ConfigError, match="dtype: must be one of auto, float32, bfloat16, float16; got 'half'"):
+        AppConfig.from_dict(raw)
+
+
 def test_served_graph_is_the_graph_serve_serves_with_the_given_model():
     """What the offline pipeline runs: the shipped graph, or a file's, its model as serve reads it."""
     def model_dirs(graph) -> set:
@@ -55,12 +86,12 @@ def test_served_graph_is_the_graph_serve_serves_with_the_given_model():
     (lambda c: c["server"].update(colour="red"), "server.colour"),
     (lambda c: c["server"].update(http_port=-2), "server.http_port"),
     (lambda c: c.pop("graph"), "graph"),
-    (lambda c: c["graph"]["ops"]["decode"].update(settings={"half": "yes"}),
-     "graph.ops.decode.settings.half: must be true, false, 'fp16' or 'bf16', got 'yes'"),
+    (lambda c: c["graph"]["ops"]["decode"].update(settings={"dtype": "yes"}),
+     "graph.ops.decode.settings.dtype: must be one of auto, float32, bfloat16, float16; got 'yes'"),
     (lambda c: c["graph"]["ops"]["sample"].update(settings={"static_batching": 1}),
      "graph.ops.sample.settings.static_batching: must be true or false"),
-    (lambda c: c["graph"]["ops"]["tokenize"].update(settings={"half": True}),
-     "graph.ops.tokenize.settings.half: unknown key; expected one of ['bpe_path', 'clip', 'model_dir', 'vae_path']"),
+    (lambda c: c["graph"]["ops"]["tokenize"].update(settings={"dtype": "float32"}),
+     "graph.ops.tokenize.settings.dtype: unknown key; expected one of ['bpe_path', 'clip', 'model_dir', 'vae_path']"),
     (lambda c: c["graph"]["ops"]["rerank"].update(inputs={"images": "decode"}),
      "graph.ops.rerank.inputs.text_embedding: is required"),
     (lambda c: c["graph"]["ops"]["rerank"].update(inputs=["decode", "clip_text"]),

@@ -49,10 +49,18 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
+def float32(path) -> AppConfig:
+    """Served in float32, where Tessera reproduces DALLE-pytorch's own images (`model.dtype`)."""
+    raw = raw_config(path)
+    raw["model"] = {"path": raw.pop("model_dir"), "dtype": "float32"}
+    return AppConfig.from_dict(raw)
+
+
 async def test_greedy_images_equal_dalle_pytorchs_own_and_the_server_says_what_it_serves(checkpoint):
     path, dalle, hparams = checkpoint
-    async with serving(app_config(path)) as (server, client):
+    async with serving(float32(path)) as (server, client):
         info = await client.info()
+        assert set(info.precision.values()) == {"float32"}
         assert (info.model_kind, info.image_width, info.text_context, info.image_tokens) == ("dalle-pytorch", 16, 8, 16)
         assert info.tokenizer.startswith("CLIP BPE") and not info.rerank and info.reranker == ""
         assert not any(info.vocabulary.values())  # an open vocabulary lists no words

@@ -59,7 +59,7 @@ def load(spec: ModelSpec, device, dtype) -> ModelBundle:
         if int(vae.num_tokens) != hp.num_image_tokens or int(vae.image_len) != hp.image_len:
             raise ModelLoadError(f"{source}: its VAE ({vae.num_tokens} tokens, {vae.image_len} per image) does not "
                                  f"fit its transformer ({hp.num_image_tokens} tokens, {hp.image_len} per image)")
-    vae = vae.to(device)
+    vae = vae.to(device=device, dtype=dtype)  # the OP's precision (the pixel contract: docs/models.md)
 
     k = default_top_k(hp.total_tokens, hp.num_image_tokens)
     details = {

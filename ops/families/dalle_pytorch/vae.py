@@ -131,7 +131,7 @@ class DiscreteVAEDecoder(_DecoderBase):
 # -- OpenAI's dVAE decoder ----------------------------------------------------------------------
 
 class Conv2d(nn.Module):
-    """dall_e.utils.Conv2d: parameters `w`, `b`, 'same' padding (always float32 here)."""
+    """dall_e.utils.Conv2d: parameters `w`, `b`, 'same' padding (in the OP's precision)."""
 
     def __init__(self, n_in: int, n_out: int, kw: int):
         super().__init__()

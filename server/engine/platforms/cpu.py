@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from tessera.server.engine.workers.base import WorkerSpec
 
 __all__ = ["CpuCompute", "CpuHost", "CpuPlan", "CpuPlatform"]
+
+log = logging.getLogger("tessera.engine")
 
 
 class CpuCompute(Compute):
@@ -88,6 +91,7 @@ class CpuPlatform(Platform):
     def __init__(self, graph):
         super().__init__(graph)
         self._loop_threads: int | None = None  # torch's count on the loop's thread before open
+        self._told: set[str] = set()
 
     @property
     def node_turns(self) -> bool:
@@ -119,8 +123,15 @@ class CpuPlatform(Platform):
         first = next((c for c in self.graph.ops.values() if c.stepping and c.mode == "thread"), None)
         return first is not None and first.name == cfg.name and index == 0
 
-    def plan(self, cfg: OpConfig, index: int, device: str) -> WorkerPlan:
+    def plan(self, cfg: OpConfig, index: int, device: str) -> WorkerPlan | None:
         beside = self.beside_turns(cfg, index)
+        if beside and not cfg.op_class.steps_beside(cfg.settings):
+            if cfg.name not in self._told:
+                self._told.add(cfg.name)
+                log.info("%s: one stepping worker on %s (concurrency %d asks for more; its step is bound by "
+                         "reading the weights, so a second would read them again for half the rows and hold "
+                         "a second cache)", cfg.name, device, cfg.concurrency)
+            return None
         compute = CpuPlan(cfg.threads, turns=self.node_turns and not beside,
                           team=not beside and self.may_open_team(cfg, index))
         return WorkerPlan(compute, None if beside else self.turn_thread(cfg, device))

@@ -28,7 +28,7 @@ def test_bundle_reads_every_dimension_from_the_weights(bundle):
     assert (bundle.kind, bundle.name) == ("min-dalle", "dalle_bart_mini")
     assert (d["layers"], d["encoder_layers"], d["embed"], d["heads"], d["glu"]) == (LAYERS, LAYERS, EMBED, HEADS, GLU)
     assert (d["text_vocab"], d["text_len"], d["image_vocab"], d["decoder_vocab"]) == (TEXT_VOCAB, 64, V, V + 1)
-    assert d["weights_fp32_bytes"] == d["weights_bytes"] > d["weights_fp16_bytes"] > 0
+    assert d["precision"] == "float32" and d["weights_bytes"] > 0
     m = bundle.transformer
     assert (m.text_len, m.image_len, m.image_vocab) == (64, 256, V)
     assert m.decoder.lm_head.weight.shape == (V, EMBED)  # only the image tokens' rows are kept
@@ -245,15 +245,20 @@ def test_missing_file_names_it(oracle, tmp_path, missing):
     assert str(tmp_path / missing) in msg and "kuprel/min-dalle" in msg and "is_mega=False" in msg
 
 
-def test_mega_layout_and_fp16_estimate(tmp_path, detoker_file, caplog):
-    """A dalle_bart_mega directory loads under its name in a half dtype; the weight memory is
-    logged before the model is built and carried in details; a step runs in that dtype."""
+def test_mega_layout_in_bfloat16(tmp_path, detoker_file, caplog):
+    """A dalle_bart_mega directory loads under its name in a half dtype, the VQGAN too; the weight
+    memory is logged once, in that dtype, before the model is built, with the files' folder (for
+    the log, not for clients); a step runs in that dtype."""
     root = build_root(tmp_path, detoker_file, name="dalle_bart_mega", seed=3)
     with caplog.at_level(logging.INFO, logger="tessera.ops.min_dalle"):
         b = load(ModelSpec(path=str(root)), "cpu", torch.bfloat16)
-    assert any("GiB in fp32" in r.getMessage() and "GiB in fp16" in r.getMessage() for r in caplog.records)
+        f = load(ModelSpec(path=str(root)), "cpu", torch.float32)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("GiB as bfloat16" in ln for ln in lines) == 1 and not any("fp16" in ln for ln in lines)
+    assert any(str(root) in ln for ln in lines) and str(root) not in str(b.details)
     assert b.name == "dalle_bart_mega" and b.transformer.decoder.lm_head.weight.dtype == torch.bfloat16
-    assert b.details["weights_bytes"] == b.details["weights_fp16_bytes"] < b.details["weights_fp32_bytes"]
+    assert b.dvae.embedding.weight.dtype == torch.bfloat16 and b.dvae.channels_last
+    assert 2 * b.details["weights_bytes"] == f.details["weights_bytes"] and b.details["precision"] == "bfloat16"
     m = b.transformer
     cache = m.new_cache(2, "cpu", torch.bfloat16)
     first = m.prefill(torch.tensor([b.tokenizer.encode_prompt(PROMPT_A).ids, b.tokenizer.empty()]), cache,
