@@ -115,7 +115,10 @@ class SampleOp(SteppingOp, ModelOp):
                 f"graph.ops.sample.batch_size to at most {fits}" if fits else
                 f"sample: not even one row of the {self.bundle.kind} model's cache fits in the "
                 f"{free / 2**30:.1f} GiB free on {device} beside its weights")
-        LOG.info("sample: %s cache for %d rows: %.2f GiB on %s", self.bundle.kind, self.capacity, need / 2**30, device)
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        LOG.info("sample: %s weights %.2f GiB as %s (shared by the workers of this process), cache for %d rows: "
+                 "%.2f GiB on %s", self.bundle.kind, weights / 2**30, str(self.dtype).removeprefix("torch."),
+                 self.capacity, need / 2**30, device)
         with torch.inference_mode():
             self.cache = self.model.new_cache(slots, device, self.dtype)
             self.decoder = self._decoder(self.cache)

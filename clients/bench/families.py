@@ -64,8 +64,9 @@ def serving(model: Path) -> ServerProcess:
     return ServerProcess(model.name, {**copy.deepcopy(DEFAULT_CONFIG), "model": str(model)}, log_level="INFO")
 
 
-def closed_loop(target: str, c: int, n: int, seed0: int) -> dict:
-    """c clients, each sending its next request when its last returns, n requests in all."""
+def closed_loop(target: str, c: int, n: int, seed0: int, prompts: list[str] = PROMPTS, candidates: int = 1) -> dict:
+    """c clients, each sending its next request when its last returns, n requests in all (one
+    image each, of `candidates`)."""
     from tessera.clients import AsyncTesseraClient
 
     async def run():
@@ -76,48 +77,18 @@ def closed_loop(target: str, c: int, n: int, seed0: int) -> dict:
         async def one_client():
             for i in todo:
                 t = time.perf_counter()
-                gen = await client.generate(PROMPTS[i % len(PROMPTS)], num_images=1, num_candidates=1, seed=seed0 + i)
+                gen = await client.generate(prompts[i % len(prompts)], num_images=1, num_candidates=candidates,
+                                            seed=seed0 + i)
                 assert len(gen.images) == 1
                 lat.append(time.perf_counter() - t)
         t0 = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(c)))
         wall = time.perf_counter() - t0
         await client.close()
-        return {"images": n, "wall_s": wall, "images_per_s": n / wall,
-                "latency_p50_s": sorted(lat)[len(lat) // 2], "latency_max_s": max(lat)}
+        lat.sort()
+        return {"images": n, "wall_s": wall, "images_per_s": n / wall, "latency_p50_s": lat[len(lat) // 2],
+                "latency_p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "latency_max_s": lat[-1]}
     return asyncio.run(run())
-
-
-def _roofline(model, cache, rows: int, step_ms: float, peak: Peak | None) -> dict | None:
-    """The decode step against `peak` (bench/roofline.py) at the profile's mean step time: its
-    FLOPs and weight bytes counted from the model's own calls at the first and the last step
-    (their mean is the image's: attention grows linearly), over the cache the profile just
-    filled (nothing reads it again)."""
-    if peak is None:
-        return None
-    zeros = torch.zeros(rows, dtype=torch.long)
-    cost = StepCost.mean([count_step(lambda at=at: model.decode_step(zeros, torch.full((rows,), at), cache,
-                                                                     **live_prefix(model, at)), rows)
-                          for at in (0, model.image_len - 2)])
-    return {**share(cost, step_ms / 1e3, peak), "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
-
-
-def roofline_part(peak: dict, label: str, roof: dict) -> str:
-    """results.md's roofline paragraph: the peak, then the step against it."""
-    return (f"Roofline (bench/roofline.py; measured in process just before the profile): {peak['line']}.\n\n"
-            f"- {roofline_line(label, roof)}.\n\nA step's FLOPs and weight bytes are counted from the model's "
-            "own calls (each Linear: 2 x rows x its parameters, its weight read once a step; attention: over the "
-            "positions the step attends to, its K/V read from the cache) at the first and the last step; its time "
-            "is the profile's mean decode_step (the draw left out). 100% of the roofline is a step at the slower of "
-            "the matmul peak in its precision and the memory peak.")
-
-
-def probe(seconds: float) -> tuple[Peak, dict]:
-    """This machine's CPU peak, and its JSON form with its printed line."""
-    peak = measure_peak("cpu", seconds)
-    line = peak_line(peak)
-    print(line, flush=True)
-    return peak, {**peak.to_dict(), "line": line}
 
 
 class Timers:
@@ -262,14 +233,15 @@ def _dp_check_fix(dalle, text, steps: int) -> dict:
             "tokens_row0": toks[1][0].tolist()}
 
 
-def _profile_ours(ckpt: Path, rows: int, peak: Peak | None = None) -> dict:
+def _profile_ours(ckpt: Path, rows: int, peak: Peak | None = None, dtype: str = "auto", live: bool = True) -> dict:
     """Our decode step at `rows` rows over one whole image, split by part (mean ms per step);
-    `_roofline`: the step against `peak`."""
+    `_roofline`: the step against `peak`. `dtype`: the OPs' setting; `live`: attend over the
+    cache's live prefix (False: the whole cache, as before 2026-12-06)."""
     from tessera.ops.families.base import ModelSpec
     from tessera.ops.families.dalle_pytorch import model as M
     from tessera.ops.models.sampling import sample_tokens
     from tessera.ops.shared import bundle_for
-    bundle = bundle_for(ModelSpec(path=str(ckpt)), "cpu")  # as the served OPs load it: dtype auto
+    bundle = bundle_for(ModelSpec(path=str(ckpt)), "cpu", dtype)  # as the served OPs load it
     model, k = bundle.transformer, bundle.sampling.top_k
     cache = model.new_cache(rows, "cpu", bundle.dtype)
     text = torch.randint(1, 49408, (rows, model.text_len))  # every text position is attended to anyway
@@ -287,7 +259,7 @@ def _profile_ours(ckpt: Path, rows: int, peak: Peak | None = None) -> dict:
             t = time.perf_counter()
             tok = sample_tokens(logits.float(), *args, torch.rand(rows, dtype=torch.float64))
             pick += time.perf_counter() - t
-            logits = model.decode_step(tok, torch.full((rows,), i), cache, **live_prefix(model, i))
+            logits = model.decode_step(tok, torch.full((rows,), i), cache, **(live_prefix(model, i) if live else {}))
     T.undo()
     n = model.image_len - 1
     ms = {k: 1e3 * v / n for k, v in T.total.items()}
@@ -514,14 +486,16 @@ def _md_generate(dalle, grid: int, seed: int) -> dict:
             "sampling_s": T.total["step"], "rest_s": wall - T.total["step"] - T.total["vqgan"]}
 
 
-def _profile_md_ours(root: Path, rows: int, images: int = 2, peak: Peak | None = None) -> dict:
+def _profile_md_ours(root: Path, rows: int, images: int = 2, peak: Peak | None = None, dtype: str = "auto",
+                     live: bool = True) -> dict:
     """Our decode step at `rows` rows (rows/2 guided images: each with its unconditional twin, as the
     sampler lays them out) over one whole image, split by part (mean ms per step); the draw is the
-    sampler's own guide + sample_tokens at the model defaults; the VQGAN decode timed per image."""
+    sampler's own guide + sample_tokens at the model defaults; the VQGAN decode timed per image.
+    `dtype`: the OPs' setting; `live`: attend over the live prefix (False: the whole cache)."""
     from tessera.ops.families.base import ModelSpec
     from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
     from tessera.ops.shared import bundle_for
-    bundle = bundle_for(ModelSpec(path=str(root)), "cpu")  # as the served OPs load it: dtype auto
+    bundle = bundle_for(ModelSpec(path=str(root)), "cpu", dtype)  # as the served OPs load it
     model, d = bundle.transformer, bundle.sampling
     half = rows // 2
     cache = model.new_cache(rows, "cpu", bundle.dtype)
@@ -553,7 +527,7 @@ def _profile_md_ours(root: Path, rows: int, images: int = 2, peak: Peak | None =
             grid.append(toks)
             if i + 1 < model.image_len:
                 logits = model.decode_step(torch.cat([toks, toks]), torch.full((rows,), i), cache,
-                                           **live_prefix(model, i))
+                                           **(live_prefix(model, i) if live else {}))
         T.undo()
         roof = _roofline(model, cache, rows, 1e3 * T.total["step"] / (model.image_len - 1), peak)
         grid = torch.stack(grid, 1)  # (half, 256)

@@ -16,7 +16,6 @@ before it, the server's start-up lines (precision, memory) and its peak RSS.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -24,6 +23,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tessera.bench.families import closed_loop
 
 SERVING = re.compile(r"tessera: serving .*?:(\d+)[;\s]")
 PROMPTS = ["a red circle on a blue background", "an armchair in the shape of an avocado",
@@ -37,31 +38,6 @@ SHAPES = ["a red circle on a blue background", "a small green square at the bott
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def closed_loop(target: str, c: int, n: int, seed0: int, prompts: list[str] = PROMPTS, candidates: int = 1) -> dict:
-    from tessera.clients import AsyncTesseraClient
-
-    async def run():
-        client = AsyncTesseraClient(target, timeout=3600)
-        todo = iter(range(n))
-        lat = []
-
-        async def one():
-            for i in todo:
-                t = time.perf_counter()
-                gen = await client.generate(prompts[i % len(prompts)], num_images=1, num_candidates=candidates,
-                                            seed=seed0 + i)
-                assert len(gen.images) == 1
-                lat.append(time.perf_counter() - t)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(c)))
-        wall = time.perf_counter() - t0
-        await client.close()
-        lat.sort()
-        return {"c": c, "requests": n, "wall_s": wall, "images_per_s": n / wall,
-                "p50_s": lat[len(lat) // 2], "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
-    return asyncio.run(run())
 
 
 def serve(python: str, pythonpath: str, model: str, log: Path) -> tuple[subprocess.Popen, int]:
@@ -120,13 +96,14 @@ def main() -> int:
                     for c, n in levels:
                         la = loadavg()
                         row = {"round": r, "model": mname, "contender": cname, "loadavg_before": la,
-                               "start_s": start_s, **closed_loop(target, c, n, 1000 * r + 100 * c, prompts, candidates), "candidates": candidates}
+                               "start_s": start_s, "c": c, "candidates": candidates, **closed_loop(target, c, n, 1000 * r + 100 * c, prompts, candidates)}
                         row["server_peak_rss_gib"] = peak_rss_gib(proc.pid)
                         row["server_lines"] = [ln for ln in log.read_text().splitlines()
                                                if any(w in ln for w in ("cache for", "weights", "precision", "serving"))]
                         rows.append(row)
                         print(f"round {r} {mname} {cname} c={c}: {row['images_per_s']:.4f} images/s "
-                              f"p50 {row['p50_s']:.2f} s p99 {row['p99_s']:.2f} s (load {la})", flush=True)
+                              f"p50 {row['latency_p50_s']:.2f} s p99 {row['latency_p99_s']:.2f} s (load {la})",
+                              flush=True)
                         (args.out / "rows.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
                 finally:
                     proc.terminate()
