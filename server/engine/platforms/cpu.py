@@ -128,7 +128,7 @@ class CpuPlatform(Platform):
         if beside and not cfg.op_class.steps_beside(cfg.settings):
             if cfg.name not in self._told:
                 self._told.add(cfg.name)
-                log.info("%s: one stepping worker on %s (concurrency %d asks for more; its step is bound by "
+                log.debug("%s: one stepping worker on %s (concurrency %d asks for more; its step is bound by "
                          "reading the weights, so a second would read them again for half the rows and hold "
                          "a second cache)", cfg.name, device, cfg.concurrency)
             return None

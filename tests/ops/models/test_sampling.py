@@ -53,3 +53,35 @@ def test_sorting_only_the_head_picks_what_sorting_everything_picks():
         assert 8 <= int(easy.sum()) < n
         alone = sample_tokens(logits[easy], temperature[easy], top_k[easy], top_p[easy], u[easy], head=32)
         assert torch.equal(alone, full[easy])
+
+
+def test_a_wide_top_k_keeps_exactly_its_k_tokens_at_their_probabilities_whatever_the_batch():
+    """A row keeping thousands of tokens (DALLE-pytorch's default top-k) draws past its k-th
+    largest logit without a sort: only its k most likely tokens (ties included by index), at
+    their renormalised probabilities, and the same token for the same uniform alone or beside
+    rows that draw the other way."""
+    from tessera.ops.models.sampling import WIDE_K
+
+    torch.manual_seed(4)
+    V, k = 8192, 5772
+    logits = torch.randn(3, V).to(torch.bfloat16).float()  # bfloat16 logits: many exact ties
+    kept = logits[0].topk(k).indices
+    u = torch.rand(4000, dtype=torch.float64)
+    n = len(u)
+    picks = sample_tokens(logits[:1].expand(n, V), torch.ones(n), torch.full((n,), k), torch.ones(n), u)
+    assert set(picks.tolist()) <= set(kept.tolist()) and k > WIDE_K
+    # the k-th largest value is tied in bfloat16: exactly k tokens are kept, not every tie
+    thr = logits[0].kthvalue(V - k + 1).values
+    assert int((logits[0] == thr).sum()) > 1
+    # frequencies follow the renormalised top-k probabilities: the 50 most likely tokens' share
+    p = torch.zeros(V, dtype=torch.float64)
+    p[kept] = torch.softmax(logits[0, kept].double(), -1)
+    top50 = p.topk(50).indices
+    share = torch.isin(picks, top50).double().mean()
+    assert abs(float(share) - float(p[top50].sum())) < 0.03
+    # beside narrow rows (top-k 5, top-p 0.9) a wide row picks what it picks alone
+    mixed = sample_tokens(logits, torch.ones(3), torch.tensor([k, 5, 0]), torch.tensor([1.0, 1.0, 0.9]), u[:3])
+    alone = sample_tokens(logits[:1], torch.ones(1), torch.tensor([k]), torch.ones(1), u[:1])
+    assert int(mixed[0]) == int(alone[0])
+    narrow = sample_tokens(logits[1:], torch.ones(2), torch.tensor([5, 0]), torch.tensor([1.0, 0.9]), u[1:3])
+    assert mixed[1:].tolist() == narrow.tolist()
