@@ -41,6 +41,9 @@ _ERRORS = {
 
 
 def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
+    if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+        # a map<K, V> (details, precision) is a JSON object of V by its keys, not an array of entries
+        return {"type": "object", "additionalProperties": _field_schema(field.message_type.fields_by_name["value"])}
     if field.type == F.TYPE_MESSAGE:
         schema: dict[str, Any] = {"$ref": f"#/components/schemas/{field.message_type.name}"}
     elif field.type in _INT32:
