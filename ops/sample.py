@@ -26,6 +26,11 @@ from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow
 from tessera.server.engine.platforms import CALL_MODES
 
 
+# Weight files (float32 on disk) past which a decode step is bound by reading its weights (see
+# SampleOp.steps_beside): DALLE-pytorch 512 x 8 is 0.4 GB, DALL·E Mini's halves 1.9 GB.
+WEIGHT_BOUND_FILE_BYTES = 1 << 30
+
+
 @dataclass(eq=False)
 class _Row:
     key: Hashable
@@ -77,17 +82,17 @@ class SampleOp(SteppingOp, ModelOp):
 
     @classmethod
     def steps_beside(cls, settings: dict) -> bool:
-        """A second sampler worker beside the turn pays for a float32 step (the bundled model's
-        is bound by dispatch: 2 workers served 5-35% more images/s at 128 rows in flight), not for
-        a reduced-precision one (DALLE-pytorch in bf16 served 1.4x more with one worker;
-        docs/performance/precision-2026-12-06): those steps are bound by reading the weights."""
-        from tessera.ops.families import family_of
-        from tessera.server.engine.platforms import compute_for
+        """A second sampler worker beside the turn pays where a step is bound by dispatch: the
+        bundled model (2 workers served 5-35% more images/s at 128 rows in flight) and
+        DALLE-pytorch at 512 x 8 (about 100 MB of bf16 weights: 20% more at c=32). It does not
+        where a step reads hundreds of MB of weights (DALL·E Mini, 0.9 GB in bf16: no gain at
+        c=16), and there a second worker's cache costs GiB (1.9 for Mini in bf16):
+        docs/performance/precision-2026-12-06. The weights' size comes from the files."""
+        from tessera.ops.families import weight_file_bytes
         try:
-            dtype = compute_for("cpu").dtype(settings.get("dtype", "auto"), family_of(settings.get("model_dir")))
-        except Exception:  # noqa: BLE001 - files that name no model are refused at setup, with the reason
+            return weight_file_bytes(settings.get("model_dir")) < WEIGHT_BOUND_FILE_BYTES
+        except (OSError, RuntimeError):  # files that name no model are refused at setup, with the reason
             return True
-        return dtype == torch.float32
 
     def setup(self, device: str) -> None:
         super().setup(device)

@@ -20,7 +20,7 @@ from tessera.ops.families.base import (Encoded, ImageDecoder, ModelBundle, Model
 
 __all__ = ["Encoded", "ImageDecoder", "ModelBundle", "ModelLoadError", "ModelSpec", "ModelUnsupported",
            "PromptError", "PromptTokenizer", "Reranker", "RowCache", "SamplingDefaults", "SamplingModel",
-           "family_of", "load_model"]
+           "family_of", "load_model", "weight_file_bytes"]
 
 FAMILIES = ("tessera", "dalle-pytorch", "min-dalle")
 
@@ -43,6 +43,22 @@ def family_of(path: str | None) -> str:
     if p.is_file():
         return "dalle-pytorch"
     raise ModelLoadError(f"{p}: no such file or directory")
+
+
+def weight_file_bytes(path: str | None) -> int:
+    """The bytes of the sampling model's weight files at `path` (its family's layout), without
+    reading them: the bundled model's directory, a DALLE-pytorch .pt, min-dalle's BART halves."""
+    family = family_of(path)
+    if family == "dalle-pytorch":
+        return Path(path).stat().st_size if Path(path).is_file() else sum(
+            f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    if family == "min-dalle":
+        root = Path(path)
+        model = next(root / d for d in ("dalle_bart_mega", "dalle_bart_mini") if (root / d).is_dir())
+        return sum((model / f).stat().st_size for f in ("encoder.pt", "decoder.pt") if (model / f).is_file())
+    from tessera.ops.info import BUNDLED
+    root = Path(path) if path else BUNDLED
+    return sum(f.stat().st_size for f in root.glob("transformer.*"))
 
 
 def load_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:

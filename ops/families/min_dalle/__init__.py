@@ -36,10 +36,12 @@ _HUB_NAMES = {"encoder.pt": "encoder{}.pt", "decoder.pt": "decoder{}.pt",
 # What GetInfo tells a client of a CPU server about the published models, at the CPU's default
 # precision (measured: docs/performance/precision-2026-12-06); only for a model of their shape.
 CPU_GUIDE = {
-    "dalle_bart_mini": "on 2 CPU cores (AVX-512 BF16, bfloat16) DALL·E Mini takes MINI_C1 for one image alone "
-                       "and makes MINI_C16 at 16 concurrent requests; in float32 it is several times slower",
-    "dalle_bart_mega": "on 2 CPU cores Mega (5.2 GB of bfloat16 weights, batch_size 16 fits 24 GiB) is estimated "
-                       "at MEGA_EST; a GPU is its place",
+    "dalle_bart_mini": "on 2 CPU cores with AVX-512 BF16, in bfloat16, DALL·E Mini takes 7-9 s for one image alone "
+                       "and makes one every 2.2-2.4 s at 16 concurrent requests (float32: 22-28 s, and one every "
+                       "8 s)",
+    "dalle_bart_mega": "on 2 CPU cores with AVX-512 BF16, in bfloat16, Mega (5.2 GB of weights; the shipped "
+                       "batch_size 64 fits 24 GiB) is estimated from Mini's step at 5.5x its weights: about 40-50 s "
+                       "for one image alone; a GPU is its place",
 }
 PUBLISHED = {"dalle_bart_mini": (12, 1024), "dalle_bart_mega": (24, 2048)}  # decoder layers, width
 

@@ -45,6 +45,39 @@ async def test_on_the_cpu_the_second_stepping_worker_steps_beside_the_turn():
         assert second.spec.compute == CpuPlan("auto", turns=False, team=False)
 
 
+async def test_on_the_cpu_a_stepping_op_whose_step_reads_its_weights_runs_one_worker(monkeypatch):
+    """A stepping OP that says a second worker beside the turn does not pay for its settings
+    (SteppingOp.steps_beside: the sampler of a model with large weights) gets one worker on a
+    CPU, holding one cache; one that says it pays gets both."""
+    from tests.server.engine.toy_ops import Counter
+
+    monkeypatch.setattr(Counter, "steps_beside", classmethod(lambda cls, settings: False))
+    async with running(stepper(["cpu"], concurrency=2)) as engine:
+        assert [w.index for w in engine.stages["count"].workers] == [0]
+        assert (await engine.submit(3).result()).value["finished_at"] > 0
+    monkeypatch.setattr(Counter, "steps_beside", classmethod(lambda cls, settings: True))
+    async with running(stepper(["cpu"], concurrency=2)) as engine:
+        assert [w.index for w in engine.stages["count"].workers] == [0, 1]
+
+
+def test_the_sampler_steps_beside_for_small_weights_and_not_for_dall_e_minis(tmp_path):
+    """The sampler's rule reads the weight files' size: the bundled model's and a DALLE-pytorch
+    checkpoint's small files take two workers; min-dalle's halves past 1 GiB one."""
+    from tessera.ops.sample import WEIGHT_BOUND_FILE_BYTES, SampleOp
+
+    assert SampleOp.steps_beside({}) and SampleOp.steps_beside({"model_dir": None})
+    ckpt = tmp_path / "dalle.pt"
+    ckpt.write_bytes(b"0" * 1024)
+    assert SampleOp.steps_beside({"model_dir": str(ckpt)})
+    mini = tmp_path / "md" / "dalle_bart_mini"
+    mini.mkdir(parents=True)
+    for name in ("encoder.pt", "decoder.pt"):
+        with open(mini / name, "wb") as f:
+            f.truncate(WEIGHT_BOUND_FILE_BYTES // 2 + 1)  # sparse: no disk used
+    assert not SampleOp.steps_beside({"model_dir": str(tmp_path / "md")})
+    assert SampleOp.steps_beside({"model_dir": str(tmp_path / "missing")})  # refused later, with the reason
+
+
 async def test_a_start_that_fails_stops_without_a_shutdown_grace_warning(monkeypatch, caplog):
     def broken(self, device):
         raise RuntimeError("no weights")

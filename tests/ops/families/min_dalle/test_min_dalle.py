@@ -306,3 +306,18 @@ def test_weights_that_do_not_fit_are_refused_before_they_are_allocated(oracle, m
     monkeypatch.setattr(family, "build_model", lambda *a, **k: pytest.fail("allocated the weights"))
     with pytest.raises(ModelLoadError, match=r"weights need .* GiB as float32 and 0\.0 GiB is free on cpu"):
         family.load(ModelSpec(path=str(oracle.root)), "cpu", torch.float32)
+
+
+def test_the_speed_note_is_only_for_the_published_shapes(bundle):
+    """GetInfo quotes DALL·E Mini's and Mega's measured speeds only for a model of their shape,
+    never for a small model kept in their layout."""
+    from dataclasses import replace
+
+    import tessera.ops.families.min_dalle as family
+
+    cfg = bundle.transformer.cfg  # 2 layers, 128 wide
+    assert not family._is_published(cfg, "dalle_bart_mini") and "on_a_cpu" not in bundle.details
+    assert family._is_published(replace(cfg, decoder_layers=12, embed=1024), "dalle_bart_mini")
+    assert family._is_published(replace(cfg, decoder_layers=24, embed=2048), "dalle_bart_mega")
+    assert not family._is_published(replace(cfg, decoder_layers=24, embed=2048), "dalle_bart_mini")
+    assert "Mega" in family.CPU_GUIDE["dalle_bart_mega"] and "Mini" in family.CPU_GUIDE["dalle_bart_mini"]
