@@ -91,6 +91,38 @@ def closed_loop(target: str, c: int, n: int, seed0: int, prompts: list[str] = PR
     return asyncio.run(run())
 
 
+def _roofline(model, cache, rows: int, step_ms: float, peak: Peak | None) -> dict | None:
+    """The decode step against `peak` (bench/roofline.py) at the profile's mean step time: its
+    FLOPs and weight bytes counted from the model's own calls at the first and the last step
+    (their mean is the image's: attention grows linearly), over the cache the profile just
+    filled (nothing reads it again)."""
+    if peak is None:
+        return None
+    zeros = torch.zeros(rows, dtype=torch.long)
+    cost = StepCost.mean([count_step(lambda at=at: model.decode_step(zeros, torch.full((rows,), at), cache,
+                                                                     **live_prefix(model, at)), rows)
+                          for at in (0, model.image_len - 2)])
+    return {**share(cost, step_ms / 1e3, peak), "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+
+
+def roofline_part(peak: dict, label: str, roof: dict) -> str:
+    """results.md's roofline paragraph: the peak, then the step against it."""
+    return (f"Roofline (bench/roofline.py; measured in process just before the profile): {peak['line']}.\n\n"
+            f"- {roofline_line(label, roof)}.\n\nA step's FLOPs and weight bytes are counted from the model's "
+            "own calls (each Linear: 2 x rows x its parameters, its weight read once a step; attention: over the "
+            "positions the step attends to, its K/V read from the cache) at the first and the last step; its time "
+            "is the profile's mean decode_step (the draw left out). 100% of the roofline is a step at the slower of "
+            "the matmul peak in its precision and the memory peak.")
+
+
+def probe(seconds: float) -> tuple[Peak, dict]:
+    """This machine's CPU peak, and its JSON form with its printed line."""
+    peak = measure_peak("cpu", seconds)
+    line = peak_line(peak)
+    print(line, flush=True)
+    return peak, {**peak.to_dict(), "line": line}
+
+
 class Timers:
     """Inclusive wall time of chosen methods, patched onto their classes (restored by undo)."""
 
