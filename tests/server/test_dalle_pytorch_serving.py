@@ -83,6 +83,9 @@ async def test_tessera_info_says_the_family_tokenizer_and_that_nothing_reranks(c
     out = capsys.readouterr().out
     assert code == 0 and "tiny-dalle (dalle-pytorch)" in out and "CLIP BPE (49408 tokens)" in out
     assert "rerank     off" in out and "vocabulary open" in out and "colors" not in out
+    from tessera.server.engine.platforms import compute_for
+    auto = str(compute_for("cpu").dtype("auto", "dalle-pytorch")).removeprefix("torch.")  # bfloat16 here
+    assert f"sample {auto}" in next(ln for ln in out.splitlines() if ln.startswith("precision  "))
 
 
 async def test_seeds_guidance_and_batching_work_as_for_the_bundled_model(checkpoint):

@@ -125,7 +125,10 @@ def test_guided_and_unguided_rows_share_a_batch_without_changing_each_other():
     alone_u = run_to_end(sampler(model), [[row("u", t, 6)]])["u"]
     mixed = run_to_end(sampler(model), [[row("g", t, 5, guidance=3.0), row("u", t, 6)]])
     assert mixed == {"g": alone_g, "u": alone_u}
-    assert alone_g != run_to_end(sampler(model), [[row("g", t, 5)]])["g"]  # guidance does act
+    # guidance does act: over a few seeds, some image changes (an unfiltered row draws in
+    # vocabulary order, where a small change of the distribution seldom moves a pick)
+    assert any(run_to_end(sampler(model), [[row("g", t, s, guidance=3.0)]])["g"]
+               != run_to_end(sampler(model), [[row("g", t, s)]])["g"] for s in range(5, 10))
 
 
 def test_eviction_repacks_slots_and_survivors_are_unchanged():
