@@ -124,9 +124,10 @@ def load(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> Mod
     precision = str(dtype).removeprefix("torch.")
     weights_bytes = torch.tensor([], dtype=dtype).element_size() * (bart + vqgan)  # the VQGAN in the OP's dtype too
     free = compute_for(device).free_memory()
-    LOG.info("min-dalle %s: %d layers, %d wide; weights %.2f GiB as %s (BART %d M, VQGAN %d M parameters; "
-             "%.1f GiB free on %s)", name, cfg.decoder_layers, cfg.embed, weights_bytes / 2 ** 30, precision,
-             bart // 10 ** 6, vqgan // 10 ** 6, (free or 0) / 2 ** 30, device)
+    if free is not None:  # a real device (the meta device only describes the model: no memory held)
+        LOG.info("min-dalle %s: %d layers, %d wide; weights %.2f GiB as %s (BART %d M, VQGAN %d M parameters; "
+                 "%.1f GiB free on %s)", name, cfg.decoder_layers, cfg.embed, weights_bytes / 2 ** 30, precision,
+                 bart // 10 ** 6, vqgan // 10 ** 6, free / 2 ** 30, device)
     if free is not None and weights_bytes > 0.9 * free:  # refuse before allocating: no out-of-memory kill
         raise ModelLoadError(
             f"min-dalle {name}: its weights need {weights_bytes / 2 ** 30:.1f} GiB as {precision} and "
