@@ -114,12 +114,13 @@ def fill_prefix(keys: list[torch.Tensor], values: list[torch.Tensor], start: int
 LIVE_STEP = 32
 
 
-def live_length(last: int | None, size: int) -> int:
-    """How many cache positions a step whose rows sit at positions <= `last` attends over (all
-    `size` when `last` is None: a compiled or captured step keeps one shape)."""
+def live_length(last: int | None, size: int, offset: int = 0) -> int:
+    """How many of a cache's `size` positions a step attends over when its rows' largest image
+    index is `last` and index i sits at cache position i + `offset` (all `size` when `last` is
+    None: a compiled or captured step keeps one shape)."""
     if last is None:
         return size
-    return min(size, (last // LIVE_STEP + 1) * LIVE_STEP)
+    return min(size, ((last + offset) // LIVE_STEP + 1) * LIVE_STEP)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:

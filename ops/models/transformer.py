@@ -235,7 +235,7 @@ class ImageGPT(nn.Module):
         `last`: the largest index[i] (None: attend over the whole cache)."""
         pos = index + self.cfg.text_len  # absolute positions, (n,)
         x = self.image_emb(tokens)[:, None] + self.pos_emb(pos)[:, None]  # (n, 1, C)
-        at = StepIndex(pos, live_length(None if last is None else last + self.cfg.text_len, self.cfg.seq_len))
+        at = StepIndex(pos, live_length(last, self.cfg.seq_len, self.cfg.text_len))
         for i, block in enumerate(self.blocks):
             x = block.step(x, at, cache, i)
         return self.head(self.ln_f(x[:, 0]))

@@ -410,7 +410,7 @@ class DallePytorchModel(nn.Module):
         # Each attention type's mask rows for this step's positions, once for all its layers.
         # Only the live prefix of the cache: positions past every row's are masked for each type.
         full = getattr(self, f"mask_{self.attn_types[0]}").shape[-1]
-        live = live_length(None if last is None else last + hp.text_len, full)
+        live = live_length(last, full, hp.text_len)
         visible = {kind: getattr(self, f"mask_{kind}")[at.pos, :live][:, None, None, :]
                    for kind in set(self.attn_types)}
 

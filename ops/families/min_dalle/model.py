@@ -272,7 +272,7 @@ class MinDalleBart(nn.Module):
         token index[i] + 1, (n, image_vocab). `last`: the largest index[i] (None: attend over all
         256 positions)."""
         rows = torch.arange(tokens.shape[0], device=tokens.device)
-        live = live_length(None if last is None else last + 1, self.image_len)
+        live = live_length(last, self.image_len, 1)  # image index i is fed at decoder position i + 1
         return self._step(tokens, index + 1, rows, cache, packed=True, live=live)
 
     def _step(self, tokens: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, cache: MinDalleCache,

@@ -164,7 +164,7 @@ def test_a_decode_step_reads_the_live_prefix_of_the_cache_in_place(monkeypatch):
     monkeypatch.setattr(transformer, "attend", spy)
     n, S = 2, model.cfg.seq_len  # two live rows of three slots: the step reads slots 0..n-1 only
     for index in (0, model.cfg.image_len // 2, model.cfg.image_len - 2):  # the first fed image token to the last
-        for last, length in ((index, live_length(index + model.cfg.text_len, S)), (None, S)):
+        for last, length in ((index, live_length(index, S, model.cfg.text_len)), (None, S)):
             seen.clear()
             model.decode_step(torch.zeros(n, dtype=torch.long), torch.tensor([index, index]), cache, last)
             assert len(seen) == model.cfg.n_layer and index + model.cfg.text_len < length <= S
