@@ -27,6 +27,7 @@ device and node turns, the worker stepping beside the turn, float32, eager calls
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -157,6 +158,13 @@ class Platform:
     def __init__(self, graph: GraphConfig):
         self.graph = graph
         self._device_threads: dict[str, ComputeThread] = {}
+        self._told: set[str] = set()
+
+    def tell_once(self, cfg: OpConfig, level: int, message: str, *args: Any) -> None:
+        """Log `message` for OP `cfg` once, not once per worker the platform leaves out."""
+        if cfg.name not in self._told:
+            self._told.add(cfg.name)
+            logging.getLogger("tessera.engine").log(level, message, *args)
 
     def plan(self, cfg: OpConfig, index: int, device: str) -> WorkerPlan | None:
         """Worker `index` of OP `cfg` on `device`, or None: the platform runs no such worker."""

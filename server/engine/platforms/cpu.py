@@ -16,9 +16,9 @@
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     from tessera.server.engine.workers.base import WorkerSpec
 
 __all__ = ["CpuCompute", "CpuHost", "CpuPlan", "CpuPlatform"]
-
-log = logging.getLogger("tessera.engine")
 
 
 class CpuCompute(Compute):
@@ -54,7 +52,7 @@ class CpuCompute(Compute):
 
     def prepare(self, module, dtype) -> None:
         import torch
-        if dtype in (torch.bfloat16, torch.float16) and module is not None:
+        if dtype in (torch.bfloat16, torch.float16):
             from tessera.server.engine.platforms.precision import make_row_invariant
             make_row_invariant(module)
 
@@ -91,7 +89,6 @@ class CpuPlatform(Platform):
     def __init__(self, graph):
         super().__init__(graph)
         self._loop_threads: int | None = None  # torch's count on the loop's thread before open
-        self._told: set[str] = set()
 
     @property
     def node_turns(self) -> bool:
@@ -126,11 +123,9 @@ class CpuPlatform(Platform):
     def plan(self, cfg: OpConfig, index: int, device: str) -> WorkerPlan | None:
         beside = self.beside_turns(cfg, index)
         if beside and not cfg.op_class.steps_beside(cfg.settings):
-            if cfg.name not in self._told:
-                self._told.add(cfg.name)
-                log.debug("%s: one stepping worker on %s (concurrency %d asks for more; its step is bound by "
-                         "reading the weights, so a second would read them again for half the rows and hold "
-                         "a second cache)", cfg.name, device, cfg.concurrency)
+            self.tell_once(cfg, logging.DEBUG, "%s: one stepping worker on %s (concurrency %d asks for more; its "
+                           "step is bound by reading the weights, so a second would read them again for half the "
+                           "rows and hold a second cache)", cfg.name, device, cfg.concurrency)
             return None
         compute = CpuPlan(cfg.threads, turns=self.node_turns and not beside,
                           team=not beside and self.may_open_team(cfg, index))

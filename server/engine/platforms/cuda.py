@@ -20,11 +20,8 @@ from typing import TYPE_CHECKING
 from tessera.server.engine.platforms import Compute, Platform, WorkerPlan
 
 if TYPE_CHECKING:
-    import torch
-
     from tessera.server.engine.config import OpConfig
 
-log = logging.getLogger("tessera.engine")
 
 __all__ = ["CudaCompute", "CudaPlatform"]
 
@@ -52,17 +49,11 @@ class CudaPlatform(Platform):
     kind = "cuda"
     Compute = CudaCompute
 
-    def __init__(self, graph):
-        super().__init__(graph)
-        self._told: set[str] = set()
-
     def plan(self, cfg: OpConfig, index: int, device: str) -> WorkerPlan | None:
         if cfg.stepping and cfg.mode == "thread" and cfg.op_class.uses_device:
             earlier = {cfg.devices[i % len(cfg.devices)] for i in range(index)}
             if device in earlier:
-                if cfg.name not in self._told:
-                    self._told.add(cfg.name)
-                    log.info("%s: one stepping worker per GPU (concurrency %d asks for more on %s; "
-                             "a second would only alternate with the first)", cfg.name, cfg.concurrency, device)
+                self.tell_once(cfg, logging.INFO, "%s: one stepping worker per GPU (concurrency %d asks for more on "
+                               "%s; a second would only alternate with the first)", cfg.name, cfg.concurrency, device)
                 return None
         return WorkerPlan(None, self.turn_thread(cfg, device))
