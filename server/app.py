@@ -43,6 +43,11 @@ class PortInUse(Exception):
         self.host, self.port = host, port
 
 
+def precision_text(precision: dict[str, str]) -> str:
+    """GetInfo's precision map as the start-up lines say it: "sample bfloat16, decode bfloat16"."""
+    return ", ".join(f"{op} {dtype}" for op, dtype in precision.items())
+
+
 class TesseraServer:
     def __init__(self, config: AppConfig):
         self.config = config
@@ -120,8 +125,7 @@ class TesseraServer:
             self.metrics_port = self._metrics_http.server_port
         log.info("serving %s on %s:%d (HTTP %s, auth %s, tls %s; precision %s)", info["name"], s.host, self.port,
                  self.http_port if self._http else "off", "on" if token else "off",
-                 "on" if s.tls_cert_file else "off",
-                 ", ".join(f"{op} {dtype}" for op, dtype in info["precision"].items()) or "none")
+                 "on" if s.tls_cert_file else "off", precision_text(info["precision"]) or "none")
         return self.port
 
     async def _lull(self, quiet_s: float = 0.1, at_most_s: float = 2.0) -> None:

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError, GraphConfig
 from tessera.server.engine.config import Section, resolve_op_type
+from tessera.server.engine.platforms import DTYPES
 from tessera.server.engine.settings import invalid
 
 MiB = 1024 * 1024
@@ -93,7 +94,7 @@ class ModelConfig(Section):
     clip: Annotated[Path | None, AfterValidator(_arch_path)] = Field(
         None, json_schema_extra={"pattern": "^[^:]+:.+$"})
     """ARCH:PATH, a local OpenCLIP checkpoint that reranks (e.g. ViT-B-32:/models/clip.bin)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    dtype: Literal[DTYPES] | None = None  # platforms.DTYPES: the model OPs' own setting takes the same
     """The precision of every model OP that does not set its own `dtype` (`tessera serve --dtype`
     sets it for every one): auto is each device's choice (docs/models.md, Precision); float32
     reproduces the families' own projects exactly."""

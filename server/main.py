@@ -17,6 +17,7 @@ from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError
 from tessera.server.engine import run as run_event_loop
 from tessera.server.engine.logs import configure_logging
+from tessera.server.engine.platforms import DTYPES
 
 log = logging.getLogger("tessera.server")
 
@@ -92,7 +93,7 @@ def device_name(value: str) -> str:
 
 
 async def _serve(config: AppConfig) -> int:
-    from tessera.server.app import PortInUse, TesseraServer
+    from tessera.server.app import PortInUse, TesseraServer, precision_text
 
     server = TesseraServer(config)
     try:
@@ -116,8 +117,8 @@ async def _serve(config: AppConfig) -> int:
     metrics = f"; metrics on http://{config.server.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
     scheme = "https" if config.server.tls_cert_file else "http"
     web = f"; HTTP and the web page on {scheme}://{config.server.host}:{server.http_port}/" if server.http_port is not None else ""
-    info = server.model_info()
-    precision = ", ".join(f"{op} {dtype}" for op, dtype in info["precision"].items())
+    info = server.service.info  # what start() described, not described again
+    precision = precision_text(info["precision"])
     print(f"tessera: serving '{info['name']}' on {config.server.host}:{port}{metrics}{web}"
           + (f"; precision: {precision}" if precision else ""), flush=True)
     stop = asyncio.Event()
@@ -150,7 +151,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="where the model OPs compute: cpu or cuda:N (sets their devices; default: "
                          "the configuration's). The platform picks the device's shape: on a GPU one "
                          "sampler worker per GPU, on a CPU thread counts and turns")
-    ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+    ap.add_argument("--dtype", choices=DTYPES,
                     help="the precision of every model OP (model.dtype, over the OPs' own): auto is the "
                          "device's choice (bfloat16 on a CPU with bf16 matmuls for DALLE-pytorch and "
                          "min-dalle, float16 on a GPU, else float32); float32 reproduces the families' "
