@@ -37,6 +37,7 @@ from tessera.ops.messages import GenerateParams, RankedImages
 from tessera.ops.requests import generate_params
 from tessera.server.config import Limits
 from tessera.server.engine import InvalidInput
+from tessera.server.engine.platforms import DTYPES
 
 LIMITS = Limits()  # the shipped server's limits
 MAX_BATCH_SIZE = 16  # requests per batch, as issue 10's baseline
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--capacity", type=int, default=64, help="the sampler's rows per step")
-    ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default=None, choices=DTYPES)
     ap.add_argument("--decode-mode", default=None)
     ap.add_argument("--sample-on", default=None, choices=["device", "cpu"])
     ap.add_argument("--forward-mode", default=None, choices=["off", "padded", "cuda_graph"])

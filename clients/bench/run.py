@@ -43,6 +43,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tessera.bench.cpu import cpu_line, cpu_split, descendants, thread_cpu
 from tessera.bench.report import (bar_ratios, percentile, plot, ratio_table, scrape, server_split, summarize,
                                           table)
+from tessera.server.engine.platforms import DTYPES
 
 
 class LoadProgress:
@@ -348,7 +349,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="configurations to start and compare side by side")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default=None, help="device of the model OPs, e.g. cuda:0 (default: the config's)")
-    ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+    ap.add_argument("--dtype", default=None, choices=DTYPES,
                     help="the model OPs' precision (default: each OP's own, auto: the device's choice)")
     ap.add_argument("--decode-mode", default=None, help="the sampler's decode_mode (default: its own, auto)")
     ap.add_argument("--sample-on", default=None, choices=["device", "cpu"],

@@ -1,10 +1,12 @@
 """Precision on a CPU: which one "auto" means, and the row-invariant kernels it needs.
 
 bfloat16 on a CPU that computes it (AVX-512 BF16 or AMX, read from /proc/cpuinfo's flags):
-oneDNN's bf16 matmuls there ran 3-5x faster than float32 at DALL·E Mini's shapes at 2-64
-rows (docs/performance/precision-2026-12-06), where a decode step is bound by reading its
-weights and bf16 reads half the bytes. The bundled shapes model (256 wide, 4 layers) is
-bound by dispatch, not by weights, so it keeps float32 (measured there too).
+oneDNN's bf16 matmuls there ran 2.2-5x faster than float32 at DALL·E Mini's shapes at 4-64
+rows (1.5-2x at 2, about even at 1) (docs/performance/precision-2026-12-06), where a decode step is bound by reading its
+weights and bf16 reads half the bytes. The bundled shapes model (256 wide, 4 layers) keeps
+float32: its step is faster in bf16 too (1.3x at 8 rows, 1.65x at 64, in process), but its
+quality figures (`tessera evaluate`) and served speed in bf16 have not been measured, and it
+serves 20-30 images/s in float32 already.
 
 Batch invariance: a request's bytes must not depend on what shares its batch. oneDNN's bf16
 linear layers compute each row bit for bit the same at any row count of two or more, and
