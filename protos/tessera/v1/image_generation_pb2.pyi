@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "num_images", "num_candidates", "seed", "temperature", "top_k", "top_p", "guidance_scale", "request_id", "preview_every")
+    __slots__ = ("prompt", "num_images", "num_candidates", "seed", "temperature", "top_k", "top_p", "guidance_scale", "request_id", "preview_every", "model")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class GenerateRequest(_message.Message):
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     num_images: int
     num_candidates: int
@@ -28,7 +29,8 @@ class GenerateRequest(_message.Message):
     guidance_scale: float
     request_id: str
     preview_every: int
-    def __init__(self, prompt: _Optional[str] = ..., num_images: _Optional[int] = ..., num_candidates: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., request_id: _Optional[str] = ..., preview_every: _Optional[int] = ...) -> None: ...
+    model: str
+    def __init__(self, prompt: _Optional[str] = ..., num_images: _Optional[int] = ..., num_candidates: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., request_id: _Optional[str] = ..., preview_every: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("png", "clip_score", "seed", "candidate_index", "width", "height")
@@ -95,8 +97,10 @@ class GenerateEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_num_images", "max_num_candidates", "max_message_bytes", "max_prompt_chars")
@@ -191,3 +195,59 @@ class ServerInfo(_message.Message):
     details: _containers.ScalarMap[str, str]
     precision: _containers.ScalarMap[str, str]
     def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., model_kind: _Optional[str] = ..., image_tokens: _Optional[int] = ..., tokenizer: _Optional[str] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., precision: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("name", "version", "model_kind", "model_name", "state", "load_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    model_kind: str
+    model_name: str
+    state: str
+    load_ms: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_kind: _Optional[str] = ..., model_name: _Optional[str] = ..., state: _Optional[str] = ..., load_ms: _Optional[float] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
+
+class ModelSection(_message.Message):
+    __slots__ = ("path", "bpe_path", "vae", "clip", "dtype", "version")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BPE_PATH_FIELD_NUMBER: _ClassVar[int]
+    VAE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    bpe_path: str
+    vae: str
+    clip: str
+    dtype: str
+    version: str
+    def __init__(self, path: _Optional[str] = ..., bpe_path: _Optional[str] = ..., vae: _Optional[str] = ..., clip: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("name", "model")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: ModelSection
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSection, _Mapping]] = ...) -> None: ...
+
+class UnloadModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

@@ -5,7 +5,7 @@ import warnings
 
 from tessera.v1 import image_generation_pb2 as tessera_dot_v1_dot_image__generation__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -49,6 +49,11 @@ class ImageGenerationStub:
                 request_serializer=tessera_dot_v1_dot_image__generation__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_image__generation__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/tessera.v1.ImageGeneration/ListModels',
+                request_serializer=tessera_dot_v1_dot_image__generation__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_image__generation__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class ImageGenerationServicer:
@@ -75,6 +80,13 @@ class ImageGenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The models this server serves, the first (what an empty `model` names) first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageGenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_ImageGenerationServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=tessera_dot_v1_dot_image__generation__pb2.GetInfoRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_image__generation__pb2.ServerInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=tessera_dot_v1_dot_image__generation__pb2.ListModelsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_image__generation__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,201 @@ class ImageGeneration:
             '/tessera.v1.ImageGeneration/GetInfo',
             tessera_dot_v1_dot_image__generation__pb2.GetInfoRequest.SerializeToString,
             tessera_dot_v1_dot_image__generation__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.ImageGeneration/ListModels',
+            tessera_dot_v1_dot_image__generation__pb2.ListModelsRequest.SerializeToString,
+            tessera_dot_v1_dot_image__generation__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ModelControlStub:
+    """Loading, replacing and unloading models while the server serves (off unless
+    `server.admin: true`, and then always behind the server's bearer token).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Load = channel.unary_unary(
+                '/tessera.v1.ModelControl/Load',
+                request_serializer=tessera_dot_v1_dot_image__generation__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_image__generation__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.Unload = channel.unary_unary(
+                '/tessera.v1.ModelControl/Unload',
+                request_serializer=tessera_dot_v1_dot_image__generation__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_image__generation__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/tessera.v1.ModelControl/List',
+                request_serializer=tessera_dot_v1_dot_image__generation__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_image__generation__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+
+
+class ModelControlServicer:
+    """Loading, replacing and unloading models while the server serves (off unless
+    `server.admin: true`, and then always behind the server's bearer token).
+    """
+
+    def Load(self, request, context):
+        """Load a model under a name, or replace the version serving under it: answers once the new
+        version serves (requests in flight finish on the old one, which is then freed). A load
+        that fails leaves the old version serving and answers with the reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unload(self, request, context):
+        """Stop serving a model: new requests naming it get NOT_FOUND, those in flight finish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelControlServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=tessera_dot_v1_dot_image__generation__pb2.LoadModelRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_image__generation__pb2.ModelStatus.SerializeToString,
+            ),
+            'Unload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unload,
+                    request_deserializer=tessera_dot_v1_dot_image__generation__pb2.UnloadModelRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_image__generation__pb2.ModelStatus.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=tessera_dot_v1_dot_image__generation__pb2.ListModelsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_image__generation__pb2.ListModelsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tessera.v1.ModelControl', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tessera.v1.ModelControl', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelControl:
+    """Loading, replacing and unloading models while the server serves (off unless
+    `server.admin: true`, and then always behind the server's bearer token).
+    """
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.ModelControl/Load',
+            tessera_dot_v1_dot_image__generation__pb2.LoadModelRequest.SerializeToString,
+            tessera_dot_v1_dot_image__generation__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.ModelControl/Unload',
+            tessera_dot_v1_dot_image__generation__pb2.UnloadModelRequest.SerializeToString,
+            tessera_dot_v1_dot_image__generation__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.ModelControl/List',
+            tessera_dot_v1_dot_image__generation__pb2.ListModelsRequest.SerializeToString,
+            tessera_dot_v1_dot_image__generation__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
