@@ -21,7 +21,7 @@ from tessera.server.engine.config import REQUEST, GraphConfig
 from tessera.server.engine.errors import (Cancelled, DeadlineExceeded, EngineError, InvalidInput,
                                   OpFailed, Overloaded, ShuttingDown)
 from tessera.server.engine.metrics import EngineMetrics
-from tessera.server.engine.platforms import Platforms
+from tessera.server.engine.platforms import DeviceTurns, Platforms
 from tessera.server.engine.request import Request, Result, StageTiming
 from tessera.server.engine.stage import OpStage, gather_settled
 
@@ -32,8 +32,12 @@ _OUTCOMES = {InvalidInput: "invalid_input", Overloaded: "overloaded", DeadlineEx
 
 
 class Engine:
-    def __init__(self, config: GraphConfig, metrics: EngineMetrics | None = None):
+    def __init__(self, config: GraphConfig, metrics: EngineMetrics | None = None, *, name: str = "",
+                 turns: DeviceTurns | None = None):
+        """`name`: the model this engine serves (a server of several models runs one engine
+        each); `turns`: the device turns it shares with those engines (None: its own)."""
         self.config = config
+        self.name = name
         self.metrics = metrics or EngineMetrics()
         self.stages: dict[str, OpStage] = {}
         self.consumers = {name: config.consumers(name) for name in config.ops}
@@ -41,7 +45,7 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.accepting = False
         self._idle = asyncio.Event()
-        self.platforms = Platforms(config)  # how workers compute on each device (platforms/)
+        self.platforms = Platforms(config, turns)  # how workers compute on each device (platforms/)
         self._health_listeners: list[Callable[[bool], None]] = []
         self._serving = False
         self._ray = None  # the Ray connection, when an OP runs in mode: ray

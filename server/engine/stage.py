@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tessera.server.engine.channel import Channel
 from tessera.server.engine.config import OpConfig
 from tessera.server.engine.errors import EngineError, OpFailed
+from tessera.server.engine.metrics import level
 from tessera.server.engine.request import Progress, Request, StageState
 from tessera.server.engine.workers import Supervisor, Worker, WorkerLost, WorkerSpec, make_worker
 
@@ -142,7 +143,7 @@ class OpStage:
         self.front = cfg.op_class(**cfg.settings)  # split/merge run here, on the loop
         self.front.name = cfg.name
         m = engine.metrics
-        self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, m.depth.labels(cfg.name).set)
+        self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, level(m.depth.labels(cfg.name)))
         self.queue = RowQueue()
         self.supervisor = Supervisor(cfg.name, m, engine.health_changed)
         wait = m.device_wait.labels(cfg.name).observe
@@ -193,6 +194,7 @@ class OpStage:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(w.close() for w in self.workers), return_exceptions=True)
+        self.supervisor.close()
 
     async def _serve(self, worker: Worker) -> None:
         """Run the worker's loop; when the worker is lost, replace it and go on."""

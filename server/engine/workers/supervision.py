@@ -31,16 +31,22 @@ class Supervisor:
 
     def up(self, worker: Worker) -> None:
         self.live += 1
-        self._live_gauge.set(self.live)
+        self._live_gauge.inc()  # inc/dec, not set: two versions of one model add up (metrics.py)
         self._on_change()
 
     def down(self, worker: Worker, rows: int) -> None:
         self.live -= 1
-        self._live_gauge.set(self.live)
+        self._live_gauge.dec()
         self._retried.inc(rows)
         log.warning("%s: worker %d (%s) lost; %d rows retried on live workers, %d of them left",
                     self.op, worker.index, worker.placement, rows, self.live)
         self._on_change()
+
+    def close(self) -> None:
+        """The OP stopped: its workers are no longer live (a replaced model's old version leaves
+        the model's gauge to the new one's)."""
+        self._live_gauge.dec(self.live)
+        self.live = 0
 
     async def replace(self, worker: Worker) -> None:
         pause = _FIRST_PAUSE_S
