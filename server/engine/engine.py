@@ -164,6 +164,12 @@ class Engine:
         if not self.requests:
             self._idle.set()
 
+    async def drain(self) -> None:
+        """Stop admitting and wait until every admitted request has ended (each ends by its
+        own deadline at the latest): a replaced or unloaded model's engine, before it stops."""
+        self.accepting = False
+        await self._idle.wait()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop admitting, let in-flight requests finish within the grace, then stop workers."""
         self.accepting = False
