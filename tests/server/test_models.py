@@ -303,3 +303,14 @@ async def test_a_model_that_does_not_fit_is_refused_at_load_saying_what_fits(tin
             assert re.search(r"a model of at most 0\.00 GiB fits", reply.json()["message"])
         assert [(m.name, m.version) for m in s.server.models] == [("tiny", "1"), ("shapes", "1")]
         assert await s.pngs("tiny", 7) == alone["tiny"][0]
+
+
+def test_the_operations_guides_models_example_is_a_valid_configuration():
+    import yaml
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    section = text.split("## Several models in one server", 1)[1]
+    [example] = re.findall(r"```yaml\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    config = AppConfig.from_dict(yaml.safe_load(example))
+    assert [(m.name, m.path) for m in config.served] == [
+        ("mini", "/models/mini"), ("dalle", "/models/dalle.pt"), ("shapes", None)]
+    assert config.graphs[0].ops["sample"].batch_size == 32
