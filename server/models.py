@@ -13,7 +13,8 @@ the old engine stops admitting, lets its requests finish (each ends by its own d
 freed. A load that fails stops its half-started engine and leaves the old version serving. A
 request is admitted by one engine, synchronously: no request sees a half-loaded model.
 Every engine shares the server's device turns (its OPs and other models' take one device's
-turns together) and metrics registry (its series carry `model="NAME"`).
+turns together), metrics registry (its series carry `model="NAME"`) and Ray connection (a
+model unloaded does not take the others' actors down with it).
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ class ModelSet:
         self._retiring: set[asyncio.Task] = set()
         self._health_listeners: list[Callable[[bool], None]] = []
         self._serving = False
+        self._ray = None  # one Ray connection for every model's mode: ray OPs, closed at stop
 
     # -- what serves -----------------------------------------------------------------------
     def get(self, name: str = "") -> ServedModel:
@@ -139,8 +141,11 @@ class ModelSet:
             old = self._models.get(entry.name)
             if not at_start:
                 self._check_fits(entry, graph)
+            if self._ray is None and any(op.mode == "ray" for op in graph.ops.values()):
+                from tessera.server.engine.workers.ray import RayConnection
+                self._ray = RayConnection(graph.ray_address)
             engine = Engine(graph, EngineMetrics(self.registry, model=entry.name), name=entry.name,
-                            turns=self.turns)
+                            turns=self.turns, ray=self._ray)
             try:
                 await engine.start()
                 info = await asyncio.get_running_loop().run_in_executor(None, model_info, graph)
@@ -225,6 +230,9 @@ class ModelSet:
         await self.settled()
         self._models.clear()
         self.turns.close()
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = None
 
 
 def _refusal(entry: ServedModelConfig, exc: BaseException) -> Exception:

@@ -33,9 +33,11 @@ _OUTCOMES = {InvalidInput: "invalid_input", Overloaded: "overloaded", DeadlineEx
 
 class Engine:
     def __init__(self, config: GraphConfig, metrics: EngineMetrics | None = None, *, name: str = "",
-                 turns: DeviceTurns | None = None):
+                 turns: DeviceTurns | None = None, ray: Any = None):
         """`name`: the model this engine serves (a server of several models runs one engine
-        each); `turns`: the device turns it shares with those engines (None: its own)."""
+        each); `turns`: the device turns it shares with those engines (None: its own); `ray`:
+        the Ray connection they share (a workers.ray.RayConnection its owner closes; None: the
+        engine opens its own when an OP runs in mode ray, and closes it when it stops)."""
         self.config = config
         self.name = name
         self.metrics = metrics or EngineMetrics()
@@ -49,6 +51,7 @@ class Engine:
         self._health_listeners: list[Callable[[bool], None]] = []
         self._serving = False
         self._ray = None  # the Ray connection, when an OP runs in mode: ray
+        self._shared_ray = ray
 
     # -- health ----------------------------------------------------------------------------
     @property
@@ -76,7 +79,7 @@ class Engine:
         self.platforms.open()
         if any(op.mode == "ray" for op in self.config.ops.values()):
             from tessera.server.engine.workers.ray import RayConnection
-            self._ray = RayConnection(self.config.ray_address)
+            self._ray = self._shared_ray or RayConnection(self.config.ray_address)
             await asyncio.get_running_loop().run_in_executor(None, self._ray.open)
         self.stages = {name: OpStage(self, cfg) for name, cfg in self.config.ops.items()}
         await gather_settled(stage.start() for stage in self.stages.values())  # every setup ended
@@ -183,7 +186,7 @@ class Engine:
             self.fail(request, ShuttingDown("the server shut down before the request finished"))
         await asyncio.gather(*(stage.stop() for stage in self.stages.values()))
         self.platforms.close()
-        if self._ray is not None:
+        if self._ray is not None and self._ray is not self._shared_ray:
             self._ray.close()
         self._serving = False
 
