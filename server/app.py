@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from tessera.server.config import AppConfig
 from tessera.server.engine import ConfigError, Engine
 from tessera.server.http import HttpServer, build_app
-from tessera.server.models import ModelSet, model_info
+from tessera.server.models import ModelSet
 from tessera.server.rpc.admin import ModelAdmin
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
 from tessera.server.rpc.interceptors import CallCounter, FrontDoorInterceptor
@@ -73,10 +73,6 @@ class TesseraServer:
     def engine(self) -> Engine | None:
         """The first model's engine (what a server of one model runs)."""
         return next((m.engine for m in self.models), None)
-
-    def model_info(self) -> dict:
-        """What GetInfo, the page and the start-up line say the first model is (models.py)."""
-        return model_info(self.config.graph)
 
     async def start(self) -> int:
         """Bind the port, load the models, serve; PortInUse or ConfigError before any model loads."""
