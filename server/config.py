@@ -174,11 +174,12 @@ class AppConfig(Section):
         config._raw_graph = copy.deepcopy(raw.get("graph") or DEFAULT_CONFIG["graph"])
         for i, entry in enumerate(config.served):
             try:
-                _check_overrides(config._raw_graph, entry)
                 if i:
-                    config._graphs.append(GraphConfig.from_dict(model_graph(config._raw_graph, entry)))
+                    config._graphs.append(config.graph_of(entry))
+                else:  # its graph is `graph`, checked already: only its overrides' names are left
+                    _check_overrides(config._raw_graph, entry)
             except ConfigError as exc:
-                raise ConfigError(f"models.{i}.{_graph_key(exc.key)}", exc.message) from None
+                raise ConfigError(f"models.{i}.{exc.key}", exc.message) from None
         return config
 
     def graph_of(self, entry: ServedModelConfig) -> GraphConfig:
