@@ -179,7 +179,7 @@ class Engine:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         if self.requests:  # nothing admitted (a start that failed, an idle server): nothing to wait for
             try:
-                await asyncio.wait_for(self._idle.wait(), grace)
+                await asyncio.wait_for(self.drain(), grace)
             except asyncio.TimeoutError:
                 log.warning("shutdown grace of %.1fs over; failing %d requests", grace, len(self.requests))
         for request in list(self.requests.values()):
