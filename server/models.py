@@ -152,7 +152,7 @@ class ModelSet:
                 info = await asyncio.get_running_loop().run_in_executor(None, model_info, graph)
             except BaseException as exc:
                 await engine.stop(0)
-                _free_memory()
+                await asyncio.get_running_loop().run_in_executor(None, _free_memory)  # off the loop, as _retire
                 if at_start:
                     raise
                 raise _refusal(entry, exc) from exc
