@@ -1,4 +1,4 @@
-"""The server's configuration: a `server` section, the `model`, and the engine's `graph`.
+"""The server's configuration: a `server` section, the `model`, the engine's `graph`, `tracing`.
 
     config = AppConfig.from_dict(yaml.safe_load(path.read_text()))
 
@@ -100,6 +100,23 @@ class ModelConfig(Section):
     reproduces the families' own projects exactly."""
 
 
+class TracingConfig(Section):
+    """OpenTelemetry traces (`tracing:`): a span per request and per stage, exported over OTLP
+    (docs/tracing.md). Off unless an endpoint is set here, by `tessera serve
+    --otlp-traces-endpoint`, or by OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT);
+    needs `pip install 'tessera[otel]'`. The other standard OTEL_* variables (protocol, batch
+    delay, resource attributes) are the SDK's."""
+    otlp_traces_endpoint: Annotated[str, Field(min_length=1)] | None = None
+    """Where spans go, e.g. http://localhost:4317 (OTLP/gRPC); null: the OTEL_EXPORTER_OTLP_*
+    variables, or tracing off."""
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
+    """The share of requests without a caller's traceparent that start a sampled trace (0: only
+    the callers' sampled traces are followed, as in Triton); null: OTEL_TRACES_SAMPLER(_ARG),
+    by default every trace."""
+    service_name: Annotated[str, Field(min_length=1)] | None = None
+    """service.name of the spans; null: OTEL_SERVICE_NAME, else tessera."""
+
+
 class AppConfig(Section):
     """The whole configuration file: `model`, `server` and `graph`. (`model: PATH` is short for
     `model: {path: PATH}`.)"""
@@ -111,6 +128,8 @@ class AppConfig(Section):
     """The front doors."""
     graph: GraphConfig
     """The OPs and how they connect."""
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    """OpenTelemetry traces (off unless an OTLP endpoint is set)."""
 
     @property
     def model_dir(self) -> str | None:

@@ -29,7 +29,8 @@ EXIT_PORT_IN_USE = 3
 
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
                 ray_address: str | None = None, http_port: int | None = None,
-                model: dict[str, str | None] | None = None, device: str | None = None) -> AppConfig:
+                model: dict[str, str | None] | None = None, device: str | None = None,
+                otlp_traces_endpoint: str | None = None) -> AppConfig:
     """The configuration file (or the shipped one) with the command line's overrides; `model`
     holds --model/--bpe-path/--vae/--clip by the `model` section's keys; `device` (--device)
     becomes the `devices` of every OP that computes on a device (not the tokenizer)."""
@@ -51,6 +52,10 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
                 server[key] = value
         if ray_address is not None and isinstance(raw.get("graph"), dict):
             raw["graph"]["ray_address"] = ray_address
+        if otlp_traces_endpoint is not None:
+            tracing = raw.get("tracing")
+            raw["tracing"] = {**(tracing if isinstance(tracing, dict) else {}),
+                              "otlp_traces_endpoint": otlp_traces_endpoint}
         override_model(raw, model or {})
         if (model or {}).get("dtype") is not None:
             _drop_op_dtypes(raw.get("graph"))
@@ -163,6 +168,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="HTTP/JSON, SSE and the web page; 0 picks, -1 off (default 8080)")
     ap.add_argument("--ray-address", help="join this Ray cluster for mode: ray OPs (graph.ray_address; "
                                            "default: start a local Ray when an OP needs one)")
+    ap.add_argument("--otlp-traces-endpoint", metavar="URL",
+                    help="export OpenTelemetry traces over OTLP to URL, e.g. http://localhost:4317 "
+                         "(tracing.otlp_traces_endpoint; default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+                         "else off; needs pip install 'tessera[otel]')")
     ap.add_argument("--log-level", default="INFO")
 
 
@@ -173,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                              ray_address=args.ray_address, http_port=args.http_port,
                              model={"path": args.model, "bpe_path": args.bpe_path, "vae": args.vae,
                                     "clip": args.clip, "dtype": args.dtype},
-                             device=args.device)
+                             device=args.device, otlp_traces_endpoint=args.otlp_traces_endpoint)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -43,15 +43,18 @@ class GenerationService:
         self.mapping = mapping
         self._calls: weakref.WeakKeyDictionary[Request, _Call] = weakref.WeakKeyDictionary()
 
-    def submit(self, request: pb.GenerateRequest, *, streaming: bool, timeout_s: float | None) -> Request:
-        """Validate and admit, or raise InvalidRequest / Overloaded / ShuttingDown at once."""
+    def submit(self, request: pb.GenerateRequest, *, streaming: bool, timeout_s: float | None,
+               trace_context: dict[str, str] | None = None) -> Request:
+        """Validate and admit, or raise InvalidRequest / Overloaded / ShuttingDown at once;
+        `trace_context`: the caller's W3C traceparent/tracestate (the parent of its spans)."""
         call = _Call(request.request_id)
         try:
             check_request_id(request.request_id)
             call.rid = request.request_id or uuid.uuid4().hex
             request_id_var.set(call.rid)
             payload = self.mapping.from_request(request_fields(request), self.limits, streaming=streaming)
-            engine_request = self.engine.submit(payload, request_id=call.rid, timeout_s=timeout_s, events=streaming)
+            engine_request = self.engine.submit(payload, request_id=call.rid, timeout_s=timeout_s, events=streaming,
+                                                priority=request.priority, trace_context=trace_context)
         except EngineError as exc:
             call.end(status_for(exc).name)
             raise
@@ -65,16 +68,17 @@ class GenerationService:
         that is not a GenerateRequest), as `submit` logs its own refusals."""
         _Call(request_id).end(status_for(error).name)
 
-    async def generate(self, request: pb.GenerateRequest, *, timeout_s: float | None) -> pb.GenerateResponse:
-        engine_request = self.submit(request, streaming=False, timeout_s=timeout_s)
+    async def generate(self, request: pb.GenerateRequest, *, timeout_s: float | None,
+                       trace_context: dict[str, str] | None = None) -> pb.GenerateResponse:
+        engine_request = self.submit(request, streaming=False, timeout_s=timeout_s, trace_context=trace_context)
         try:
             return self._response(engine_request, await engine_request.result())
         finally:
             engine_request.cancel()  # no-op once finished; stops the work if the caller left
 
-    async def generate_stream(self, request: pb.GenerateRequest, *,
-                              timeout_s: float | None) -> AsyncIterator[pb.GenerateEvent]:
-        engine_request = self.submit(request, streaming=True, timeout_s=timeout_s)
+    async def generate_stream(self, request: pb.GenerateRequest, *, timeout_s: float | None,
+                              trace_context: dict[str, str] | None = None) -> AsyncIterator[pb.GenerateEvent]:
+        engine_request = self.submit(request, streaming=True, timeout_s=timeout_s, trace_context=trace_context)
         async with aclosing(self.events(engine_request)) as events:
             async for event in events:
                 yield event
@@ -140,8 +144,13 @@ class GenerationService:
 
 
 def request_fields(request: pb.GenerateRequest) -> dict[str, Any]:
-    """The request as plain fields, named as in the proto (the id is the service's, not the model's)."""
-    return {f.name: getattr(request, f.name) for f in request.DESCRIPTOR.fields if f.name != "request_id"}
+    """The request as plain fields, named as in the proto (the id and priority are the
+    service's and the engine's, not the model's)."""
+    return {f.name: getattr(request, f.name) for f in request.DESCRIPTOR.fields
+            if f.name not in _NOT_THE_MODELS}
+
+
+_NOT_THE_MODELS = {"request_id", "priority"}
 
 
 def to_event(event: Progress) -> pb.GenerateEvent:
