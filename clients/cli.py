@@ -1,7 +1,8 @@
 """`tessera-client`: generate images through a running server, or ask what it serves.
 
     tessera-client generate "a red circle" -n 4 --seed 7 -o out   # the server at $TESSERA_SERVER or 127.0.0.1:50051
-    tessera-client info
+    tessera-client info                     # the models it serves, and the first one's size, limits, words
+    tessera-client generate "a red circle" --model mini   # a server of several models: name one
 
 Beside the server, `tessera generate` and `tessera info` are these same commands
 (tessera.server.cli). Every command's arguments come from its own module's
@@ -27,7 +28,7 @@ class Command:
 
 COMMANDS = (
     Command("generate", "tessera.clients.cli", "generate images from a prompt through a running server"),
-    Command("info", "tessera.clients.cli", "what the server serves: its model, image size, limits, defaults"),
+    Command("info", "tessera.clients.cli", "what the server serves: its models, and one's image size, limits, defaults"),
 )
 
 
@@ -73,6 +74,11 @@ def dispatch(prog: str, description: str, commands: tuple[Command, ...], argv: l
         # note on SIGPIPE): point stdout at devnull so the flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def _model_argument(ap: argparse.ArgumentParser, what: str) -> None:
+    ap.add_argument("--model", default="", metavar="NAME",
+                    help=f"{what} (default: the server's first model; `tessera info` lists them)")
 
 
 def _connection_arguments(ap: argparse.ArgumentParser) -> None:
@@ -144,6 +150,7 @@ def add_generate_arguments(ap: argparse.ArgumentParser) -> None:
                     help=f"directory for the PNGs and the contact sheet, made if missing "
                          f"(default: ./{DEFAULT_OUT}/ in the current directory)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds")
+    _model_argument(ap, "which of the server's models draws the images")
     _connection_arguments(ap)
 
 
@@ -166,7 +173,7 @@ def run_generate(args: argparse.Namespace) -> int:
         with _client(args) as client, _progress() as progress:
             tasks: dict[str, int] = {}
             for event in client.generate_stream(
-                    args.prompt, timeout=args.timeout, num_images=args.num_images,
+                    args.prompt, model=args.model, timeout=args.timeout, num_images=args.num_images,
                     num_candidates=args.candidates, seed=args.seed, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale):
                 if isinstance(event, Generation):
@@ -205,7 +212,18 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def add_info_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--timeout", type=float, default=10, help="seconds")
+    _model_argument(ap, "the model to describe")
     _connection_arguments(ap)
+
+
+def _served(models) -> str:
+    """The models line: each name with its version, family and state; the first is the default."""
+    def one(m) -> str:
+        what = ", ".join(x for x in (f"version {m.version}" if m.version else "", m.model_kind,
+                                     "" if m.state in ("", "serving") else m.state) if x)
+        return f"{m.name} ({what})" if what else m.name
+    line = "; ".join(one(m) for m in models)
+    return line + ("; the first serves requests that name none" if len(models) > 1 else "")
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -213,12 +231,18 @@ def run_info(args: argparse.Namespace) -> int:
     from tessera.clients.client import TesseraError
     try:
         with _client(args) as client:
-            info = client.info(timeout=args.timeout)
+            models = client.list_models(timeout=args.timeout)
+            info = client.info(model=args.model, timeout=args.timeout)
     except TesseraError as exc:
         return _refused(prog, args.server, exc)
     except (OSError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
+    if any(m.name for m in models):
+        print(f"models     {_served(models)}")
+    elif args.model:  # a server older than ListModels: one model, whatever a request names
+        print(f"{prog}: the server at {args.server} does not name its models; it serves one, described here, "
+              "to every request", file=sys.stderr)
     # Only what the server says it serves: a pipeline of one's own OPs may have no model at all.
     print(f"model      {info.model_name} ({info.model_kind or 'the graph serves no model'}) {info.version}".rstrip())
     if info.image_width:

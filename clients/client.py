@@ -10,6 +10,13 @@
                 ...   # ProgressEvent(s), then one Generation
     asyncio.run(main())
 
+Several models: a server may serve several, each under its name. `list_models()` lists them
+(the first is the one a call without `model` gets); `generate(..., model="mini")`,
+`generate_stream(..., model=...)` and `info(model=...)` name one. An unknown name raises
+TesseraError with NOT_FOUND and the server's list of the models it serves. A server older
+than ListModels answers `list_models()` with its one model, named "" (the name that asks
+for it), from GetInfo.
+
 Calls that fail with UNAVAILABLE are retried by gRPC's own retry policy; every other
 failure raises TesseraError with the status code and the server's message. A token that
 gRPC metadata cannot carry (not printable ASCII, or with whitespace) is a ValueError at
@@ -111,6 +118,18 @@ class ServerInfo:
     precision: dict[str, str] = field(default_factory=dict)  # per model OP: "float32", "bfloat16", ...
 
 
+@dataclass
+class ModelStatus:
+    """One model a server serves: `name` is what a request's `model` names ("" for a server
+    older than ListModels, whose one model every request gets)."""
+    name: str
+    version: str = ""
+    model_kind: str = ""    # the family, as ServerInfo.model_kind
+    model_name: str = ""    # as ServerInfo.model_name
+    state: str = "serving"
+    load_ms: float = 0.0    # how long its load took
+
+
 def channel_target(target: str) -> str:
     """A comma list of host:port -> gRPC's multi-address target; any other target as given.
 
@@ -161,6 +180,15 @@ def _credentials(tls: bool, root_certificates: str | None) -> grpc.ChannelCreden
 
 def _request(prompt: str, **kw) -> pb.GenerateRequest:
     return pb.GenerateRequest(prompt=prompt, **{k: v for k, v in kw.items() if v})
+
+
+def _models(resp: pb.ListModelsResponse) -> list[ModelStatus]:
+    return [ModelStatus(m.name, m.version, m.model_kind, m.model_name, m.state, m.load_ms) for m in resp.models]
+
+
+def _only_model(info: ServerInfo) -> list[ModelStatus]:
+    """What a server without ListModels serves: one model, which an empty name asks for."""
+    return [ModelStatus("", info.version, info.model_kind, info.model_name)]
 
 
 def _generation(resp: pb.GenerateResponse) -> Generation:
@@ -232,15 +260,15 @@ class TesseraClient(_Base):
     def close(self) -> None:
         self._channel.close()
 
-    def generate(self, prompt: str, *, timeout: float | None = None, **params) -> Generation:
+    def generate(self, prompt: str, *, model: str = "", timeout: float | None = None, **params) -> Generation:
         try:
-            return _generation(self._stub.Generate(_request(prompt, **params), **self._kw(timeout)))
+            return _generation(self._stub.Generate(_request(prompt, model=model, **params), **self._kw(timeout)))
         except grpc.RpcError as exc:
             raise TesseraError(exc.code(), exc.details()) from None
 
-    def generate_stream(self, prompt: str, *, timeout: float | None = None,
+    def generate_stream(self, prompt: str, *, model: str = "", timeout: float | None = None,
                         **params) -> Iterator[ProgressEvent | Generation]:
-        call = self._stub.GenerateStream(_request(prompt, **params), **self._kw(timeout))
+        call = self._stub.GenerateStream(_request(prompt, model=model, **params), **self._kw(timeout))
         try:
             for ev in call:
                 yield _event(ev)
@@ -249,11 +277,21 @@ class TesseraClient(_Base):
         finally:
             call.cancel()
 
-    def info(self, *, timeout: float | None = 10.0) -> ServerInfo:
+    def info(self, *, model: str = "", timeout: float | None = 10.0) -> ServerInfo:
+        """The named model's size, limits, defaults and vocabulary ("": the first model)."""
         try:
-            return _info(self._stub.GetInfo(pb.GetInfoRequest(), **self._kw(timeout)))
+            return _info(self._stub.GetInfo(pb.GetInfoRequest(model=model), **self._kw(timeout)))
         except grpc.RpcError as exc:
             raise TesseraError(exc.code(), exc.details()) from None
+
+    def list_models(self, *, timeout: float | None = 10.0) -> list[ModelStatus]:
+        """The models the server serves, the first (what a call without `model` gets) first."""
+        try:
+            return _models(self._stub.ListModels(pb.ListModelsRequest(), **self._kw(timeout)))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise TesseraError(exc.code(), exc.details()) from None
+        return _only_model(self.info(timeout=timeout))
 
 
 class AsyncTesseraClient(_Base):
@@ -275,15 +313,15 @@ class AsyncTesseraClient(_Base):
     async def close(self) -> None:
         await self._channel.close()
 
-    async def generate(self, prompt: str, *, timeout: float | None = None, **params) -> Generation:
+    async def generate(self, prompt: str, *, model: str = "", timeout: float | None = None, **params) -> Generation:
         try:
-            return _generation(await self._stub.Generate(_request(prompt, **params), **self._kw(timeout)))
+            return _generation(await self._stub.Generate(_request(prompt, model=model, **params), **self._kw(timeout)))
         except grpc.aio.AioRpcError as exc:
             raise TesseraError(exc.code(), exc.details()) from None
 
-    async def generate_stream(self, prompt: str, *, timeout: float | None = None,
+    async def generate_stream(self, prompt: str, *, model: str = "", timeout: float | None = None,
                               **params) -> AsyncIterator[ProgressEvent | Generation]:
-        call = self._stub.GenerateStream(_request(prompt, **params), **self._kw(timeout))
+        call = self._stub.GenerateStream(_request(prompt, model=model, **params), **self._kw(timeout))
         try:
             async for ev in call:
                 yield _event(ev)
@@ -292,8 +330,18 @@ class AsyncTesseraClient(_Base):
         finally:
             call.cancel()
 
-    async def info(self, *, timeout: float | None = 10.0) -> ServerInfo:
+    async def info(self, *, model: str = "", timeout: float | None = 10.0) -> ServerInfo:
+        """The named model's size, limits, defaults and vocabulary ("": the first model)."""
         try:
-            return _info(await self._stub.GetInfo(pb.GetInfoRequest(), **self._kw(timeout)))
+            return _info(await self._stub.GetInfo(pb.GetInfoRequest(model=model), **self._kw(timeout)))
         except grpc.aio.AioRpcError as exc:
             raise TesseraError(exc.code(), exc.details()) from None
+
+    async def list_models(self, *, timeout: float | None = 10.0) -> list[ModelStatus]:
+        """The models the server serves, the first (what a call without `model` gets) first."""
+        try:
+            return _models(await self._stub.ListModels(pb.ListModelsRequest(), **self._kw(timeout)))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise TesseraError(exc.code(), exc.details()) from None
+        return _only_model(await self.info(timeout=timeout))

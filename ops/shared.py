@@ -18,6 +18,7 @@ from tessera.server.engine.platforms.buckets import default_buckets
 
 LOG = logging.getLogger("tessera.ops")
 _BUNDLES: dict[tuple, ModelBundle] = {}
+_HOLDERS: dict[tuple, int] = {}  # the OPs set up on each bundle (hold_bundle); 0: freed
 _LOCK = threading.Lock()
 
 
@@ -28,9 +29,32 @@ def bundle_for(model: ModelSpec | str | None, device: str, dtype: str = "auto") 
     `model` is a ModelSpec (a path alone names a model with no extra files); `dtype` an OP's
     setting: "auto" (the device's platform's choice for the model's family: float16 on a GPU,
     bfloat16 on a CPU with bf16 matmuls for the large families, else float32) or a name."""
+    return _bundle(*_key(model, device, dtype))
+
+
+def hold_bundle(model: ModelSpec | str | None, device: str, dtype: str = "auto") -> tuple[ModelBundle, tuple]:
+    """bundle_for for an OP that serves with it: the bundle and the key to `release_bundle`
+    when the OP is torn down. The last holder's release frees the weights (a model unloaded
+    or replaced gives its memory back)."""
+    key = _key(model, device, dtype)
+    return _bundle(*key, hold=True), key
+
+
+def release_bundle(key: tuple) -> None:
+    with _LOCK:
+        _HOLDERS[key] = _HOLDERS.get(key, 1) - 1
+        if _HOLDERS[key] <= 0:
+            del _HOLDERS[key]
+            _BUNDLES.pop(key, None)
+
+
+def _key(model: ModelSpec | str | None, device: str, dtype: str) -> tuple:
     spec = model if isinstance(model, ModelSpec) else ModelSpec(path=model or None)
+    return spec, device, compute_for(device).dtype(dtype, family_of(spec.path))
+
+
+def _bundle(spec: ModelSpec, device: str, torch_dtype: torch.dtype, hold: bool = False) -> ModelBundle:
     compute = compute_for(device)
-    torch_dtype = compute.dtype(dtype, family_of(spec.path))
     key = (spec, device, torch_dtype)
     with _LOCK:
         if key not in _BUNDLES:
@@ -40,6 +64,8 @@ def bundle_for(model: ModelSpec | str | None, device: str, dtype: str = "auto") 
                     compute.prepare(part, torch_dtype)
             bundle.dtype = torch_dtype
             _BUNDLES[key] = bundle
+        if hold:
+            _HOLDERS[key] = _HOLDERS.get(key, 0) + 1
         return _BUNDLES[key]
 
 
@@ -126,7 +152,12 @@ class ModelOp(Op):
     def setup(self, device: str) -> None:
         self.device = device
         self.compute = compute_for(device)  # what the device's platform says about computing there
-        self.bundle = bundle_for(self.settings.spec, device, self.settings.dtype)
+        self.bundle, self._held = hold_bundle(self.settings.spec, device, self.settings.dtype)
+
+    def teardown(self) -> None:
+        held, self._held = getattr(self, "_held", None), None
+        if held is not None:
+            release_bundle(held)
 
     def forward(self, fn, rows: list[torch.Tensor], pad: str = "zero"):
         """`fn` as the `forward_mode` setting asks (ForwardSettings): itself, or bucketed by the

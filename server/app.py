@@ -1,4 +1,5 @@
-"""The composition root: engine + gRPC server + HTTP front door + health + reflection + metrics.
+"""The composition root: the models (an engine each) + gRPC server + HTTP front door + health +
+reflection + metrics + the admin API (`server.admin`).
 
     server = TesseraServer(AppConfig.from_dict(DEFAULT_CONFIG))
     port = await server.start()
@@ -17,21 +18,24 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from tessera.server.config import AppConfig
 from tessera.server.engine import ConfigError, Engine
 from tessera.server.http import HttpServer, build_app
+from tessera.server.models import ModelSet, model_info
+from tessera.server.rpc.admin import ModelAdmin
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
 from tessera.server.rpc.interceptors import CallCounter, FrontDoorInterceptor
-from tessera.server.rpc.mapping import PipelineMapping, describe_pipeline
+from tessera.server.rpc.mapping import PipelineMapping
 from tessera.server.rpc.service import GenerationService
-from tessera.server.rpc.servicer import ImageGenerationServicer
+from tessera.server.rpc.servicer import ImageGenerationServicer, ModelControlServicer
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
 
 log = logging.getLogger("tessera.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["ImageGeneration"].full_name
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["ModelControl"].full_name
 
 
 class PortInUse(Exception):
@@ -55,7 +59,9 @@ class TesseraServer:
         self.config = config
         self._tracer_provider = tracer_provider
         self._own_provider = False
-        self.engine: Engine | None = None
+        self.registry = CollectorRegistry()  # every model's engine and the front door count here
+        self.models = ModelSet(config, self.registry)
+        self.models.on_engine.append(self._trace)
         self.service: GenerationService | None = None
         self.calls: CallCounter | None = None
         self._front: FrontDoorInterceptor | None = None
@@ -68,25 +74,26 @@ class TesseraServer:
         self._metrics_http = None
         self._health_tasks: set[asyncio.Task] = set()
 
+    @property
+    def engine(self) -> Engine | None:
+        """The first model's engine (what a server of one model runs)."""
+        return next((m.engine for m in self.models), None)
+
     def model_info(self) -> dict:
-        """What GetInfo, the page and the start-up line say is served: the graph's output OP's
-        description (rpc/mapping.py: the DALL·E graph's rerank describes its model), or that
-        the graph serves no model."""
-        from tessera.ops.info import op_precisions
-        return {**describe_pipeline(self.config.graph), "precision": op_precisions(self.config.graph)}
+        """What GetInfo, the page and the start-up line say the first model is (models.py)."""
+        return model_info(self.config.graph)
 
     async def start(self) -> int:
-        """Bind the port, load the OPs, serve; PortInUse or ConfigError before any model loads."""
+        """Bind the port, load the models, serve; PortInUse or ConfigError before any model loads."""
         s = self.config.server
         token = load_token(s.token_file, s.token_env)
-        try:  # the graph's first and output OPs map requests and responses: checked before any model loads
-            mapping = PipelineMapping.of(self.config.graph)
-        except ConfigError as exc:
-            raise ConfigError(f"graph.{exc.key}", exc.message) from None
-        self.engine = Engine(self.config.graph)
-        self._trace(self.engine)
+        for i, graph in enumerate(self.config.graphs):
+            try:  # each graph's first and output OPs map requests and responses: checked before any model loads
+                PipelineMapping.of(graph)
+            except ConfigError as exc:
+                raise ConfigError(f"models.{i}.graph.{exc.key}" if i else f"graph.{exc.key}", exc.message) from None
         limit = s.limits.max_message_bytes
-        self.calls = CallCounter(self.engine.metrics.registry)
+        self.calls = CallCounter(self.registry)
         self._front = FrontDoorInterceptor(self.calls, limit)
         interceptors = [self._front]  # outermost: sees every call's end
         if token:
@@ -105,37 +112,43 @@ class TesseraServer:
             except OSError as exc:
                 raise PortInUse(s.host, s.http_port, "HTTP", exc) from None
             self.http_port = self._http.port
-        await self.engine.start()
+        await self.models.start()
         gc.freeze()  # models and modules loaded: later collections skip them
-        info = self.model_info()
-        self.service = GenerationService(self.engine, s.limits, info, mapping=mapping)
+        info = self.models.get("").info
+        self.service = GenerationService(self.models, s.limits)
+        admin = ModelAdmin(self.models) if s.admin else None
         pb_grpc.add_ImageGenerationServicer_to_server(ImageGenerationServicer(self.service), self._grpc)
+        if admin is not None:
+            pb_grpc.add_ModelControlServicer_to_server(ModelControlServicer(admin), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (SERVICE, *([ADMIN_SERVICE] if admin else []),
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._grpc)
         await self._grpc.start()
-        # NOT_SERVING while some OP has no live worker (one died and its replacement is
-        # starting); SERVING again once it is back.
-        self.engine.on_health_change(self._on_engine_health)
-        await self._set_health(self.engine.serving)
+        # SERVING while at least one model serves: NOT_SERVING while every model has an OP with
+        # no live worker (one died and its replacement is starting), or none is loaded.
+        self.models.on_health_change(self._on_engine_health)
+        await self._set_health(self.models.serving)
         if self._http is not None:
-            await self._http.start(build_app(self.service, token=token, health=self.serving, calls=self.calls))
+            await self._http.start(build_app(self.service, token=token, health=self.serving, calls=self.calls,
+                                             admin=admin))
         if s.metrics_port >= 0:
             try:
-                self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host,
-                                                          registry=self.engine.metrics.registry)
+                self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
             except OSError as exc:
                 raise PortInUse(s.host, s.metrics_port, "metrics", exc) from None
             self.metrics_port = self._metrics_http.server_port
-        log.info("serving %s on %s:%d (HTTP %s, auth %s, tls %s; precision %s)", info["name"], s.host, self.port,
+        log.info("serving %s on %s:%d (HTTP %s, auth %s, tls %s, admin %s; precision %s)",
+                 ", ".join(m.name for m in self.models), s.host, self.port,
                  self.http_port if self._http else "off", "on" if token else "off",
-                 "on" if s.tls_cert_file else "off", precision_text(info["precision"]) or "none")
+                 "on" if s.tls_cert_file else "off", "on" if admin else "off",
+                 precision_text(info["precision"]) or "none")
         return self.port
 
-    def _trace(self, engine: Engine) -> None:
-        """Subscribe the engine's tracing observer when tracing is on (nothing of the SDK is
-        imported when it is off)."""
+    def _trace(self, engine: Engine, graph) -> None:
+        """Subscribe each model's engine's tracing observer when tracing is on (nothing of the
+        SDK is imported when it is off)."""
         provider = self._tracer_provider
         if provider is None:
             from tessera.server.tracing import endpoint_of
@@ -145,7 +158,7 @@ class TesseraServer:
             provider = self._tracer_provider = start_tracing(self.config.tracing)
             self._own_provider = True
         from tessera.server.tracing import TraceObserver
-        info = self.model_info()
+        info = model_info(graph)
         engine.observers.add(TraceObserver(provider.get_tracer("tessera"), model=engine.name or info["name"],
                                            precision=info["precision"]))
 
@@ -161,9 +174,10 @@ class TesseraServer:
             await asyncio.sleep(quiet_s / 2)
 
     def serving(self) -> bool:
-        """What readiness reports on HTTP, as health does on gRPC: the engine admits requests
-        and every OP has a live worker (false while draining or while a worker is replaced)."""
-        return self.engine is not None and self.engine.accepting and self.engine.serving
+        """What readiness reports on HTTP, as health does on gRPC: some model admits requests
+        and each of its OPs has a live worker (false while draining or while every model has
+        a worker being replaced)."""
+        return self.models.serving
 
     def _on_engine_health(self, serving: bool) -> None:
         task = asyncio.ensure_future(self._set_health(serving))
@@ -192,8 +206,7 @@ class TesseraServer:
         await self._health.enter_graceful_shutdown()
         # The engine drains while gRPC still answers: a call that comes meanwhile gets a clear
         # UNAVAILABLE from the engine (a stopped gRPC server resets late streams: CANCELLED).
-        if self.engine is not None and self.engine.stages:  # started: drain it
-            await self.engine.stop(grace_s)  # None: the graph's shutdown_grace_s
+        await self.models.stop(grace_s)  # each engine drains (None: its graph's shutdown_grace_s)
         if self._grpc is not None:
             await self._lull()
             await self._grpc.stop(1.0)

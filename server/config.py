@@ -1,4 +1,5 @@
-"""The server's configuration: a `server` section, the `model`, the engine's `graph`, `tracing`.
+"""The server's configuration: a `server` section, the `model` (or several `models`), the engine's
+`graph`, and `tracing`.
 
     config = AppConfig.from_dict(yaml.safe_load(path.read_text()))
 
@@ -9,10 +10,12 @@ the key. docs/configuration.md is generated from these models (`tessera config -
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import fields
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError, GraphConfig
@@ -62,11 +65,18 @@ class ServerConfig(Section):
     """TLS private key (PEM) of tls_cert_file."""
     limits: Limits = Field(default_factory=Limits)
     """What one request may ask for."""
+    admin: bool = False
+    """The admin API (gRPC tessera.v1.ModelControl, HTTP POST /v1/models/NAME:load and :unload):
+    load, replace and unload models while serving. Needs token_file or token_env: every admin
+    call carries the bearer token."""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise invalid("TLS needs both tls_cert_file and tls_key_file", "tls_cert_file")
+        if self.admin and self.token_file is None and self.token_env is None:
+            raise invalid("the admin API loads and unloads models: it needs a bearer token "
+                          "(server.token_file or server.token_env)", "admin")
         return self
 
 
@@ -117,28 +127,95 @@ class TracingConfig(Section):
     """service.name of the spans; null: OTEL_SERVICE_NAME, else tessera."""
 
 
+# What a served model is called: what requests, metrics and the admin API name it by.
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ServedModelConfig(ModelConfig):
+    """One entry of `models:`: a model section with the name requests give (`model` in
+    GenerateRequest), an optional version, and the OP settings this model needs beside the
+    graph's (`ops: {sample: {batch_size: 16}}`; `settings` merge key by key)."""
+    name: str = Field(pattern=MODEL_NAME)
+    """What requests name the model by (letters, digits, `.`, `_`, `-`; at most 64)."""
+    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    """Its version, as ListModels reports it; none: 1, and a replacement counts up from the
+    version it replaces."""
+    ops: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-OP overrides of the graph for this model: `{sample: {batch_size: 16, settings: {...}}}`."""
+
+    @property
+    def section(self) -> dict[str, Any]:
+        """The model section's own keys (path, bpe_path, vae, clip, dtype): what fills its OPs."""
+        return {key: getattr(self, key) for key in MODEL_KEYS}
+
+
 class AppConfig(Section):
-    """The whole configuration file: `model`, `server` and `graph`. (`model: PATH` is short for
+    """The whole configuration file: `model` (or `models`), `server` and `graph`; every section
+    may be left out, taking the shipped defaults. (`model: PATH` is short for
     `model: {path: PATH}`.)"""
     legacy_model_dir: Path | None = Field(None, alias="model_dir")
     """The older spelling of `model.path` (keep one of the two)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
-    """Which model to serve."""
+    """Which model to serve (one; for several, `models`)."""
+    models: list[ServedModelConfig] = Field(default_factory=list)
+    """Several models in one server, each a model section with a `name` (requests name it; an
+    empty name asks for the first). Without it, `model` is the one model, named after its files."""
     server: ServerConfig = Field(default_factory=ServerConfig)
     """The front doors."""
-    graph: GraphConfig
-    """The OPs and how they connect."""
+    graph: GraphConfig = Field(default_factory=lambda: copy.deepcopy(DEFAULT_CONFIG["graph"]), validate_default=True)
+    """The OPs and how they connect (the first model's; every model serves the same graph, with
+    its own files and `ops` overrides)."""
+    _graphs: list[GraphConfig] = PrivateAttr(default_factory=list)
+    _raw_graph: dict | None = PrivateAttr(None)  # the graph as written, for models loaded later
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     """OpenTelemetry traces (off unless an OTLP endpoint is set)."""
 
     @property
     def model_dir(self) -> str | None:
-        return self.model.path
+        return self.served[0].path
+
+    @property
+    def served(self) -> list[ServedModelConfig]:
+        """The models to serve, the first first: `models`, or `model` named after its files."""
+        if self.models:
+            return list(self.models)
+        return [ServedModelConfig(name=model_name_of(self.model.path), **self.model.model_dump())]
+
+    @property
+    def graphs(self) -> list[GraphConfig]:
+        """Each served model's graph, in `served`'s order (the first is `graph`)."""
+        return [self.graph, *self._graphs]
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> AppConfig:
+        """The whole file -> the configuration, every model's graph checked: a mistake in the
+        second model's files or overrides names `models.1....`."""
+        config = super().from_dict(raw)
+        config._raw_graph = copy.deepcopy(raw.get("graph") or DEFAULT_CONFIG["graph"])
+        for i, entry in enumerate(config.served):
+            try:
+                _check_overrides(config._raw_graph, entry)
+                if i:
+                    config._graphs.append(GraphConfig.from_dict(model_graph(config._raw_graph, entry)))
+            except ConfigError as exc:
+                raise ConfigError(f"models.{i}.{_graph_key(exc.key)}", exc.message) from None
+        return config
+
+    def graph_of(self, entry: ServedModelConfig) -> GraphConfig:
+        """The graph `entry` serves (a model loaded at run time, through the admin API), checked:
+        ConfigError names the key in the model section."""
+        template = self._raw_graph or DEFAULT_CONFIG["graph"]
+        try:
+            _check_overrides(template, entry)
+            return GraphConfig.from_dict(model_graph(template, entry))
+        except ConfigError as exc:
+            raise ConfigError(_graph_key(exc.key), exc.message) from None
 
     @model_validator(mode="before")
     @classmethod
     def _model_section(cls, raw: Any) -> Any:
-        """`model: PATH` -> `model: {path: PATH}`; the older `model_dir: PATH` -> model.path."""
+        """`model: PATH` -> `model: {path: PATH}`; the older `model_dir: PATH` -> model.path;
+        `models` alone, or `model` alone."""
         if not isinstance(raw, dict):
             raise invalid("the configuration must be a mapping")
         model = raw.get("model")
@@ -149,26 +226,75 @@ class AppConfig(Section):
                 raise invalid("names the model a second time; keep model.path alone", "model_dir")
             if isinstance(model_dir, str) and model_dir.strip():
                 model = {**model, "path": model_dir}
+        models = raw.get("models")
+        if models is not None and (model_dir is not None or (isinstance(model, dict) and any(
+                v is not None for v in model.values()))):
+            raise invalid("names a model beside `models`; list every model under `models`", "model")
+        if isinstance(models, list):
+            names = [m.get("name") for m in models if isinstance(m, dict)]
+            for i, name in enumerate(names):
+                if name is not None and names.index(name) != i:
+                    raise invalid(f"the name {name!r} is given to two models; each needs its own",
+                                  f"models.{i}.name")
         return {**raw, "model": model}
 
     @field_validator("graph", mode="before")
     @classmethod
     def _one_model_for_every_op(cls, graph: Any, info: ValidationInfo) -> Any:
-        """The `model` section fills the settings of each OP whose Settings has a model_dir,
-        unless the OP sets its own."""
-        model = info.data.get("model")
-        given = {setting: getattr(model, key) for key, setting in MODEL_KEYS.items()
-                 if model is not None and getattr(model, key) is not None}
-        if not (given and isinstance(graph, dict) and isinstance(graph.get("ops"), dict)):
+        """The first model's section fills the settings of each OP whose Settings has a
+        model_dir, unless the OP (or the model's `ops`) sets its own."""
+        models = info.data.get("models") or []
+        entry = models[0] if models else info.data.get("model")
+        if entry is None or not isinstance(graph, dict):
             return graph
-        graph = copy.deepcopy(graph)
-        for op in graph["ops"].values():
-            if isinstance(op, dict) and "model_dir" in (takes := _settings_of(op)):
-                settings = op.setdefault("settings", {})
-                for setting, value in given.items():
-                    if setting in takes:  # dtype: only the OPs that compute with a model
-                        settings.setdefault(setting, value)
+        return model_graph(graph, entry)
+
+
+def model_name_of(path: str | None) -> str:
+    """The name a model given by its files alone serves under: its file's or folder's name
+    (`dalle.pt` -> `dalle`, `/models/mini` -> `mini`), `shapes-dalle` for the bundled one."""
+    if path is None:
+        return "shapes-dalle"
+    name = PurePath(path.rstrip("/\\")).name
+    name = name.removesuffix(".pt") if name.endswith(".pt") and len(name) > 3 else name
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("._-")[:64]
+    return name or "model"
+
+
+def model_graph(graph: dict, entry: ModelConfig) -> dict:
+    """The raw graph `entry` serves: its `ops` overrides merged in (settings key by key), then
+    its files and dtype in every OP whose Settings takes them, unless that OP sets its own."""
+    if not isinstance(graph.get("ops"), dict):
         return graph
+    graph = copy.deepcopy(graph)
+    for name, override in getattr(entry, "ops", {}).items():
+        op = graph["ops"].get(name)
+        if not isinstance(op, dict):
+            continue  # _check_overrides names it
+        settings = {**(op.get("settings") or {}), **(override.get("settings") or {})}
+        op.update({**override, **({"settings": settings} if settings else {})})
+    given = {setting: getattr(entry, key) for key, setting in MODEL_KEYS.items() if getattr(entry, key) is not None}
+    for op in graph["ops"].values():
+        if given and isinstance(op, dict) and "model_dir" in (takes := _settings_of(op)):
+            settings = op.setdefault("settings", {})
+            for setting, value in given.items():
+                if setting in takes:  # dtype: only the OPs that compute with a model
+                    settings.setdefault(setting, value)
+    return graph
+
+
+def _check_overrides(graph: dict, entry: ServedModelConfig) -> None:
+    """ConfigError for an `ops` override naming an OP the graph does not have."""
+    ops = graph.get("ops") if isinstance(graph.get("ops"), dict) else {}
+    for name in entry.ops:
+        if name not in ops:
+            raise ConfigError(f"ops.{name}", f"the graph has no OP {name!r}; it has {', '.join(ops)}")
+
+
+def _graph_key(key: str) -> str:
+    """A graph's ConfigError key as the model section says it: `ops.sample...` (from the
+    model's `ops` overrides, or the graph's own), the graph's keys under `graph.`."""
+    return key if key.startswith("ops.") else f"graph.{key}"
 
 
 

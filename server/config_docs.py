@@ -43,7 +43,8 @@ def config_schema() -> dict[str, Any]:
     _factory_defaults(schema, AppConfig)
     for node in [schema, *defs.values()]:  # an empty section (`server:`) means its defaults
         for name, prop in node.get("properties", {}).items():
-            if "$ref" in prop and name not in node.get("required", ()):
+            if ("$ref" in prop and name not in node.get("required", ())
+                    and not defs[prop["$ref"].rsplit("/", 1)[-1]].get("required")):  # `graph:` empty is no graph
                 ref = prop.pop("$ref")
                 prop["anyOf"] = [{"$ref": ref}, {"type": "null"}]
     schema["properties"]["model"]["anyOf"].insert(1, {"type": "string", "minLength": 1})  # model: PATH

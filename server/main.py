@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import copy
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from tessera.ops.families.base import ModelLoadError
-from tessera.server.config import AppConfig, override_model
+from tessera.server.config import MODEL_NAME, AppConfig, override_model
 from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError
 from tessera.server.engine import run as run_event_loop
@@ -30,9 +31,11 @@ EXIT_PORT_IN_USE = 3
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
                 ray_address: str | None = None, http_port: int | None = None,
                 model: dict[str, str | None] | None = None, device: str | None = None,
+                models: list[str] | None = None, admin: bool = False,
                 otlp_traces_endpoint: str | None = None) -> AppConfig:
     """The configuration file (or the shipped one) with the command line's overrides; `model`
-    holds --model/--bpe-path/--vae/--clip by the `model` section's keys; `device` (--device)
+    holds --bpe-path/--vae/--clip/--dtype (and a path) by the `model` section's keys; `models`
+    the --model values (PATH once, or NAME=PATH each time: several models); `device` (--device)
     becomes the `devices` of every OP that computes on a device (not the tokenizer)."""
     if path:
         try:
@@ -50,18 +53,67 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
                            ("http_port", http_port)):
             if value is not None:
                 server[key] = value
+        if admin:
+            server["admin"] = True
         if ray_address is not None and isinstance(raw.get("graph"), dict):
             raw["graph"]["ray_address"] = ray_address
         if otlp_traces_endpoint is not None:
             tracing = raw.get("tracing")
             raw["tracing"] = {**(tracing if isinstance(tracing, dict) else {}),
                               "otlp_traces_endpoint": otlp_traces_endpoint}
-        override_model(raw, model or {})
+        model = dict(model or {})
+        named = named_models(models or [])
+        if named is None:  # one plain --model PATH (or none): today's model section
+            if models:
+                model["path"] = models[0]
+                raw.pop("models", None)
+            if raw.get("models") and any(v is not None for v in model.values()):
+                _override_entries(raw["models"], model)
+            else:
+                override_model(raw, model)
+        else:
+            raw.pop("model", None)
+            raw.pop("model_dir", None)
+            raw["models"] = [{"name": name, "path": file or None} for name, file in named]
+            _override_entries(raw["models"], model)
         if (model or {}).get("dtype") is not None:
             _drop_op_dtypes(raw.get("graph"))
         if device is not None:
             _set_device(raw.get("graph"), device)
     return AppConfig.from_dict(raw)
+
+
+def named_models(values: list[str]) -> list[tuple[str, str]] | None:
+    """--model's values: None for one plain PATH (or none); else each NAME=PATH as (name, path),
+    ConfigError for a plain PATH given twice or beside named ones (which would win is a guess)."""
+    named = [v.partition("=")[::2] for v in values if _is_named(v)]
+    plain = [v for v in values if not _is_named(v)]
+    if not named:
+        if len(plain) > 1:
+            raise ConfigError("--model", f"is given {len(plain)} times as a plain PATH; to serve several models "
+                                         "name each one: --model NAME=PATH (e.g. --model mini=/models/mini)")
+        return None
+    if plain:
+        raise ConfigError("--model", f"{plain[0]!r} has no name beside named models; give it one: --model NAME=PATH")
+    return named
+
+
+def _is_named(value: str) -> bool:
+    """NAME=PATH: a model name before the first `=` (a path may hold `=` after a `/`)."""
+    name, eq, _ = value.partition("=")
+    return bool(eq) and re.fullmatch(MODEL_NAME, name) is not None
+
+
+def _override_entries(entries: list, given: dict[str, str | None]) -> None:
+    """--dtype for every model; --bpe-path, --vae and --clip for the one model they can belong to."""
+    given = {k: v for k, v in given.items() if v is not None}
+    files = sorted(k for k in given if k != "dtype")
+    if files and len(entries) > 1:
+        raise ConfigError(f"--{files[0].replace('_', '-')}", "belongs to one model and several are served; "
+                                                             "give each model its files under `models:` in a configuration")
+    for entry in entries:
+        if isinstance(entry, dict):
+            entry.update(given)
 
 
 def _drop_op_dtypes(graph: object) -> None:
@@ -122,10 +174,12 @@ async def _serve(config: AppConfig) -> int:
     metrics = f"; metrics on http://{config.server.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
     scheme = "https" if config.server.tls_cert_file else "http"
     web = f"; HTTP and the web page on {scheme}://{config.server.host}:{server.http_port}/" if server.http_port is not None else ""
-    info = server.service.info  # what start() described, not described again
-    precision = precision_text(info["precision"])
-    print(f"tessera: serving '{info['name']}' on {config.server.host}:{port}{metrics}{web}"
-          + (f"; precision: {precision}" if precision else ""), flush=True)
+    served = list(server.models)  # what start() described, not described again
+    names = ", ".join(f"'{m.name}'" if m.name == m.info["name"] else f"{m.name} ('{m.info['name']}')" for m in served)
+    precision = precision_text(served[0].info["precision"]) if len(served) == 1 else ""
+    print(f"tessera: serving {names} on {config.server.host}:{port}{metrics}{web}"
+          + (f"; precision: {precision}" if precision else "")
+          + ("; admin API on" if config.server.admin else ""), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,10 +194,15 @@ async def _serve(config: AppConfig) -> int:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """`tessera serve`'s arguments (the command line is tessera.server.cli)."""
     ap.add_argument("--config", help="YAML configuration (default: the bundled model on the CPU)")
-    ap.add_argument("--model", metavar="PATH",
+    ap.add_argument("--model", metavar="[NAME=]PATH", action="append",
                     help="the model to serve (model.path): a Tessera model directory, a DALLE-pytorch "
                          "checkpoint (.pt, as train_dalle.py writes it), or the directory holding "
-                         "min-dalle's dalle_bart_mega/ or dalle_bart_mini/ and vqgan/ (default: the bundled model)")
+                         "min-dalle's dalle_bart_mega/ or dalle_bart_mini/ and vqgan/ (default: the bundled "
+                         "model). NAME=PATH, repeated, serves several models in one server (requests name "
+                         "one; `NAME=` alone is the bundled model); a plain PATH is given once")
+    ap.add_argument("--admin", action="store_true",
+                    help="turn on the admin API (server.admin): load, replace and unload models while serving; "
+                         "needs a bearer token (server.token_file or server.token_env)")
     ap.add_argument("--bpe-path", metavar="FILE",
                     help="DALLE-pytorch: the tokenizer the checkpoint was trained with: CLIP's BPE merges "
                          "(bpe_simple_vocab_16e6.txt, plain or .gz) or a tokenizers JSON (model.bpe_path)")
@@ -180,15 +239,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.host, args.port, args.metrics_port,
                              ray_address=args.ray_address, http_port=args.http_port,
-                             model={"path": args.model, "bpe_path": args.bpe_path, "vae": args.vae,
-                                    "clip": args.clip, "dtype": args.dtype},
-                             device=args.device, otlp_traces_endpoint=args.otlp_traces_endpoint)
+                             model={"bpe_path": args.bpe_path, "vae": args.vae, "clip": args.clip,
+                                    "dtype": args.dtype},
+                             device=args.device, models=args.model, admin=args.admin,
+                             otlp_traces_endpoint=args.otlp_traces_endpoint)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:  # before any port is bound: a path that names no model is one line and exit 2
         from tessera.ops.families import family_of
-        family_of(config.model.path)
+        for entry in config.served:
+            family_of(entry.path)
     except ModelLoadError as exc:
         print(f"tessera serve: cannot load the model: {exc}", file=sys.stderr)
         return EXIT_CONFIG

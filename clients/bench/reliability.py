@@ -121,11 +121,16 @@ class Server:
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
 
     def metrics(self) -> dict[tuple[str, str], float]:
-        """{(sample name, outcome label or ''): value} from the Prometheus endpoint."""
+        """{(sample name, outcome label or ''): value} from the Prometheus endpoint, summed over
+        the other labels (a server of several models has one series per model)."""
         from prometheus_client.parser import text_string_to_metric_families
         body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        return {(s.name, s.labels.get("outcome", "")): s.value
-                for fam in text_string_to_metric_families(body) for s in fam.samples}
+        out: dict[tuple[str, str], float] = {}
+        for fam in text_string_to_metric_families(body):
+            for s in fam.samples:
+                key = (s.name, s.labels.get("outcome", ""))
+                out[key] = out.get(key, 0.0) + s.value
+        return out
 
     def requests_total(self) -> dict[str, float]:
         return {k[1]: v for k, v in self.metrics().items() if k[0] == "tessera_requests_total"}

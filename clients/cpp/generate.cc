@@ -2,6 +2,7 @@
 //
 //   tessera_generate "a small red circle in the top left on a blue background" \
 //       --server 127.0.0.1:50051 --num-images 2 --candidates 8 --seed 7 --out out
+//   tessera_generate "a red circle" --model mini   # a server of several models: which one draws
 //
 // Streams the request (GenerateStream): progress on stderr when it is a terminal, then
 // one line per image on stdout: its file, CLIP score and seed.
@@ -27,7 +28,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: tessera_generate PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] "
-    "[--seed N] [--timeout SECONDS] [--out DIR, default ./tessera-out]\n";
+    "[--seed N] [--model NAME, default the server's first] [--timeout SECONDS] "
+    "[--out DIR, default ./tessera-out]\n";
 
 struct Options {
   std::string prompt;
@@ -35,6 +37,7 @@ struct Options {
   uint32_t num_images = 1;
   uint32_t candidates = 0;
   uint64_t seed = 0;
+  std::string model;  // empty: the server's first model
   double timeout_s = 300;
   std::string out = "tessera-out";
 };
@@ -69,6 +72,9 @@ bool Parse(int argc, char** argv, Options* opt) {
       } else if (arg == "--seed") {
         if (!(v = value("--seed"))) return false;
         opt->seed = std::stoull(v);
+      } else if (arg == "--model") {
+        if (!(v = value("--model"))) return false;
+        opt->model = v;
       } else if (arg == "--timeout") {
         if (!(v = value("--timeout"))) return false;
         opt->timeout_s = std::stod(v);
@@ -118,6 +124,7 @@ int main(int argc, char** argv) {
   request.set_num_images(opt.num_images);
   request.set_num_candidates(opt.candidates);
   request.set_seed(opt.seed);
+  request.set_model(opt.model);
 
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

@@ -2,6 +2,7 @@
 // Generate images through a running Tessera server and write them as PNGs, best first.
 //
 //   node generate.js "a small red circle in the top left on a blue background" --num-images 2 --seed 7 --out out
+//   node generate.js "a red circle" --model mini   # a server of several models: which one draws
 "use strict";
 
 const fs = require("fs");
@@ -9,7 +10,7 @@ const path = require("path");
 const { parseArgs } = require("util");
 const { TesseraClient } = require("./tessera");
 
-const USAGE = `usage: node generate.js PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] [--seed N] [--out DIR, default ./tessera-out]`;
+const USAGE = `usage: node generate.js PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] [--seed N] [--model NAME, default the server's first] [--out DIR, default ./tessera-out]`;
 
 async function main() {
   const { values, positionals } = parseArgs({
@@ -19,6 +20,7 @@ async function main() {
       "num-images": { type: "string", default: "1" },
       candidates: { type: "string", default: "0" },
       seed: { type: "string", default: "0" },
+      model: { type: "string", default: "" },
       out: { type: "string", default: "tessera-out" },
       help: { type: "boolean", short: "h" },
     },
@@ -35,6 +37,7 @@ async function main() {
         num_images: Number(values["num-images"]),
         num_candidates: Number(values.candidates),
         seed: values.seed,  // a decimal string: uint64 seeds survive intact
+        model: values.model,  // "": the server's first model
       },
       (p) => process.stderr.isTTY && process.stderr.write(`\r${p.stage} ${p.completed}/${p.total}`),
     );

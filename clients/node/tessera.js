@@ -5,6 +5,10 @@
 //   const client = new TesseraClient("127.0.0.1:50051");
 //   const result = await client.generate({ prompt: "a red circle", num_images: 2, seed: 7 });
 //   fs.writeFileSync("best.png", result.images[0].png);   // best CLIP score first
+//
+// A server of several models: `await client.listModels()` names them (the first is what a
+// request without `model` gets); `generate({ prompt, model: "mini" })`, `info("mini")`.
+// An unknown name is a TesseraError with code NOT_FOUND, its message naming the models served.
 "use strict";
 
 const path = require("path");
@@ -70,9 +74,24 @@ class TesseraClient {
     });
   }
 
-  info() {
+  // The named model's ServerInfo ("" or none: the server's first model).
+  info(model = "") {
     return new Promise((resolve, reject) => {
-      this.stub.GetInfo({}, ...this._call(), (err, info) => (err ? reject(new TesseraError(err)) : resolve(info)));
+      this.stub.GetInfo({ model }, ...this._call(), (err, info) => (err ? reject(new TesseraError(err)) : resolve(info)));
+    });
+  }
+
+  // Resolves to [{ name, version, model_kind, model_name, state, load_ms }], the first model first.
+  // A server from before ListModels (UNIMPLEMENTED) serves one model: it is listed from GetInfo,
+  // named "" (the name that asks for it).
+  listModels() {
+    return new Promise((resolve, reject) => {
+      this.stub.ListModels({}, ...this._call(), (err, response) => {
+        if (!err) return resolve(response.models);
+        if (err.code !== grpc.status.UNIMPLEMENTED) return reject(new TesseraError(err));
+        this.info().then((info) => resolve([{ name: "", version: info.version, model_kind: info.model_kind,
+                                              model_name: info.model_name, state: "serving", load_ms: 0 }]), reject);
+      });
     });
   }
 

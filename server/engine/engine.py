@@ -24,7 +24,7 @@ from tessera.server.engine.errors import (Cancelled, DeadlineExceeded, EngineErr
                                   OpFailed, Overloaded, ShuttingDown)
 from tessera.server.engine.metrics import EngineMetrics
 from tessera.server.engine.observe import LogObserver, MetricsObserver, Observer, Observers
-from tessera.server.engine.platforms import Platforms
+from tessera.server.engine.platforms import DeviceTurns, Platforms
 from tessera.server.engine.policy import Policy
 from tessera.server.engine.request import Request, Result, StageTiming
 from tessera.server.engine.stage import OpStage, gather_settled
@@ -36,10 +36,15 @@ _OUTCOMES = {InvalidInput: "invalid_input", Overloaded: "overloaded", DeadlineEx
 
 
 class Engine:
-    def __init__(self, config: GraphConfig, metrics: EngineMetrics | None = None, *,
-                 observers: list[Observer] | None = None, name: str = ""):
+    def __init__(self, config: GraphConfig, metrics: EngineMetrics | None = None, *, name: str = "",
+                 turns: DeviceTurns | None = None, ray: Any = None, observers: list[Observer] | None = None):
+        """`name`: the model this engine serves (a server of several models runs one engine
+        each); `turns`: the device turns it shares with those engines (None: its own); `ray`:
+        the Ray connection they share (a workers.ray.RayConnection its owner closes; None: the
+        engine opens its own when an OP runs in mode ray, and closes it when it stops);
+        `observers`: subscribers to the request's life beside metrics and logs (observe.py)."""
         self.config = config
-        self.name = name  # the model this engine serves (traces name it)
+        self.name = name
         self.metrics = metrics or EngineMetrics()
         # Metrics and logs first; tracing (server/tracing.py) and tests add theirs.
         self.observers = Observers([MetricsObserver(self.metrics), LogObserver(), *(observers or [])])
@@ -50,10 +55,11 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.accepting = False
         self._idle = asyncio.Event()
-        self.platforms = Platforms(config)  # how workers compute on each device (platforms/)
+        self.platforms = Platforms(config, turns)  # how workers compute on each device (platforms/)
         self._health_listeners: list[Callable[[bool], None]] = []
         self._serving = False
         self._ray = None  # the Ray connection, when an OP runs in mode: ray
+        self._shared_ray = ray
 
     # -- health ----------------------------------------------------------------------------
     @property
@@ -81,7 +87,7 @@ class Engine:
         self.platforms.open()
         if any(op.mode == "ray" for op in self.config.ops.values()):
             from tessera.server.engine.workers.ray import RayConnection
-            self._ray = RayConnection(self.config.ray_address)
+            self._ray = self._shared_ray or RayConnection(self.config.ray_address)
             await asyncio.get_running_loop().run_in_executor(None, self._ray.open)
         self.stages = {name: OpStage(self, cfg) for name, cfg in self.config.ops.items()}
         await gather_settled(stage.start() for stage in self.stages.values())  # every setup ended
@@ -183,6 +189,12 @@ class Engine:
         if not self.requests:
             self._idle.set()
 
+    async def drain(self) -> None:
+        """Stop admitting and wait until every admitted request has ended (each ends by its
+        own deadline at the latest): a replaced or unloaded model's engine, before it stops."""
+        self.accepting = False
+        await self._idle.wait()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop admitting, let in-flight requests finish within the grace, then stop workers."""
         self.accepting = False
@@ -196,7 +208,7 @@ class Engine:
             self.fail(request, ShuttingDown("the server shut down before the request finished"))
         await asyncio.gather(*(stage.stop() for stage in self.stages.values()))
         self.platforms.close()
-        if self._ray is not None:
+        if self._ray is not None and self._ray is not self._shared_ray:
             self._ray.close()
         self._serving = False
 

@@ -103,6 +103,9 @@ class Observer:
     def worker_replaced(self, op: str, worker: Worker) -> None:
         """A lost worker started again."""
 
+    def workers_closed(self, op: str, live: int) -> None:
+        """The OP stopped; its `live` workers are no longer up."""
+
 
 class Observers(Observer):
     """The engine's subscribers, told in order; one that raises is logged and skipped."""
@@ -134,7 +137,7 @@ def _fan_out(name: str):
 
 for _name in ("refused", "admitted", "queued", "channel_depth", "batched", "joined", "evicted", "computed",
               "stage_done", "finished", "failed", "device_waited", "worker_up", "worker_lost",
-              "worker_replaced"):
+              "worker_replaced", "workers_closed"):
     setattr(Observers, _name, _fan_out(_name))
 
 
@@ -143,7 +146,10 @@ class MetricsObserver(Observer):
     and labels as before it existed."""
 
     def __init__(self, metrics: EngineMetrics):
+        from tessera.server.engine.metrics import level
         self.m = metrics
+        self._level = level
+        self._depth: dict[str, Any] = {}  # per OP, a setter that moves the gauge by differences
 
     def refused(self, outcome: str, priority: int) -> None:
         self.m.requests.labels(outcome).inc()
@@ -152,7 +158,11 @@ class MetricsObserver(Observer):
         self.m.inflight.inc()
 
     def channel_depth(self, op: str, depth: int) -> None:
-        self.m.depth.labels(op).set(depth)
+        # By differences, not set: two versions of one model each add their part (metrics.level).
+        setter = self._depth.get(op)
+        if setter is None:
+            setter = self._depth[op] = self._level(self.m.depth.labels(op))
+        setter(depth)
 
     def batched(self, op: str, worker: Worker, tasks: Sequence[RowTask], start: float) -> None:
         queue = self.m.queue.labels(op)
@@ -194,14 +204,17 @@ class MetricsObserver(Observer):
         self.m.device_wait.labels(op).observe(seconds)
 
     def worker_up(self, op: str, worker: Worker, live: int) -> None:
-        self.m.live_workers.labels(op).set(live)
+        self.m.live_workers.labels(op).inc()  # inc/dec, not set: two versions of one model add up
 
     def worker_lost(self, op: str, worker: Worker, rows: int, live: int) -> None:
-        self.m.live_workers.labels(op).set(live)
+        self.m.live_workers.labels(op).dec()
         self.m.rows_retried.labels(op).inc(rows)
 
     def worker_replaced(self, op: str, worker: Worker) -> None:
         self.m.worker_restarts.labels(op).inc()
+
+    def workers_closed(self, op: str, live: int) -> None:
+        self.m.live_workers.labels(op).dec(live)
 
 
 class LogObserver(Observer):

@@ -64,6 +64,10 @@ class Op:
     def setup(self, device: str) -> None:
         """Called once per worker, on the worker, before any row: load what you need."""
 
+    def teardown(self) -> None:
+        """Called once when the worker closes (its model unloaded or replaced, the server
+        stopping): let go of what `setup` holds beyond this object, e.g. a shared model."""
+
     def split(self, value: Any) -> list[Any]:
         """The rows one request contributes (a prompt with 16 candidates is 16 rows)."""
         return [value]

@@ -137,6 +137,8 @@ def config_error(exc: ValidationError, root: type, raw: Any, prefix: str = "") -
         message = f"unknown key; expected one of {sorted(_keys(hint))}"
     elif kind == "missing":
         message = "is required"
+    elif kind == "string_pattern_mismatch":
+        message = f"must match {err['ctx']['pattern']}, got {value!r}"
     elif kind in ("value_error", "assertion_error"):
         message = str(err["ctx"]["error"]) if err.get("ctx") else err["msg"]
     else:  # a wrong type or a value out of its range: say what the key takes
@@ -148,7 +150,8 @@ def config_error(exc: ValidationError, root: type, raw: Any, prefix: str = "") -
 def _locate(root: type, raw: Any, loc: list) -> tuple[list[str], Any, Any, bool]:
     """Walk `loc` down the types from `root`: the key's parts, the type found there, the raw
     value there, and whether the whole loc was walked. The walk stops at a union or a list, so
-    a mistake inside one names the key that holds it and describes all the key takes."""
+    a mistake inside one names the key that holds it and describes all the key takes (a list
+    of sections, `models`, is walked into: the entry's key is named)."""
     hint, value, parts = root, raw, []
     for elem in loc:
         base, _ = _unwrap(_non_null(_unwrap(hint)[0]))
@@ -165,11 +168,20 @@ def _locate(root: type, raw: Any, loc: list) -> tuple[list[str], Any, Any, bool]
             hint = hints[elem]
         elif origin is dict:
             hint = typing.get_args(base)[1] if typing.get_args(base) else Any
+        elif origin is list and isinstance(elem, int) and _is_section(typing.get_args(base)):
+            hint = typing.get_args(base)[0]  # a list of sections (`models`): name the entry's key
+            value = value[elem] if isinstance(value, list) and elem < len(value) else None
+            parts.append(str(elem))
+            continue
         else:
             return parts, hint, value, False
         parts.append(str(elem))
         value = value.get(elem) if isinstance(value, Mapping) else None
     return parts, hint, value, True
+
+
+def _is_section(args: tuple) -> bool:
+    return len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel)
 
 
 def _non_null(hint: Any) -> Any:

@@ -213,6 +213,7 @@ class OpStage:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(w.close() for w in self.workers), return_exceptions=True)
+        self.supervisor.close()
 
     async def _serve(self, worker: Worker) -> None:
         """Run the worker's loop; when the worker is lost, replace it and go on."""

@@ -3,8 +3,10 @@
     app = build_app(service, token=None, health=lambda: engine.accepting)
 
 POST /v1/generate and /v1/generate:stream (Server-Sent Events) take a GenerateRequest as
-JSON; GET /v1/info answers ServerInfo; /readyz follows the engine; /openapi.json describes
-them; / is the web page. Failures answer google.rpc.Status JSON with the HTTP status that
+JSON (its `model` names a served model; empty: the first); GET /v1/models lists the models
+served, GET /v1/info?model=NAME answers that model's ServerInfo; with `server.admin`, POST
+/v1/models/NAME:load (a ModelSection) and /v1/models/NAME:unload load, replace and unload
+models; /readyz follows the models; /openapi.json describes them; / is the web page. Failures answer google.rpc.Status JSON with the HTTP status that
 rpc.status derives from the gRPC code, and the message gRPC would send with the request
 fields it names (InvalidInput.fields) spelled as the JSON spells them: numImages, not num_images.
 """
@@ -35,23 +37,26 @@ from starlette.staticfiles import StaticFiles
 from tessera.server.engine import EngineError
 from tessera.server.engine.logs import request_id as request_id_var
 from tessera.server.http.openapi import openapi_document
+from tessera.server.rpc.admin import ModelAdmin
 from tessera.server.rpc.auth import MESSAGE as AUTH_MESSAGE
 from tessera.server.rpc.auth import BearerToken
 from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.interceptors import CallCounter
-from tessera.server.rpc.status import (InvalidRequest, Unauthenticated, UnsupportedMediaType, http_status_for,
-                                       http_status_of, outcome_for, status_for)
+from tessera.server.rpc.status import (AdminOff, InvalidRequest, Unauthenticated, UnsupportedMediaType,
+                                       http_status_for, http_status_of, outcome_for, status_for)
 from tessera.server.rpc.validation import MAX_REQUEST_ID_CHARS
 from tessera.server.tracing import trace_headers
 from tessera.v1 import image_generation_pb2 as pb
 
 log = logging.getLogger("tessera.http")
+ADMIN_OFF = ("the admin API is off on this server; start it with server.admin: true (tessera serve --admin) "
+             "and a bearer token (server.token_file)")
 STATIC = Path(__file__).resolve().parent / "static"
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
 def build_app(service: GenerationService, *, token: str | None, health: Callable[[], bool],
-              calls: CallCounter | None = None) -> Starlette:
+              calls: CallCounter | None = None, admin: ModelAdmin | None = None) -> Starlette:
     bearer = BearerToken(token) if token else None
     count = calls.count if calls is not None else (lambda outcome: None)
     limit = service.limits.max_message_bytes
@@ -127,15 +132,42 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
     async def info(request: Request) -> Response:
         try:
             authorize(request)
+            return _json(service.get_info(request.query_params.get("model", "")), "")
         except EngineError as exc:
             return _error(exc, "")
-        return _json(service.get_info(), "")
+
+    async def models(request: Request) -> Response:
+        try:
+            authorize(request)
+        except EngineError as exc:
+            return _error(exc, "")
+        return _json(service.list_models(), "")
+
+    async def load(request: Request) -> Response:
+        try:
+            authorize(request)
+            if admin is None:
+                raise AdminOff(ADMIN_OFF)
+            section = await _parse(request, pb.ModelSection, limit)
+            return _json(await admin.load(pb.LoadModelRequest(name=request.path_params["name"], model=section)), "")
+        except EngineError as exc:
+            return _error(exc, "")
+
+    async def unload(request: Request) -> Response:
+        try:
+            authorize(request)
+            if admin is None:
+                raise AdminOff(ADMIN_OFF)
+            return _json(await admin.unload(request.path_params["name"]), "")
+        except EngineError as exc:
+            return _error(exc, "")
 
     async def ready(request: Request) -> Response:
         ok = health()
         return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
 
-    document = openapi_document(version=service.version, auth=bearer is not None, limits=service.limits)
+    document = openapi_document(version=service.version, auth=bearer is not None, limits=service.limits,
+                                admin=admin is not None)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
@@ -147,6 +179,9 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
         Route("/v1/generate", generate, methods=["POST"]),
         Route("/v1/generate:stream", generate_stream, methods=["POST"]),
         Route("/v1/info", info, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{name}:load", load, methods=["POST"]),
+        Route("/v1/models/{name}:unload", unload, methods=["POST"]),
         Route("/readyz", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/", index, methods=["GET"]),
@@ -397,7 +432,8 @@ def _error(exc: EngineError, rid: str) -> Response:
 
 # grpc-gateway's answers for a path or method it does not route: its Status, its codes.
 _ROUTING = {404: (grpc.StatusCode.NOT_FOUND, "no such path: {path}; the API is POST /v1/generate, "
-                                             "POST /v1/generate:stream and GET /v1/info (see /openapi.json)"),
+                                             "POST /v1/generate:stream, GET /v1/info and GET /v1/models "
+                                             "(see /openapi.json)"),
             405: (grpc.StatusCode.UNIMPLEMENTED, "{path} does not take {method}; it takes {allowed}")}
 
 

@@ -31,6 +31,7 @@ ERROR_SCHEMA = {
 _ERRORS = {
     "400": "INVALID_ARGUMENT: malformed JSON, a wrong type, an unknown field, or a value out of bounds",
     "401": "UNAUTHENTICATED: auth is on and the bearer token is missing or wrong",
+    "404": "NOT_FOUND: no model of that name is served (the message names those served)",
     "415": "INVALID_ARGUMENT: the body is not sent as JSON (Content-Type must be application/json)",
     "429": "RESOURCE_EXHAUSTED: the server is at capacity; retry later",
     "499": "CANCELLED: the caller went away",
@@ -38,6 +39,8 @@ _ERRORS = {
     "503": "UNAVAILABLE: the server is shutting down",
     "504": "DEADLINE_EXCEEDED: the request's deadline passed",
 }
+_LOAD_ERRORS = {"429": "RESOURCE_EXHAUSTED: the model does not fit the memory left; the message says what fits",
+                "400": "INVALID_ARGUMENT: the model section or the files cannot serve (the old version serves on)"}
 
 
 def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
@@ -78,12 +81,13 @@ def message_schema(descriptor: Descriptor, *, strict: bool = False) -> dict[str,
 
 def _schemas() -> dict[str, Any]:
     out: dict[str, Any] = {"Status": ERROR_SCHEMA}
-    pending = [pb.GenerateRequest.DESCRIPTOR, pb.GenerateEvent.DESCRIPTOR, pb.ServerInfo.DESCRIPTOR]
+    pending = [pb.GenerateRequest.DESCRIPTOR, pb.GenerateEvent.DESCRIPTOR, pb.ServerInfo.DESCRIPTOR,
+               pb.ListModelsResponse.DESCRIPTOR, pb.ModelSection.DESCRIPTOR]
     while pending:
         d = pending.pop()
         if d.name in out:
             continue
-        out[d.name] = message_schema(d, strict=d.name == "GenerateRequest")
+        out[d.name] = message_schema(d, strict=d.name in ("GenerateRequest", "ModelSection"))
         pending.extend(f.message_type for f in d.fields if f.type == F.TYPE_MESSAGE)
     return out
 
@@ -93,9 +97,15 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {c: {"description": _ERRORS[c], "content": body} for c in codes}
 
 
-def openapi_document(*, version: str, auth: bool, limits: Any = None) -> dict[str, Any]:
+def openapi_document(*, version: str, auth: bool, limits: Any = None, admin: bool = False) -> dict[str, Any]:
+    """This server's API: the admin paths only where `server.admin` turned them on."""
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
-    generate_errors = _errors("400", "401", "415", "429", "499", "500", "503", "504")
+    generate_errors = _errors("400", "401", "404", "415", "429", "499", "500", "503", "504")
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "the model's name, as requests give it"}]
+    admin_errors = {**_errors("401", "404"),
+                    **{c: {**e, "description": _LOAD_ERRORS[c]} for c, e in _errors("400", "429").items()}}
+    status = {"200": {"description": "the model", "content": {"application/json": {"schema": ref("ModelStatus")}}}}
     body = {"required": True, "content": {"application/json": {"schema": ref("GenerateRequest")}}}
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
@@ -123,10 +133,31 @@ def openapi_document(*, version: str, auth: bool, limits: Any = None) -> dict[st
                                       "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                               **generate_errors}}},
             "/v1/info": {"get": {
-                "operationId": "GetInfo", "summary": "The model, its vocabulary, limits and defaults.",
+                "operationId": "GetInfo", "summary": "A model, its vocabulary, limits and defaults.",
+                "parameters": [{"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": "which served model (GET /v1/models); absent: the first"}],
                 "responses": {"200": {"description": "the server",
                                       "content": {"application/json": {"schema": ref("ServerInfo")}}},
+                              **_errors("401", "404")}}},
+            "/v1/models": {"get": {
+                "operationId": "ListModels", "summary": "The models served, the first (what an empty `model` "
+                                                        "names) first.",
+                "responses": {"200": {"description": "the models",
+                                      "content": {"application/json": {"schema": ref("ListModelsResponse")}}},
                               **_errors("401")}}},
+            "/v1/models/{name}:load": {"post": {
+                "operationId": "LoadModel",
+                "summary": "Admin (server.admin): serve a model under `name`, or replace the version serving "
+                           "there; answers once the new version serves. Requests in flight finish on the "
+                           "old version, which is then freed; a load that fails leaves it serving.",
+                "parameters": name,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("ModelSection")}}},
+                "responses": {**status, **admin_errors}}},
+            "/v1/models/{name}:unload": {"post": {
+                "operationId": "UnloadModel",
+                "summary": "Admin (server.admin): stop serving `name`; its requests in flight finish, new ones "
+                           "get 404; answers once it is freed.",
+                "parameters": name, "responses": {**status, **admin_errors}}},
             "/readyz": {"get": {
                 "operationId": "Ready", "summary": "200 while the engine admits requests; 503 while it drains.",
                 "security": [],
@@ -137,6 +168,9 @@ def openapi_document(*, version: str, auth: bool, limits: Any = None) -> dict[st
         },
         "components": {"schemas": _schemas()},
     }
+    if not admin:
+        for path in ("/v1/models/{name}:load", "/v1/models/{name}:unload"):
+            del doc["paths"][path]
     request = doc["components"]["schemas"]["GenerateRequest"]
     request["example"] = {"prompt": "a small red circle in the top left on a blue background",
                           "numImages": 1, "numCandidates": 4, "seed": "7"}

@@ -1,4 +1,5 @@
-"""The ImageGeneration service over gRPC: the shared GenerationService, gRPC's status codes."""
+"""The ImageGeneration and ModelControl services over gRPC: the shared GenerationService and
+ModelAdmin, gRPC's status codes."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +8,7 @@ from contextlib import aclosing
 import grpc
 
 from tessera.server.engine import EngineError
+from tessera.server.rpc.admin import ModelAdmin
 from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.status import status_for
 from tessera.server.tracing import trace_headers
@@ -39,7 +41,36 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServicer):
             await _abort(context, exc)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
-        return self.service.get_info()
+        try:
+            return self.service.get_info(request.model)
+        except EngineError as exc:
+            await _abort(context, exc)
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return self.service.list_models()
+
+
+class ModelControlServicer(pb_grpc.ModelControlServicer):
+    """Registered only with `server.admin: true`, behind the bearer token like every call."""
+
+    def __init__(self, admin: ModelAdmin):
+        self.admin = admin
+
+    async def Load(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatus:
+        try:
+            return await self.admin.load(request)
+        except EngineError as exc:
+            await _abort(context, exc)
+
+    async def Unload(self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatus:
+        try:
+            return await self.admin.unload(request.name)
+        except EngineError as exc:
+            await _abort(context, exc)
+
+    async def List(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return self.admin.list()
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: EngineError):

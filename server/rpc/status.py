@@ -24,8 +24,28 @@ class Unauthenticated(EngineError):
     """Auth is on and the caller's bearer token is missing or wrong (raised by a front door)."""
 
 
+class ModelNotFound(EngineError):
+    """A request or an admin call names a model this server does not serve."""
+
+
+class ModelRefused(InvalidInput):
+    """A model to load has files or a section that cannot serve (the old version, if any, serves on)."""
+
+
+class ModelTooLarge(EngineError):
+    """A model to load does not fit the memory left beside the models that serve."""
+
+
+class AdminOff(EngineError):
+    """An admin call over HTTP to a server started without `server.admin: true`: 404, as for
+    a path not routed (over gRPC the ModelControl service is not registered: UNIMPLEMENTED)."""
+
+
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (AdminOff, grpc.StatusCode.NOT_FOUND),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -54,6 +74,7 @@ _OUTCOMES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.OK: "ok",
     grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
     grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
+    grpc.StatusCode.NOT_FOUND: "not_found",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
     grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
     grpc.StatusCode.CANCELLED: "cancelled",

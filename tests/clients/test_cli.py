@@ -146,3 +146,21 @@ async def test_info_into_a_closed_pipe_ends_quietly(tiny_model_dir):
     async with serving(app_config(tiny_model_dir)) as (server, _):
         code, err = await asyncio.to_thread(_with_reader_gone, "info", "--server", f"127.0.0.1:{server.port}")
     assert (code, err) == (141, "")
+
+
+async def test_model_flag_reaches_the_server_and_info_of_a_server_without_names_says_so(tmp_path, capsys):
+    from tests.clients.recording_server import old_server
+    async with old_server() as (port, recorded):
+        target = f"127.0.0.1:{port}"
+        code = await asyncio.to_thread(main, ["generate", "a red circle", "--model", "mini", "-o", str(tmp_path),
+                                              "--server", target])
+        assert code == 0 and [r.model for r in recorded.generate] == ["mini"]
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, ["info", "--server", target])
+        out, err = capsys.readouterr()
+        assert code == 0 and out.startswith("model      old-model (tessera) 3\n") and "models" not in out
+        assert not err
+        code = await asyncio.to_thread(main, ["info", "--model", "mini", "--server", target])
+        out, err = capsys.readouterr()
+    assert code == 0 and [r.model for r in recorded.info][-2:] == ["", "mini"]  # list_models falls back on GetInfo
+    assert "does not name its models" in err and out.startswith("model      old-model")

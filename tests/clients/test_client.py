@@ -1,13 +1,15 @@
-"""The shipped client spreads calls over several front ends with gRPC's round_robin, and refuses
-at once what gRPC could only fail on later."""
+"""The shipped client spreads calls over several front ends with gRPC's round_robin, refuses
+at once what gRPC could only fail on later, names the model a call asks for, and lists the
+models of a server from before ListModels too."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
-from tessera.clients import AsyncTesseraClient, TesseraClient
+from tessera.clients import AsyncTesseraClient, ModelStatus, TesseraClient
 from tessera.clients.client import channel_target
+from tests.clients.recording_server import old_server
 from tests.server.rpc.conftest import app_config, serving
 
 
@@ -70,3 +72,37 @@ async def test_an_ascii_token_is_sent_as_a_bearer_token(tiny_model_dir, monkeypa
     config = app_config(tiny_model_dir, token_env="TESSERA_TEST_TOKEN")
     async with serving(config, token="my-secret-token") as (_, client):
         assert (await client.info()).image_width == 64
+
+
+
+async def test_a_request_carries_the_model_it_names_and_none_when_it_names_none():
+    async with old_server() as (port, recorded):
+        async with AsyncTesseraClient(f"127.0.0.1:{port}", timeout=10) as client:
+            await client.generate("a red circle", model="mini", seed=3)
+            await client.generate("a red circle")
+            assert [e async for e in client.generate_stream("a red circle", model="mini")][-1].images
+            await client.info(model="mini")
+
+        def blocking() -> None:
+            with TesseraClient(f"127.0.0.1:{port}", timeout=10) as sync:
+                sync.generate("a red circle", model="shapes")
+                list(sync.generate_stream("a red circle", model="shapes"))
+                sync.info(model="shapes")
+        await asyncio.to_thread(blocking)
+    assert [r.model for r in recorded.generate] == ["mini", "", "mini", "shapes", "shapes"]
+    assert recorded.generate[0].seed == 3
+    assert [r.model for r in recorded.info] == ["mini", "shapes"]
+
+
+async def test_a_server_without_list_models_lists_its_one_model_from_get_info():
+    """A server from before ListModels answers UNIMPLEMENTED: the client lists its one model,
+    named "" (the name that asks for it), as GetInfo describes it."""
+    async with old_server() as (port, _):
+        async with AsyncTesseraClient(f"127.0.0.1:{port}", timeout=10) as client:
+            listed = await client.list_models()
+
+        def blocking() -> list[ModelStatus]:
+            with TesseraClient(f"127.0.0.1:{port}", timeout=10) as sync:
+                return sync.list_models()
+        blocking = await asyncio.to_thread(blocking)
+    assert listed == blocking == [ModelStatus("", version="3", model_kind="tessera", model_name="old-model")]

@@ -3,10 +3,12 @@ as the Python client; a refused request is the server's status and message."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 
 from tessera.clients import TesseraClient
 from tests.clients.conftest import NODE_DIR
+from tests.clients.recording_server import old_server
 from tests.server.rpc.conftest import app_config, serving
 
 PROMPT = "a small red circle in the top left on a blue background"
@@ -40,3 +42,23 @@ async def test_node_client_reports_the_servers_refusal(tiny_model_dir, node, tmp
     assert proc.returncode == 1
     assert "INVALID_ARGUMENT" in proc.stderr and "num_images" in proc.stderr
     assert not list(tmp_path.glob("*.png"))
+
+
+async def test_node_client_names_the_model_and_lists_a_server_without_list_models(node, tmp_path):
+    async with old_server() as (port, recorded):
+        target = f"127.0.0.1:{port}"
+        proc = await asyncio.to_thread(subprocess.run, [
+            node, str(NODE_DIR / "generate.js"), "a red circle", "--model", "mini", "--out", str(tmp_path),
+            "--server", target], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        # The library: info names its model; listModels meets UNIMPLEMENTED and lists the one model.
+        script = ("const { TesseraClient } = require('./tessera'); const c = new TesseraClient(process.argv[1]);"
+                  "(async () => { await c.info('mini'); console.log(JSON.stringify(await c.listModels()));"
+                  " c.close(); })().catch((e) => { console.error(e.message); process.exit(1); });")
+        listed = await asyncio.to_thread(subprocess.run, [node, "-e", script, target], capture_output=True, text=True,
+                                         timeout=60, cwd=NODE_DIR)
+    assert [r.model for r in recorded.generate] == ["mini"]
+    assert listed.returncode == 0, listed.stderr
+    assert [r.model for r in recorded.info] == ["mini", ""]
+    assert json.loads(listed.stdout) == [{"name": "", "version": "3", "model_kind": "tessera", "model_name": "old-model",
+                                          "state": "serving", "load_ms": 0}]

@@ -85,7 +85,6 @@ def test_served_graph_is_the_graph_serve_serves_with_the_given_model():
     (lambda c: c["server"].update(tls_cert_file="/x.pem"), "server.tls_cert_file"),
     (lambda c: c["server"].update(colour="red"), "server.colour"),
     (lambda c: c["server"].update(http_port=-2), "server.http_port"),
-    (lambda c: c.pop("graph"), "graph"),
     (lambda c: c["graph"]["ops"]["decode"].update(settings={"dtype": "yes"}),
      "graph.ops.decode.settings.dtype: must be one of auto, float32, bfloat16, float16; got 'yes'"),
     (lambda c: c["graph"]["ops"]["sample"].update(settings={"static_batching": 1}),

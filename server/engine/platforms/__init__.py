@@ -155,9 +155,12 @@ class Platform:
     kind = ""
     Compute: type[Compute] = Compute  # what its OPs ask of the device
 
-    def __init__(self, graph: GraphConfig):
+    def __init__(self, graph: GraphConfig, turns: DeviceTurns | None = None):
         self.graph = graph
-        self._device_threads: dict[str, ComputeThread] = {}
+        # Its devices' compute threads: its own, or those of the engines it serves beside
+        # (`turns`: several models' OPs take one device's turns together).
+        self._turns = turns or DeviceTurns()
+        self._device_threads = self._turns.threads
         self._told: set[str] = set()
 
     def tell_once(self, cfg: OpConfig, level: int, message: str, *args: Any) -> None:
@@ -196,9 +199,24 @@ class Platform:
         """On the event loop's thread, before any worker starts."""
 
     def close(self) -> None:
-        for thread in self._device_threads.values():
+        if not self._turns.shared:
+            self._turns.close()
+
+
+class DeviceTurns:
+    """The compute threads that thread workers on each device share (Platform.device_thread):
+    one engine's own, or, `shared`, those of every engine of a server that serves several
+    models, so that their OPs take the device's turns together, as one model's OPs do; the
+    server closes those when it stops."""
+
+    def __init__(self, shared: bool = False):
+        self.shared = shared
+        self.threads: dict[str, ComputeThread] = {}
+
+    def close(self) -> None:
+        for thread in self.threads.values():
             thread.close()
-        self._device_threads.clear()
+        self.threads.clear()
 
 
 def kind_of(device: str) -> str:
@@ -228,9 +246,9 @@ class Platforms:
     """An engine's platforms, one per kind of device its graph names. The CPU's is always
     there: the event loop runs on the CPU whatever the OPs compute on."""
 
-    def __init__(self, graph: GraphConfig):
+    def __init__(self, graph: GraphConfig, turns: DeviceTurns | None = None):
         kinds = {"cpu"} | {kind_of(d) for op in graph.ops.values() for d in op.devices}
-        self._by_kind = {kind: platform_class(kind)(graph) for kind in sorted(kinds)}
+        self._by_kind = {kind: platform_class(kind)(graph, turns) for kind in sorted(kinds)}
 
     def of(self, device: str) -> Platform:
         return self._by_kind[kind_of(device)]
@@ -254,5 +272,5 @@ class Platforms:
             platform.close()
 
 
-__all__ = ["CALL_MODES", "DTYPES", "Compute", "DeviceHost", "Platform", "Platforms", "WorkerPlan", "compute_for",
+__all__ = ["CALL_MODES", "DTYPES", "Compute", "DeviceHost", "DeviceTurns", "Platform", "Platforms", "WorkerPlan", "compute_for",
            "host_for", "kind_of", "platform_class"]

@@ -86,8 +86,8 @@ class CpuPlatform(Platform):
     kind = "cpu"
     Compute = CpuCompute
 
-    def __init__(self, graph):
-        super().__init__(graph)
+    def __init__(self, graph, turns=None):
+        super().__init__(graph, turns)
         self._loop_threads: int | None = None  # torch's count on the loop's thread before open
 
     @property

@@ -40,8 +40,15 @@ class OpHost:
         self.op, self._keys, self._traces = op, set(), {}
 
     def close(self) -> None:
-        """Free what the host holds outside the OP (the node turn's files); no call may run."""
+        """Free what the host holds: the node turn's files, the OP's own (`teardown`); no call
+        may run."""
         self.device.close()
+        op, self.op = self.op, None
+        if op is not None:
+            try:
+                op.teardown()
+            except Exception:  # noqa: BLE001 - closing goes on; what it held is freed with it
+                log.exception("%s: teardown failed", self.spec.label)
 
     def process(self, rows: list[Any], traces: list[dict[str, str] | None] | None = None) -> list[Any]:
         device = self.device

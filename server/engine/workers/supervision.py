@@ -37,6 +37,12 @@ class Supervisor:
         self._tell.worker_lost(self.op, worker, rows, self.live)
         self._on_change()
 
+    def close(self) -> None:
+        """The OP stopped: its workers are no longer live (a replaced model's old version leaves
+        the model's gauge to the new one's)."""
+        self._tell.workers_closed(self.op, self.live)
+        self.live = 0
+
     async def replace(self, worker: Worker) -> None:
         pause = _FIRST_PAUSE_S
         while True:

@@ -288,7 +288,7 @@ async def test_a_busy_http_port_fails_the_start_naming_it(tiny_model_dir):
         server = TesseraServer(app_config(tiny_model_dir, http_port=port))
         with pytest.raises(PortInUse, match=f"HTTP on 127.0.0.1:{port}"):
             await server.start()
-        assert not server.engine.stages  # refused before any model loaded
+        assert server.engine is None  # refused before any model loaded
         await server.stop(0)
 
 
@@ -373,7 +373,9 @@ async def test_each_request_ends_in_one_log_line_whichever_door(http_served, cap
         "h-sse": ("ok", 1), "g-ok": ("ok", 3), "g-bad": ("INVALID_ARGUMENT", 0)}
     assert all(r.levelno == logging.INFO for r in lines.values())
     assert lines["g-ok"].getMessage().startswith("request g-ok ok in ") and lines["g-ok"].getMessage().endswith(
-        " ms, 3 images")
+        " ms, 3 images, model model")  # the served model's name: its files' (tiny_model_dir is .../model)
+    assert {rid: r.model for rid, r in lines.items()} == {
+        "h-ok": "model", "h-bad": "model", "h-json": "", "h-sse": "model", "g-ok": "model", "g-bad": "model"}
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",

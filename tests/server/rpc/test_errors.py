@@ -166,4 +166,4 @@ async def test_metrics_are_served_over_http(served):
     body = await asyncio.to_thread(
         lambda: urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode())
     assert 'tessera_requests_total{outcome="ok"} 1.0' in body
-    assert 'tessera_op_batch_rows_bucket{le="1.0",op="sample"}' in body
+    assert 'tessera_op_batch_rows_bucket{le="1.0",model="model",op="sample"}' in body

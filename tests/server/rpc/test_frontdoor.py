@@ -190,4 +190,4 @@ async def test_cancelled_and_expired_streams_leave_no_task_or_unretrieved_error(
     noisy = [r.getMessage() for r in caplog.records
              if "destroyed but it is pending" in r.getMessage() or "never retrieved" in r.getMessage()]
     assert noisy == []
-    assert server.engine.metrics.registry.get_sample_value("tessera_inflight_requests") == 0
+    assert server.engine.metrics.registry.get_sample_value("tessera_inflight_requests", {"model": "model"}) == 0

@@ -91,8 +91,8 @@ async def test_losing_a_worker_node_loses_no_request_and_changes_no_image(tiny_m
         assert disturbed == undisturbed  # every request OK, byte-identical images
         assert sampler.node_id != doomed.node_id  # re-created on the node that is left
         reg = engine.metrics.registry
-        assert reg.get_sample_value("tessera_op_worker_restarts_total", {"op": "sample"}) >= 1
-        assert reg.get_sample_value("tessera_op_live_workers", {"op": "sample"}) == 1
+        assert reg.get_sample_value("tessera_op_worker_restarts_total", {"model": engine.name, "op": "sample"}) >= 1
+        assert reg.get_sample_value("tessera_op_live_workers", {"model": engine.name, "op": "sample"}) == 1
         assert engine.serving
         assert await _load(client) == undisturbed  # the replaced actors serve
         assert decoder.node_id != doomed.node_id

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tessera.server.config import Limits
+from tessera.server.config import AppConfig, Limits
 from tessera.server.engine import ConfigError, GraphConfig, InvalidInput, Op
+from tessera.server.models import ModelSet
 from tessera.server.rpc.mapping import PipelineMapping
 from tessera.server.rpc.service import GenerationService
 from tessera.v1 import image_generation_pb2 as pb
-from tests.server.engine.helpers import running
 
 ROOT = Path(__file__).resolve().parents[3]
 HERE = "tests.server.rpc.test_service:"
@@ -48,10 +48,14 @@ class Silent(Op):
         return rows
 
 
-def graph(first: str = "Shout", last: str = "Echoes") -> GraphConfig:
-    return GraphConfig.from_dict({"output": "echo", "ops": {
+def raw_graph(first: str = "Shout", last: str = "Echoes") -> dict:
+    return {"output": "echo", "ops": {
         "shout": {"type": HERE + first, "inputs": ["request"]},
-        "echo": {"type": HERE + last, "inputs": ["shout"]}}})
+        "echo": {"type": HERE + last, "inputs": ["shout"]}}}
+
+
+def graph(first: str = "Shout", last: str = "Echoes") -> GraphConfig:
+    return GraphConfig.from_dict(raw_graph(first, last))
 
 
 def imports(path: Path) -> set[str]:
@@ -73,19 +77,24 @@ def test_the_front_doors_import_no_model(path):
 
 
 async def test_a_graph_of_other_ops_maps_its_own_requests_and_responses(caplog):
-    async with running(graph()) as engine:
-        service = GenerationService(engine, Limits(), info={}, mapping=PipelineMapping.of(engine.config))
+    models = ModelSet(AppConfig.from_dict({"models": [{"name": "shouting"}], "graph": raw_graph()}))
+    await models.start()
+    try:
+        service = GenerationService(models, Limits())
         with caplog.at_level(logging.INFO, logger="tessera.rpc"):
             reply = await service.generate(pb.GenerateRequest(prompt="hi", num_images=2, request_id="r-1"),
                                            timeout_s=10)
             with pytest.raises(InvalidInput, match="say something"):
                 await service.generate(pb.GenerateRequest(request_id="r-2"), timeout_s=10)
+        assert service.get_info().model_name == "no model"  # its output OP does not describe itself
+    finally:
+        await models.stop()
     assert list(reply.unknown_words) == ["HI", "HI"] and not reply.reranked and reply.request_id == "r-1"
     assert {t.stage for t in reply.timings} == {"shout", "echo"}
     lines = [r for r in caplog.records if r.name == "tessera.rpc" and r.getMessage().startswith("request ")]
     assert [(r.request_id, r.outcome, r.images) for r in lines] == [("r-1", "ok", 0), ("r-2", "INVALID_ARGUMENT", 0)]
     assert all(r.levelno == logging.INFO and r.duration_ms >= 0 for r in lines)
-    assert " in " in lines[0].getMessage() and lines[0].getMessage().endswith(" ms, 0 images")
+    assert " in " in lines[0].getMessage() and lines[0].getMessage().endswith(" ms, 0 images, model shouting")
 
 
 def test_a_graph_whose_ends_cannot_map_is_refused_at_start_up():

@@ -62,8 +62,8 @@ async def test_kill_9_of_process_workers_loses_nothing_and_changes_no_image(tiny
         await asyncio.wait_for(serving_again.wait(), 120)
         assert (sampler.pid, decoder.pid) != pids and None not in (sampler.pid, decoder.pid)
         reg = engine.metrics.registry
-        assert reg.get_sample_value("tessera_op_worker_restarts_total", {"op": "sample"}) == 1
-        assert reg.get_sample_value("tessera_op_rows_retried_total", {"op": "sample"}) >= 1
+        assert reg.get_sample_value("tessera_op_worker_restarts_total", {"model": engine.name, "op": "sample"}) == 1
+        assert reg.get_sample_value("tessera_op_rows_retried_total", {"model": engine.name, "op": "sample"}) >= 1
         assert health[0] is False and health[-1] is True
         stub = health_pb2_grpc.HealthStub(client._channel)
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
