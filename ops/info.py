@@ -29,7 +29,7 @@ def op_precisions(graph: GraphConfig) -> dict[str, str]:
     for name, op in graph.ops.items():
         if "dtype" not in {f.name for f in fields(op.op_class.Settings)}:
             continue
-        family = family_of(op.settings.get("model_dir"))
+        family = family_of(ModelSpec.of(op.settings.get("model")).path)
         setting = op.settings.get("dtype", "auto")
         by_device = {d: str(compute_for(d).dtype(setting, family)).removeprefix("torch.") for d in op.devices}
         names = set(by_device.values())

@@ -23,10 +23,8 @@ class RerankOp(ModelOp):
     def describe(settings: ForwardSettings) -> dict:
         """What GetInfo says is served: the model this OP's settings name (the `model` section
         fills them), described from its files (ops/info.py)."""
-        from tessera.ops.families import ModelSpec
         from tessera.ops.info import describe_model
-        return describe_model(ModelSpec(path=settings.model_dir, bpe_path=settings.bpe_path,
-                                        vae_path=settings.vae_path, clip=settings.clip))
+        return describe_model(settings.model)
 
     def setup(self, device: str) -> None:
         super().setup(device)

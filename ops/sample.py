@@ -88,9 +88,9 @@ class SampleOp(SteppingOp, ModelOp):
         where a step reads hundreds of MB of weights (DALL·E Mini, 0.9 GB in bf16: no gain at
         c=16), and there a second worker's cache costs GiB (1.9 for Mini in bf16):
         docs/performance/precision-2026-12-06. The weights' size comes from the files."""
-        from tessera.ops.families import weight_file_bytes
+        from tessera.ops.families import ModelSpec, weight_file_bytes
         try:
-            return weight_file_bytes(settings.get("model_dir")) < WEIGHT_BOUND_FILE_BYTES
+            return weight_file_bytes(ModelSpec.of(settings.get("model")).path) < WEIGHT_BOUND_FILE_BYTES
         except (OSError, RuntimeError):  # files that name no model are refused at setup, with the reason
             return True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -102,17 +102,9 @@ def candidate_seed(seed: int, index: int) -> int:
 
 @dataclass
 class ModelFiles:
-    # The model's files (the configuration's top-level `model` section fills these in for every
-    # OP): a Tessera model directory, a DALLE-pytorch .pt, or min-dalle's directory; None: the
-    # bundled shapes model.
-    model_dir: str | None = None
-    bpe_path: str | None = None   # DALLE-pytorch: CLIP's BPE merges (plain or .gz) or a tokenizers JSON
-    vae_path: str | None = None   # DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)
-    clip: str | None = None       # ARCH:PATH of a local OpenCLIP checkpoint that reranks
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(path=self.model_dir, bpe_path=self.bpe_path, vae_path=self.vae_path, clip=self.clip)
+    # The model the OP serves: its files, the keys of the configuration's model section
+    # (path, bpe_path, vae, clip), which fills it in for every model OP (an OP's own keys win).
+    model: ModelSpec = field(default_factory=ModelSpec)
 
 
 @dataclass
@@ -152,7 +144,7 @@ class ModelOp(Op):
     def setup(self, device: str) -> None:
         self.device = device
         self.compute = compute_for(device)  # what the device's platform says about computing there
-        self.bundle, self._held = hold_bundle(self.settings.spec, device, self.settings.dtype)
+        self.bundle, self._held = hold_bundle(self.settings.model, device, self.settings.dtype)
 
     def teardown(self) -> None:
         held, self._held = getattr(self, "_held", None), None

@@ -19,7 +19,7 @@ class TokenizeOp(Op):
         # Tokenizing needs the tokenizer and the sampling defaults, not the weights: the bundle
         # another OP of this process loaded, else the model built on the meta device, which keeps
         # no weight memory (a Mega served on a GPU is not loaded a second time on the CPU).
-        spec = self.settings.spec
+        spec = self.settings.model
         self.bundle = loaded_bundle(spec) or bundle_for(spec, "meta")
 
     def process(self, rows: list[GenerateParams]) -> list[TokenizedPrompt | InvalidInput]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from tessera.ops.families.base import ModelSpec
 from tessera.server.defaults import DEFAULT_CONFIG
 from tessera.server.engine import ConfigError, GraphConfig
 from tessera.server.engine.config import Section, resolve_op_type
@@ -86,14 +87,11 @@ def _arch_path(value: str | None) -> str | None:
     return value
 
 
-# The `model` section's keys -> the model OPs' settings they fill in (ops/shared.py, ModelSettings).
-MODEL_KEYS = {"path": "model_dir", "bpe_path": "bpe_path", "vae": "vae_path", "clip": "clip", "dtype": "dtype"}
-
-
 class ModelConfig(Section):
     """Which model to serve (`model:`, or `model: PATH`; on the command line `tessera serve
-    --model`, `--bpe-path`, `--vae`, `--clip`). Every OP whose settings have these keys gets
-    them unless it sets its own."""
+    --model`, `--bpe-path`, `--vae`, `--clip`): its files are a ModelSpec's keys
+    (ops/families/base.py), which every model OP's `model` setting takes as they are, unless
+    it sets its own; `dtype` fills every model OP's `dtype`."""
     path: Path | None = None
     """A Tessera model directory, a DALLE-pytorch .pt, or min-dalle's directory; null: the
     bundled shapes model."""
@@ -108,6 +106,11 @@ class ModelConfig(Section):
     """The precision of every model OP that does not set its own `dtype` (`tessera serve --dtype`
     sets it for every one): auto is each device's choice (docs/models.md, Precision); float32
     reproduces the families' own projects exactly."""
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The section's files as the one description the OPs and the families take."""
+        return ModelSpec(**{f.name: getattr(self, f.name) for f in fields(ModelSpec)})
 
 
 class TracingConfig(Section):
@@ -143,11 +146,6 @@ class ServedModelConfig(ModelConfig):
     ops: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-OP overrides of the graph for this model: `{sample: {batch_size: 16, settings: {...}}}`."""
 
-    @property
-    def section(self) -> dict[str, Any]:
-        """The model section's own keys (path, bpe_path, vae, clip, dtype): what fills its OPs."""
-        return {key: getattr(self, key) for key in MODEL_KEYS}
-
 
 class AppConfig(Section):
     """The whole configuration file: `model` (or `models`), `server` and `graph`; every section
@@ -179,7 +177,9 @@ class AppConfig(Section):
         """The models to serve, the first first: `models`, or `model` named after its files."""
         if self.models:
             return list(self.models)
-        return [ServedModelConfig(name=model_name_of(self.model.path), **self.model.model_dump())]
+        files = any("model" in {f.name for f in fields(op.op_class.Settings)} for op in self.graph.ops.values())
+        name = model_name_of(self.model.path) if files else "default"  # a graph that loads no model files
+        return [ServedModelConfig(name=name, **self.model.model_dump())]
 
     @property
     def graphs(self) -> list[GraphConfig]:
@@ -241,8 +241,8 @@ class AppConfig(Section):
     @field_validator("graph", mode="before")
     @classmethod
     def _one_model_for_every_op(cls, graph: Any, info: ValidationInfo) -> Any:
-        """The first model's section fills the settings of each OP whose Settings has a
-        model_dir, unless the OP (or the model's `ops`) sets its own."""
+        """The first model's section fills the `model` (and `dtype`) setting of each OP whose
+        Settings takes one, unless the OP (or the model's `ops`) sets its own."""
         models = info.data.get("models") or []
         entry = models[0] if models else info.data.get("model")
         if entry is None or not isinstance(graph, dict):
@@ -263,7 +263,8 @@ def model_name_of(path: str | None) -> str:
 
 def model_graph(graph: dict, entry: ModelConfig) -> dict:
     """The raw graph `entry` serves: its `ops` overrides merged in (settings key by key), then
-    its files and dtype in every OP whose Settings takes them, unless that OP sets its own."""
+    its spec in every OP whose Settings takes a `model` (the OP's own keys win) and its dtype
+    in every one that takes a `dtype`, unless that OP sets its own."""
     if not isinstance(graph.get("ops"), dict):
         return graph
     graph = copy.deepcopy(graph)
@@ -273,13 +274,16 @@ def model_graph(graph: dict, entry: ModelConfig) -> dict:
             continue  # _check_overrides names it
         settings = {**(op.get("settings") or {}), **(override.get("settings") or {})}
         op.update({**override, **({"settings": settings} if settings else {})})
-    given = {setting: getattr(entry, key) for key, setting in MODEL_KEYS.items() if getattr(entry, key) is not None}
+    spec = {k: v for k, v in asdict(entry.spec).items() if v is not None}
     for op in graph["ops"].values():
-        if given and isinstance(op, dict) and "model_dir" in (takes := _settings_of(op)):
-            settings = op.setdefault("settings", {})
-            for setting, value in given.items():
-                if setting in takes:  # dtype: only the OPs that compute with a model
-                    settings.setdefault(setting, value)
+        if not (isinstance(op, dict) and "model" in (takes := _settings_of(op))):
+            continue
+        settings = op.setdefault("settings", {})
+        own = settings.get("model")
+        if spec and (own is None or isinstance(own, dict)):
+            settings["model"] = {**spec, **(own or {})}
+        if entry.dtype is not None and "dtype" in takes:  # only the OPs that compute with a model
+            settings.setdefault("dtype", entry.dtype)
     return graph
 
 

@@ -104,8 +104,8 @@ def config_docs() -> str:
     _section(out, "(top level)", schema, defs)
     out += ["## OP settings", "",
             "`graph.ops.<name>.settings` is checked against the OP class's `Settings` dataclass. The",
-            "shipped OPs take these (the `model` section fills `model_dir`, `bpe_path`, `vae_path` and",
-            "`clip` for every OP that has them, unless the OP sets its own):", ""]
+            "shipped OPs take these (the `model` section fills `model` (its `path`, `bpe_path`, `vae`",
+            "and `clip`) and `dtype` for every OP that has them, unless the OP sets its own):", ""]
     by_settings: dict[str, list[str]] = {}
     for spec in shipped_ops():
         by_settings.setdefault(resolve_op_type("type", spec).Settings.__name__, []).append(spec)

@@ -75,6 +75,7 @@ class ModelSet:
         self._retiring: set[asyncio.Task] = set()
         self._health_listeners: list[Callable[[bool], None]] = []
         self._serving = False
+        self._stopped = False
         self._ray = None  # one Ray connection for every model's mode: ray OPs, closed at stop
         # Called with each new engine and its graph before it starts (tracing subscribes there).
         self.on_engine: list[Callable[[Engine, GraphConfig], None]] = []
@@ -228,11 +229,14 @@ class ModelSet:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop every engine (each drains within the grace), then the shared device turns."""
+        if self._stopped:  # a start that failed stopped them already
+            return
+        self._stopped = True
         engines = [m.engine for m in self._models.values()]
-        # Served until stopped: a call meanwhile hears the engine's "shutting down", not "no model".
         await asyncio.gather(*(e.stop(grace_s) for e in engines if e.stages))
         await self.settled()
-        self._models.clear()
+        # The stopped engines stay named: a call after the drain hears "shutting down"
+        # (UNAVAILABLE), never "no such model".
         self.turns.close()
         if self._ray is not None:
             self._ray.close()

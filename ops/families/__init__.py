@@ -65,7 +65,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.
     """Load the model `spec` names onto `device`; ModelLoadError (or ModelUnsupported) names
     the file at fault and what to do, never a bare traceback."""
     family = family_of(spec.path)
-    if family != "dalle-pytorch" and (spec.bpe_path or spec.vae_path):
+    if family != "dalle-pytorch" and (spec.bpe_path or spec.vae):
         raise ModelUnsupported(f"--bpe-path and --vae apply to DALLE-pytorch checkpoints; "
                                f"{spec.path or 'the bundled model'} is a {family} model")
     if family == "tessera":

@@ -16,6 +16,7 @@ batching, CFG pairs, per-row seeds, previews and cancellation work alike for eac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -211,13 +212,23 @@ class ModelBundle:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to serve and the files that go with it: the `model` section of the
-    configuration (and `tessera serve --model/--bpe-path/--vae/--clip`)."""
-    path: str | None = None       # None: the bundled shapes model; a Tessera directory, a
-                                  # DALLE-pytorch .pt, or min-dalle's directory
-    bpe_path: str | None = None   # DALLE-pytorch: CLIP BPE merges (plain or .gz) or a tokenizers JSON
-    vae_path: str | None = None   # DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)
-    clip: str | None = None       # ARCH:PATH of a local OpenCLIP checkpoint for rerank
+    """Which model to serve and the files that go with it: the one description of a model,
+    from the configuration's `model` section (or a `models:` entry, an admin Load, `tessera
+    serve --model/--bpe-path/--vae/--clip`) to each model OP's `model` setting and the family
+    that loads it; its keys are the section's."""
+    # None: the bundled shapes model; a Tessera model directory, a DALLE-pytorch .pt, or min-dalle's directory.
+    path: str | None = None
+    bpe_path: str | None = None   # DALLE-pytorch: CLIP's BPE merges (plain or .gz) or a tokenizers JSON
+    vae: str | None = None        # DALLE-pytorch: a separately trained DiscreteVAE (train_vae.py's file)
+    clip: str | None = None       # ARCH:PATH of a local OpenCLIP checkpoint that reranks
+
+    @classmethod
+    def of(cls, value: ModelSpec | Mapping[str, Any] | None) -> ModelSpec:
+        """An OP's `model` setting as a spec: as given (checked settings), or the mapping the
+        configuration holds before an OP parses it (None: the bundled model)."""
+        if isinstance(value, cls):
+            return value
+        return cls(**(value or {}))
 
 
 def load_weights_only(path) -> Any:

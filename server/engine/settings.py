@@ -57,17 +57,55 @@ def parse_settings(cls: type, raw: Any) -> Any:
         if name not in known:
             expected = f"expected one of {known}" if known else "this OP takes no settings"
             raise ConfigError(str(name), f"unknown key; {expected}")
+    nested = _nested(cls)
+    raw = {name: _plain(value) if name in nested else value for name, value in raw.items()}
     try:
-        checked = model.model_validate(dict(raw))
+        checked = model.model_validate(raw)
     except ValidationError as exc:
         raise config_error(exc, model, raw, prefix="") from None
     try:  # the dataclass fills in its own defaults and runs its __post_init__
-        return cls(**{name: getattr(checked, name) for name in checked.model_fields_set})
+        return cls(**{name: _built(nested.get(name), getattr(checked, name)) for name in checked.model_fields_set})
     except ValueError as exc:
         name, _, message = str(exc).partition(": ")
         if name in known and message:
             raise ConfigError(name, message) from None
         raise ConfigError("settings", str(exc)) from None
+
+
+@functools.cache
+def _nested(cls: type) -> dict[str, type]:
+    """The settings of `cls` that are dataclasses themselves (`model: ModelSpec`), by name."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    found = {}
+    for f in fields(cls):
+        hint = _non_null(_unwrap(hints[f.name])[0])
+        if f.init and isinstance(hint, type) and is_dataclass(hint):
+            found[f.name] = hint
+    return found
+
+
+def _plain(value: Any) -> Any:
+    """A nested setting as its checked model takes it: a dataclass instance as its fields."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in fields(value) if f.init}
+    return value
+
+
+def _built(kind: type | None, value: Any) -> Any:
+    """A nested setting's checked model back as its dataclass (the dataclass's own defaults)."""
+    if kind is None or not isinstance(value, BaseModel):
+        return value
+    return kind(**{name: getattr(value, name) for name in value.model_fields_set})
+
+
+def _field_hint(hint: Any, described: bool) -> Any:
+    """A field's type as its checked model takes it: a dataclass (or an optional one) as a
+    strict model of its own, so a mapping in the YAML is checked key by key."""
+    base = _non_null(_unwrap(hint)[0])
+    if not (isinstance(base, type) and is_dataclass(base)):
+        return hint
+    inner = settings_model(base, described)
+    return inner | None if base is not _unwrap(hint)[0] else inner
 
 
 @functools.cache
@@ -83,13 +121,19 @@ def settings_model(cls: type, described: bool = False) -> type[BaseModel]:
         if not f.init:
             continue
         doc = (f.metadata.get("description") or comments.get(f.name)) if described else None
-        if f.default is not MISSING:
+        hint = _field_hint(hints[f.name], described)
+        if hint is not hints[f.name] and (f.default is not MISSING or f.default_factory is not MISSING):
+            # A nested dataclass's default, as its checked model (the reference shows its keys).
+            made = f.default if f.default is not MISSING else f.default_factory()
+            info = Field(default_factory=lambda h=_non_null(hint), d=made: None if d is None else h(**_plain(d)),
+                         description=doc)
+        elif f.default is not MISSING:
             info = Field(f.default, description=doc)
         elif f.default_factory is not MISSING:
             info = Field(default_factory=f.default_factory, description=doc)
         else:
             info = Field(description=doc)
-        spec[f.name] = (hints[f.name], info)
+        spec[f.name] = (hint, info)
     doc = cls.__doc__ if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else None
     return create_model(cls.__name__, __config__=ConfigDict(strict=True, extra="forbid"), __doc__=doc, **spec)
 

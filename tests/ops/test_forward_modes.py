@@ -52,7 +52,7 @@ def test_a_failed_capture_in_auto_mode_leaves_the_op_eager(monkeypatch, caplog):
 
 
 def test_cuda_graph_asked_for_on_a_cpu_is_refused_naming_the_device(tiny_model_dir):
-    op = DecodeOp(model_dir=str(tiny_model_dir), forward_mode="cuda_graph")
+    op = DecodeOp(model={"path": str(tiny_model_dir)}, forward_mode="cuda_graph")
     with pytest.raises(ValueError, match="model call mode 'cuda_graph' does not run on cpu; it runs off, padded, compile"):
         op.setup("cpu")
 

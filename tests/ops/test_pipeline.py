@@ -54,8 +54,8 @@ def test_it_serves_the_configuration_it_is_given(tiny_model_dir):
     assert set(pipe.ops) == {"tokenize", "sampler", "decode", "clip_text", "best"}
     assert pipe.sampler.capacity == 3  # the configured batch_size bounds the running batch
     assert (pipe.decode.settings.forward_mode, pipe.decode.settings.forward_buckets) == ("padded", [2, 8])
-    assert all(op.settings.model_dir == str(tiny_model_dir)  # the model section reaches every model OP
-               for op in pipe.ops.values() if hasattr(op.settings, "model_dir"))
+    assert all(op.settings.model.path == str(tiny_model_dir)  # the model section reaches every model OP
+               for op in pipe.ops.values() if hasattr(op.settings, "model"))
     assert [[im.png for im in r.images] for r in pipe.generate(REQUESTS)] == [
         [im.png for im in r.images] for r in shipped]
 

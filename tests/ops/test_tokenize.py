@@ -12,7 +12,7 @@ from tests.ops.families.dalle_pytorch.conftest import build_dalle, save_checkpoi
 def test_tokenize_keeps_no_weights_and_still_resolves_the_models_defaults(tmp_path):
     dalle, hparams, vae_params = build_dalle(16, 2, num_text_tokens=49408)
     path = save_checkpoint(tmp_path / "ckpt.pt", dalle, hparams, vae_params)
-    op = TokenizeOp(model_dir=str(path))
+    op = TokenizeOp(model={"path": str(path)})
     op.setup("cpu")
     assert {p.device.type for p in op.bundle.transformer.parameters()} == {"meta"}
     [tokenized] = op.process([GenerateParams("a red circle", seed=3)])

@@ -25,13 +25,22 @@ def test_command_line_overrides_the_file():
     assert load_config(None, None, None, None, http_port=-1).server.http_port == -1
 
 
-def test_model_dir_reaches_every_op_unless_it_sets_its_own():
+def test_the_model_section_reaches_every_op_unless_it_sets_its_own():
     raw = copy.deepcopy(DEFAULT_CONFIG)
-    raw["model_dir"] = "/models/a"
-    raw["graph"]["ops"]["decode"]["settings"] = {"model_dir": "/models/b"}
+    raw["model"] = {"path": "/models/a", "clip": "ViT-B-32:/c.bin", "dtype": "bfloat16"}
+    raw["graph"]["ops"]["decode"]["settings"] = {"model": {"path": "/models/b"}, "dtype": "float32"}
     cfg = AppConfig.from_dict(raw)
-    assert cfg.graph.ops["sample"].settings["model_dir"] == "/models/a"
-    assert cfg.graph.ops["decode"].settings["model_dir"] == "/models/b"
+    assert cfg.graph.ops["sample"].settings["model"] == {"path": "/models/a", "clip": "ViT-B-32:/c.bin"}
+    assert cfg.graph.ops["decode"].settings["model"] == {"path": "/models/b", "clip": "ViT-B-32:/c.bin"}
+    assert (cfg.graph.ops["sample"].settings["dtype"], cfg.graph.ops["decode"].settings["dtype"]) == (
+        "bfloat16", "float32")
+    assert "dtype" not in cfg.graph.ops["tokenize"].settings  # it computes with no model
+    # The OP gets the one description as it is: the section's keys, a ModelSpec.
+    from tessera.ops.families import ModelSpec
+    from tessera.server.engine.settings import parse_settings
+    sample = cfg.graph.ops["sample"]
+    assert parse_settings(sample.op_class.Settings, sample.settings).model == ModelSpec(
+        path="/models/a", clip="ViT-B-32:/c.bin") == cfg.served[0].spec
 
 
 def test_model_dtype_reaches_every_model_op_and_dtype_on_the_command_line_forces_it(tmp_path, monkeypatch):
@@ -68,7 +77,7 @@ def test_model_dtype_reaches_every_model_op_and_dtype_on_the_command_line_forces
 def test_served_graph_is_the_graph_serve_serves_with_the_given_model():
     """What the offline pipeline runs: the shipped graph, or a file's, its model as serve reads it."""
     def model_dirs(graph) -> set:
-        return {op.settings.get("model_dir") for op in graph.ops.values()}  # every shipped OP takes one
+        return {op.settings["model"].get("path") for op in graph.ops.values()}  # every shipped OP takes one
     assert served_graph() == load_config(None, None, None, None).graph
     only_graph = {"graph": DEFAULT_CONFIG["graph"]}
     assert model_dirs(served_graph({**only_graph, "model": "/models/a"})) == {"/models/a"}  # `model: PATH`
@@ -90,7 +99,7 @@ def test_served_graph_is_the_graph_serve_serves_with_the_given_model():
     (lambda c: c["graph"]["ops"]["sample"].update(settings={"static_batching": 1}),
      "graph.ops.sample.settings.static_batching: must be true or false"),
     (lambda c: c["graph"]["ops"]["tokenize"].update(settings={"dtype": "float32"}),
-     "graph.ops.tokenize.settings.dtype: unknown key; expected one of ['bpe_path', 'clip', 'model_dir', 'vae_path']"),
+     "graph.ops.tokenize.settings.dtype: unknown key; expected one of ['model']"),
     (lambda c: c["graph"]["ops"]["rerank"].update(inputs={"images": "decode"}),
      "graph.ops.rerank.inputs.text_embedding: is required"),
     (lambda c: c["graph"]["ops"]["rerank"].update(inputs=["decode", "clip_text"]),

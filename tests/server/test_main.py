@@ -43,7 +43,7 @@ def test_deploy_default_yaml_is_the_shipped_default():
     (lambda c: c["graph"]["ops"]["rerank"].update(type="tessera.ops.rerank:Nope"), "graph.ops.rerank.type"),
     # each OP's settings are its own typed dataclass
     (lambda c: c["graph"]["ops"]["sample"].update(settings={"half": True}),  # the setting dtype replaced
-     "graph.ops.sample.settings.half: unknown key; expected one of ['bpe_path', 'clip', 'decode_buckets', 'decode_mode', 'dtype', 'model_dir', 'sample_on', 'static_batching', 'vae_path']"),
+     "graph.ops.sample.settings.half: unknown key; expected one of ['decode_buckets', 'decode_mode', 'dtype', 'model', 'sample_on', 'static_batching']"),
     (lambda c: c["graph"]["ops"]["decode"].update(settings={"dtype": "yes"}),
      "graph.ops.decode.settings.dtype: must be one of auto, float32, bfloat16, float16; got 'yes'"),
     # a fan-in OP's inputs by its own names (tests/server/test_config.py has the other cases)

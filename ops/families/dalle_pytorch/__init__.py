@@ -41,9 +41,9 @@ def load(spec: ModelSpec, device, dtype) -> ModelBundle:
             f"{source}: the tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} tokens but the checkpoint "
             f"was trained with num_text_tokens {hp.num_text_tokens}: pass the tokenizer it was trained with "
             f"(--bpe-path)")
-    if spec.vae_path:
-        vae_hparams, vae_state = read_vae_file(spec.vae_path)
-        vae = build_vae("DiscreteVAE", vae_hparams, vae_state, spec.vae_path)
+    if spec.vae:
+        vae_hparams, vae_state = read_vae_file(spec.vae)
+        vae = build_vae("DiscreteVAE", vae_hparams, vae_state, spec.vae)
         vae_class = "DiscreteVAE"
         problems = []
         if int(vae.num_tokens) != hp.num_image_tokens:
@@ -52,7 +52,7 @@ def load(spec: ModelSpec, device, dtype) -> ModelBundle:
             problems.append(f"{vae.image_len} tokens per image ({vae_hparams.get('num_layers', '?')} layers at "
                             f"{vae.image_size}px), the transformer's positions take {hp.image_len}")
         if problems:
-            raise ModelLoadError(f"mismatched --vae {spec.vae_path} for {source}: " + "; ".join(problems))
+            raise ModelLoadError(f"mismatched --vae {spec.vae} for {source}: " + "; ".join(problems))
     else:
         vae_class = hp.vae_class_name or "DiscreteVAE"
         vae = build_vae(vae_class, hp.vae_params, state, source)  # its `vae.` keys

@@ -73,12 +73,12 @@ def sampler(model, capacity=8, **settings):
     op = SampleOp(**settings)
     op.capacity = capacity
     import tessera.ops.shared as sample_mod
-    original = sample_mod.bundle_for
-    sample_mod.bundle_for = lambda *a, **k: _Bundle(model)
+    original = sample_mod.hold_bundle
+    sample_mod.hold_bundle = lambda *a, **k: (_Bundle(model), None)  # held by no one
     try:
         op.setup("cpu")
     finally:
-        sample_mod.bundle_for = original
+        sample_mod.hold_bundle = original
     return op
 
 

@@ -65,17 +65,17 @@ def test_the_sampler_steps_beside_for_small_weights_and_not_for_dall_e_minis(tmp
     checkpoint's small files take two workers; min-dalle's halves past 1 GiB one."""
     from tessera.ops.sample import WEIGHT_BOUND_FILE_BYTES, SampleOp
 
-    assert SampleOp.steps_beside({}) and SampleOp.steps_beside({"model_dir": None})
+    assert SampleOp.steps_beside({}) and SampleOp.steps_beside({"model": {"path": None}})
     ckpt = tmp_path / "dalle.pt"
     ckpt.write_bytes(b"0" * 1024)
-    assert SampleOp.steps_beside({"model_dir": str(ckpt)})
+    assert SampleOp.steps_beside({"model": {"path": str(ckpt)}})
     mini = tmp_path / "md" / "dalle_bart_mini"
     mini.mkdir(parents=True)
     for name in ("encoder.pt", "decoder.pt"):
         with open(mini / name, "wb") as f:
             f.truncate(WEIGHT_BOUND_FILE_BYTES // 2 + 1)  # sparse: no disk used
-    assert not SampleOp.steps_beside({"model_dir": str(tmp_path / "md")})
-    assert SampleOp.steps_beside({"model_dir": str(tmp_path / "missing")})  # refused later, with the reason
+    assert not SampleOp.steps_beside({"model": {"path": str(tmp_path / "md")}})
+    assert SampleOp.steps_beside({"model": {"path": str(tmp_path / "missing")}})  # refused later, with the reason
 
 
 async def test_a_start_that_fails_stops_without_a_shutdown_grace_warning(monkeypatch, caplog):

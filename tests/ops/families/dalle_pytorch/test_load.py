@@ -43,4 +43,4 @@ def test_mismatched_separate_vae(make_checkpoint, tmp_path):
     vae_path = tmp_path / "vae.pt"
     torch.save({"hparams": vae_params, "weights": dp.DiscreteVAE(**vae_params).state_dict()}, vae_path)
     with pytest.raises(ModelLoadError, match="mismatched --vae"):
-        _load(ModelSpec(path=str(path), vae_path=str(vae_path)))
+        _load(ModelSpec(path=str(path), vae=str(vae_path)))

@@ -270,7 +270,7 @@ def test_mega_layout_in_bfloat16(tmp_path, detoker_file, caplog):
 def _run_sampler(bundle, monkeypatch, rows_by_step, capacity=4, **settings):
     """The shared SampleOp over this bundle: rows_by_step[i] join before step i; run to the end."""
     from tessera.ops.sample import SampleOp
-    monkeypatch.setattr("tessera.ops.shared.bundle_for", lambda *a, **k: bundle)
+    monkeypatch.setattr("tessera.ops.shared.hold_bundle", lambda *a, **k: (bundle, None))  # held by no one
     op = SampleOp(**settings)
     op.capacity = capacity
     op.setup("cpu")
