@@ -18,7 +18,7 @@ import math
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -143,24 +143,24 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
             return _error(exc, "")
         return _json(service.list_models(), "")
 
-    async def load(request: Request) -> Response:
-        try:
-            authorize(request)
-            if admin is None:
-                raise AdminOff(ADMIN_OFF)
-            section = await _parse(request, pb.ModelSection, limit)
-            return _json(await admin.load(pb.LoadModelRequest(name=request.path_params["name"], model=section)), "")
-        except EngineError as exc:
-            return _error(exc, "")
+    def admin_call(call: Callable[[Request, str], Awaitable[Message]]) -> Callable[[Request], Awaitable[Response]]:
+        """An admin path: behind the token, 404 unless `server.admin`, the model's name from the path."""
+        async def handle(request: Request) -> Response:
+            try:
+                authorize(request)
+                if admin is None:
+                    raise AdminOff(ADMIN_OFF)
+                return _json(await call(request, request.path_params["name"]), "")
+            except EngineError as exc:
+                return _error(exc, "")
+        return handle
 
-    async def unload(request: Request) -> Response:
-        try:
-            authorize(request)
-            if admin is None:
-                raise AdminOff(ADMIN_OFF)
-            return _json(await admin.unload(request.path_params["name"]), "")
-        except EngineError as exc:
-            return _error(exc, "")
+    async def _load(request: Request, name: str) -> Message:
+        section = await _parse(request, pb.ModelSection, limit)
+        return await admin.load(pb.LoadModelRequest(name=name, model=section))
+
+    load = admin_call(_load)
+    unload = admin_call(lambda request, name: admin.unload(name))
 
     async def ready(request: Request) -> Response:
         ok = health()

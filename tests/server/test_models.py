@@ -240,9 +240,9 @@ def test_a_file_of_models_alone_is_a_whole_configuration(tmp_path):
                                               "ops": {"sample": {"batch_size": 8}}}]})
     assert [m.name for m in config.served] == ["mini", "dalle"]
     first, second = config.graphs
-    assert first.ops["sample"].settings["model_dir"] == "/models/mini"
+    assert first.ops["sample"].settings["model"] == {"path": "/models/mini"}
     assert first.ops["sample"].settings["dtype"] == "bfloat16" and "dtype" not in second.ops["sample"].settings
-    assert second.ops["sample"].settings["bpe_path"] == "/b.txt" and second.ops["sample"].batch_size == 8
+    assert second.ops["sample"].settings["model"] == {"path": "/models/dalle.pt", "bpe_path": "/b.txt"} and second.ops["sample"].batch_size == 8
     assert first.ops["sample"].batch_size == DEFAULT_CONFIG["graph"]["ops"]["sample"]["batch_size"]
     assert config.server.port == 50051 and first.output == "rerank"  # the shipped defaults
     with pytest.raises(ConfigError, match=r"models\.1\.name: the name 'mini' is given to two models"):

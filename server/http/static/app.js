@@ -1,10 +1,13 @@
-// Tessera's web page: the same JSON API any client uses (POST /v1/generate:stream, GET /v1/info).
-// Seeds are uint64 and travel as strings; they are never turned into JS numbers.
+// Tessera's web page: the same JSON API any client uses (GET /v1/models, GET /v1/info?model=,
+// POST /v1/generate:stream). Seeds are uint64 and travel as strings; they are never turned
+// into JS numbers.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const form = $("form"), promptBox = $("prompt"), button = $("generate");
-let info = null;
+let info = null;       // the chosen model's ServerInfo
+let infoAsked = 0;     // the latest /v1/info asked: an older answer arriving late is dropped
+const CANDIDATES = $("num-candidates").value;  // the page's own default, for a model that reranks
 
 function setState(state) { document.body.dataset.state = state; }
 
@@ -39,15 +42,51 @@ function capitalize(s) { return s.charAt(0).toUpperCase() + s.slice(1).replace(/
 
 function isChinese(text) { return /[\u3400-\u9fff]/.test(text); }
 
-async function loadInfo() {
+// The models the server serves fill the selector, the first (what a request naming none
+// gets) first; it shows only when there is a choice. A server from before /v1/models (404)
+// serves one model: the page asks /v1/info for it and names no model.
+async function loadModels() {
+  let models = [];
   try {
-    const response = await fetch("/v1/info", { headers: headers() });
+    const response = await fetch("/v1/models", { headers: headers() });
+    if (response.ok) models = (await response.json()).models || [];
+  } catch (_) { /* loadInfo says what went wrong */ }
+  const select = $("models");
+  select.replaceChildren(...models.map((m) => {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = m.name + (m.version ? ` (version ${m.version})` : "");
+    option.title = [m.modelName, m.modelKind].filter(Boolean).join(", ");
+    return option;
+  }));
+  $("model-choice").hidden = models.length < 2;
+  await loadInfo();
+}
+
+function chosenModel() { return $("models").value || ""; }
+
+function setMax(input, max) {
+  if (!max) { input.removeAttribute("max"); return; }
+  input.max = max;
+  if (input.value && Number(input.value) > max) input.value = max;
+}
+
+async function loadInfo() {
+  const model = chosenModel(), asked = ++infoAsked;
+  let answer;
+  try {
+    const response = await fetch("/v1/info" + (model ? "?model=" + encodeURIComponent(model) : ""),
+                                 { headers: headers() });
     if (!response.ok) throw new Error(await failure(response));
-    info = await response.json();
+    answer = await response.json();
   } catch (e) {
+    if (asked !== infoAsked) return;
+    $("terms").replaceChildren();
     $("vocabulary-note").textContent = "Could not ask the server what it can draw: " + e.message;
     return;
   }
+  if (asked !== infoAsked) return;  // the selector moved on while this answer travelled
+  info = answer;
   // Only what the server says it serves: a pipeline without a model has no tokens or reranker.
   const parts = [info.modelName + (info.modelKind && info.modelKind !== "tessera" ? ` (${info.modelKind})` : "")];
   if (info.imageWidth) parts.push(`${info.imageWidth}×${info.imageHeight} images`);
@@ -59,23 +98,32 @@ async function loadInfo() {
   const terms = Object.values(info.vocabulary || {}).flat();
   const chinese = terms.some((term) => term && term.zh);
   $("prompt-hint").textContent = chinese ? "English or 中文" : info.modelKind ? "English" : "";
+  const candidates = $("num-candidates");
   if (!info.rerank) {
     // Without a reranker every candidate past the images asked for is computed and thrown
     // away: leave Candidates empty, which asks for as many as Images (the server's default).
-    $("num-candidates").value = "";
-    $("num-candidates").placeholder = "= images";
+    candidates.value = "";
+    candidates.placeholder = "= images";
     $("candidates-hint").textContent = "no reranker: one per image";
+  } else if (candidates.placeholder) {  // back from a model without a reranker
+    candidates.value = CANDIDATES;
+    candidates.placeholder = "";
+    $("candidates-hint").textContent = "";
   }
   const limits = info.limits || {};
-  if (limits.maxNumImages) $("num-images").max = limits.maxNumImages;
-  if (limits.maxNumCandidates) $("num-candidates").max = limits.maxNumCandidates;
+  setMax($("num-images"), limits.maxNumImages);
+  setMax(candidates, limits.maxNumCandidates);
   if (limits.maxPromptChars) promptBox.maxLength = limits.maxPromptChars;
+  else promptBox.removeAttribute("maxlength");
+  const guidance = (info.defaults || {}).guidanceScale;
+  $("guidance").placeholder = guidance ? `default ${guidance}` : "default";
   showVocabulary(info.vocabulary);
 }
 
 function showVocabulary(vocabulary) {
   const note = $("vocabulary-note"), terms = $("terms");
   const kinds = vocabulary ? Object.entries(vocabulary).filter(([, list]) => list && list.length) : [];
+  terms.replaceChildren();
   if (!kinds.length) {
     note.textContent = info && info.modelKind
       ? "This model reads any English text: describe the picture you want."
@@ -83,7 +131,6 @@ function showVocabulary(vocabulary) {
     return;
   }
   note.textContent = "Tap a word to add it to the prompt.";
-  terms.replaceChildren();
   for (const [kind, list] of kinds) {
     const heading = document.createElement("h3");
     heading.textContent = kind;
@@ -121,6 +168,7 @@ function requestFromForm() {
   const prompt = promptBox.value.trim();
   if (!prompt) throw new Error("Describe the image first, e.g. \u201ca red circle\u201d.");
   const body = { prompt, previewEvery: 8 };
+  if (chosenModel()) body.model = chosenModel();
   const images = numberOrError("num-images", "Images"), candidates = numberOrError("num-candidates", "Candidates");
   if (images !== undefined) body.numImages = images;
   if (candidates !== undefined) body.numCandidates = candidates;
@@ -169,7 +217,9 @@ function onProgress(p) {
   if (p.previewPng) $("preview").src = "data:image/png;base64," + p.previewPng;
 }
 
-function card(image, rank, prompt) {
+// One image of a result; `model` and `reranked` are the request's, so that Regenerate asks the
+// model that drew it, whichever the selector shows now.
+function card(image, rank, prompt, model = chosenModel(), reranked = !(info && info.rerank === false)) {
   const item = document.createElement("figure");
   item.className = "result";
   item.dataset.seed = image.seed;
@@ -182,7 +232,7 @@ function card(image, rank, prompt) {
   meta.className = "meta";
   meta.innerHTML = '<span class="rank"></span><span class="score"></span>';
   meta.querySelector(".rank").textContent = `#${rank}`;
-  meta.querySelector(".score").textContent = info && info.rerank === false ? "not reranked"
+  meta.querySelector(".score").textContent = !reranked ? "not reranked"
     : `CLIP ${(image.clipScore || 0).toFixed(3)}`;
   const seed = document.createElement("div");
   seed.className = "meta seed";
@@ -198,7 +248,7 @@ function card(image, rank, prompt) {
   again.className = "small regenerate";
   again.textContent = "Regenerate";
   again.title = "Sample this image again from its seed";
-  again.addEventListener("click", () => regenerate(item, again, prompt, image.seed));
+  again.addEventListener("click", () => regenerate(item, again, prompt, image.seed, model));
   const keep = document.createElement("button");
   keep.type = "button";
   keep.className = "small";
@@ -245,7 +295,7 @@ async function run(body, onResult) {
 
 // The card itself shows the work: dimmed with a spinner while it samples, then a line saying
 // what came back (the same seed gives the same picture, so the image alone may not change).
-async function regenerate(item, again, prompt, seed) {
+async function regenerate(item, again, prompt, seed, model) {
   const status = item.querySelector(".status"), img = item.querySelector("img");
   item.classList.remove("fresh");
   item.classList.add("busy");
@@ -254,7 +304,9 @@ async function regenerate(item, again, prompt, seed) {
   again.textContent = "Regenerating…";
   status.textContent = `Sampling again from seed ${seed}…`;
   let done = false;
-  await run({ prompt, seed, numImages: 1, numCandidates: 1, previewEvery: 8 }, (result) => {
+  const body = { prompt, seed, numImages: 1, numCandidates: 1, previewEvery: 8 };
+  if (model) body.model = model;
+  await run(body, (result) => {
     const src = "data:image/png;base64," + result.images[0].png;
     const same = src === img.src;
     img.src = src;
@@ -283,7 +335,9 @@ form.addEventListener("submit", (event) => {
   run(body, (result) => {
     showUnknown(result.unknownWords, body.prompt);
     const list = $("results");
-    list.replaceChildren(...result.images.map((im, i) => card(im, i + 1, body.prompt)));
+    // proto3 JSON leaves a false `reranked` out
+    list.replaceChildren(...result.images.map((im, i) => card(im, i + 1, body.prompt, body.model || "",
+                                                              result.reranked === true)));
   });
 });
 
@@ -296,4 +350,6 @@ promptBox.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) form.requestSubmit();
 });
 
-loadInfo();
+$("models").addEventListener("change", () => loadInfo());
+
+loadModels();

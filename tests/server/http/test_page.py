@@ -203,3 +203,129 @@ async def test_a_pipeline_without_a_reranker_says_what_it_is_and_asks_one_candid
         await page.click("#generate")
         await page.locator("body[data-state=done]").wait_for(timeout=60_000)
         assert await page.locator("#results .result img").count() == 2
+
+
+def _png(size: int, colour: str) -> str:
+    import io
+
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+# A BPE model as /v1/info describes one: an open vocabulary (no words listed), no reranker.
+WORDS_INFO = {"modelName": "tiny-dalle.pt", "modelKind": "dalle-pytorch", "imageWidth": 16, "imageHeight": 16,
+              "textContext": 8, "tokenizer": "CLIP BPE", "imageTokens": 16, "rerank": False,
+              "limits": {"maxNumImages": 3, "maxNumCandidates": 6, "maxPromptChars": 200},
+              "defaults": {"guidanceScale": 3, "numImages": 1}, "vocabulary": {}}
+
+
+async def test_the_model_selector_shows_each_models_own_description_and_draws_with_it(http_served, browser):
+    """Two models, as /v1/models and /v1/info?model= describe them (routed in the browser, so the
+    page's part is tested alone): the first is the served shapes model, the second a BPE model
+    answered here. Each choice shows its own description, limits and words, and asks its own model."""
+    server, _ = http_served
+    base = f"http://127.0.0.1:{server.http_port}"
+    asked: list[dict] = []
+    infos: list[str] = []
+
+    async def models(route):
+        await route.fulfill(json={"models": [
+            {"name": "shapes", "version": "1", "modelKind": "tessera", "modelName": "shapes", "state": "serving"},
+            {"name": "words", "version": "2", "modelKind": "dalle-pytorch", "modelName": "tiny-dalle.pt",
+             "state": "serving"}]})
+
+    async def info(route):
+        infos.append(route.request.url.split("/v1/info", 1)[1])
+        if route.request.url.endswith("?model=words"):
+            await route.fulfill(json=WORDS_INFO)
+        else:  # the served model, which a request naming none gets
+            await route.continue_(url=f"{base}/v1/info")
+
+    async def stream(route):
+        import json
+        body = json.loads(route.request.post_data)
+        asked.append(body)
+        if body.get("model") == "words":
+            result = {"result": {"requestId": "r", "images": [{"png": _png(16, "green"), "seed": body.get("seed", "5"),
+                                                               "width": 16, "height": 16}]}}
+            await route.fulfill(status=200, headers={"content-type": "text/event-stream"},
+                                body=f"event: result\ndata: {json.dumps(result)}\n\n")
+        else:  # the served model: asked as the one a request naming none gets
+            await route.continue_(post_data=json.dumps({k: v for k, v in body.items() if k != "model"}))
+
+    page = await browser.new_page()
+    await page.route("**/v1/models", models)
+    await page.route("**/v1/info*", info)
+    await page.route("**/v1/generate:stream", stream)
+    await page.goto(f"{base}/")
+    await page.locator("#terms .term").first.wait_for()
+    choice = page.locator("#model-choice")
+    assert await choice.is_visible()
+    assert await page.locator("#models option").all_text_contents() == ["shapes (version 1)", "words (version 2)"]
+    assert infos == ["?model=shapes"]
+    shapes_subtitle = await page.locator("#model").text_content()
+
+    await page.select_option("#models", "words")
+    await page.locator("#model", has_text="tiny-dalle.pt").wait_for()
+    assert await page.locator("#model").text_content() == (
+        "tiny-dalle.pt (dalle-pytorch) · 16×16 images · prompts up to 8 tokens, CLIP BPE · "
+        "no reranker: images in sampling order")
+    assert await page.locator("#terms .term").count() == 0  # no shapes vocabulary for a BPE model
+    assert "any English text" in await page.locator("#vocabulary-note").text_content()
+    assert await page.locator("#prompt-hint").text_content() == "English"
+    assert await page.get_attribute("#num-images", "max") == "3" and await page.input_value("#num-images") == "3"
+    assert await page.get_attribute("#num-candidates", "max") == "6"
+    assert await page.input_value("#num-candidates") == ""  # no reranker: one per image
+    assert await page.get_attribute("#prompt", "maxlength") == "200"
+    assert await page.get_attribute("#guidance", "placeholder") == "default 3"
+    await page.fill("#prompt", "a photo of a cat")
+    await page.fill("#seed", "5")
+    await page.click("#generate")
+    await page.locator("body[data-state=done]").wait_for(timeout=60_000)
+    assert asked[-1]["model"] == "words" and asked[-1]["numImages"] == 3 and "numCandidates" not in asked[-1]
+    assert await page.locator("#results .result .score").all_text_contents() == ["not reranked"]
+
+    # Back to the first model: its words, its reranker's 16 candidates, and its own images.
+    await page.select_option("#models", "shapes")
+    await page.locator("#terms .term").first.wait_for()
+    assert await page.locator("#model").text_content() == shapes_subtitle
+    assert await page.locator("#terms").get_by_text("red · 红色").count() == 1
+    assert await page.input_value("#num-candidates") == "16" and await page.locator("#candidates-hint").text_content() == ""
+    assert await page.get_attribute("#num-images", "max") == "16"
+    await page.fill("#prompt", PROMPT)
+    await page.fill("#num-images", "1")
+    await page.fill("#num-candidates", "2")
+    await page.click("#generate")
+    await page.locator("body[data-state=done] #results .result .score", has_text="CLIP").wait_for(timeout=60_000)
+    assert asked[-1]["model"] == "shapes"
+    # A card regenerates with the model that drew it, whichever the selector shows now.
+    await page.select_option("#models", "words")
+    await page.locator("#model", has_text="tiny-dalle.pt").wait_for()
+    await page.locator("#results .result .regenerate").first.click()
+    await page.locator("#results .result.regenerated").wait_for(timeout=60_000)
+    assert asked[-1]["model"] == "shapes" and asked[-1]["numCandidates"] == 1
+    await page.screenshot(path=save(SHOTS / "web-page-models.png"), full_page=True)
+
+
+async def test_one_model_or_a_server_from_before_v1_models_shows_no_selector(http_served, browser):
+    server, _ = http_served
+    for old in (False, True):
+        page = await browser.new_page()
+        bodies: list[str] = []
+        page.on("request", lambda r: bodies.append(r.post_data) if r.url.endswith("/v1/generate:stream") else None)
+        if old:  # what a server from before /v1/models answers
+            await page.route("**/v1/models", lambda route: route.fulfill(status=404, json={"code": 5, "message": "no such path"}))
+        await page.goto(f"http://127.0.0.1:{server.http_port}/")
+        await page.locator("#terms .term").first.wait_for()
+        assert await page.locator("#model-choice").is_hidden()
+        await page.fill("#prompt", "a red circle")
+        await page.fill("#num-images", "1")
+        await page.fill("#num-candidates", "1")
+        await page.click("#generate")
+        await page.locator("body[data-state=done]").wait_for(timeout=60_000)
+        assert await page.locator("#results .result img").count() == 1
+        if old:
+            assert '"model"' not in bodies[-1]  # an old server is asked as it always was
+        await page.close()
