@@ -66,7 +66,7 @@ async def test_one_request_is_one_trace_a_span_per_stage_and_the_workers_calls_u
     spans = by_name(exporter.get_finished_spans())
     [root] = spans["generate"]
     assert root.parent is None and root.kind.name == "SERVER"
-    assert root.attributes["tessera.model"] == server.service.info["name"]
+    assert root.attributes["tessera.model"] == server.engine.name  # the served model's name
     assert {span.context.trace_id for group in spans.values() for span in group} == {root.context.trace_id}
     for stage in STAGES:
         [span] = spans[stage]
