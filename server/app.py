@@ -53,10 +53,15 @@ def precision_text(precision: dict[str, str]) -> str:
 
 
 class TesseraServer:
-    def __init__(self, config: AppConfig):
+    def __init__(self, config: AppConfig, *, tracer_provider=None):
+        """`tracer_provider`: an OpenTelemetry TracerProvider to trace with (tests pass one with
+        an in-memory exporter); None: the `tracing` section's (tracing.py), if tracing is on."""
         self.config = config
+        self._tracer_provider = tracer_provider
+        self._own_provider = False
         self.registry = CollectorRegistry()  # every model's engine and the front door count here
         self.models = ModelSet(config, self.registry)
+        self.models.on_engine.append(self._trace)
         self.service: GenerationService | None = None
         self.calls: CallCounter | None = None
         self._front: FrontDoorInterceptor | None = None
@@ -137,6 +142,22 @@ class TesseraServer:
                  precision_text(info["precision"]) or "none")
         return self.port
 
+    def _trace(self, engine: Engine, graph) -> None:
+        """Subscribe each model's engine's tracing observer when tracing is on (nothing of the
+        SDK is imported when it is off)."""
+        provider = self._tracer_provider
+        if provider is None:
+            from tessera.server.tracing import endpoint_of
+            if endpoint_of(self.config.tracing) is None:
+                return
+            from tessera.server.tracing import start_tracing
+            provider = self._tracer_provider = start_tracing(self.config.tracing)
+            self._own_provider = True
+        from tessera.server.tracing import TraceObserver
+        info = model_info(graph)
+        engine.observers.add(TraceObserver(provider.get_tracer("tessera"), model=engine.name or info["name"],
+                                           precision=info["precision"]))
+
     async def _lull(self, quiet_s: float = 0.1, at_most_s: float = 2.0) -> None:
         """Wait until no call has arrived for `quiet_s` (at most `at_most_s`): calls already on
         the wire then reach a handler and hear UNAVAILABLE, where gRPC's close would reset
@@ -190,6 +211,9 @@ class TesseraServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self._own_provider and self._tracer_provider is not None:
+            # The spans still batched go out (off the loop: the export may wait on the network).
+            await asyncio.get_running_loop().run_in_executor(None, self._tracer_provider.shutdown)
 
 
 def _check_free(host: str, port: int) -> None:

@@ -1,4 +1,5 @@
-"""The server's configuration: a `server` section, the `model` (or several `models`), and the engine's `graph`.
+"""The server's configuration: a `server` section, the `model` (or several `models`), the engine's
+`graph`, and `tracing`.
 
     config = AppConfig.from_dict(yaml.safe_load(path.read_text()))
 
@@ -112,6 +113,23 @@ class ModelConfig(Section):
         return ModelSpec(**{f.name: getattr(self, f.name) for f in fields(ModelSpec)})
 
 
+class TracingConfig(Section):
+    """OpenTelemetry traces (`tracing:`): a span per request and per stage, exported over OTLP
+    (docs/tracing.md). Off unless an endpoint is set here, by `tessera serve
+    --otlp-traces-endpoint`, or by OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT);
+    needs `pip install 'tessera[otel]'`. The other standard OTEL_* variables (protocol, batch
+    delay, resource attributes) are the SDK's."""
+    otlp_traces_endpoint: Annotated[str, Field(min_length=1)] | None = None
+    """Where spans go, e.g. http://localhost:4317 (OTLP/gRPC); null: the OTEL_EXPORTER_OTLP_*
+    variables, or tracing off."""
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
+    """The share of requests without a caller's traceparent that start a sampled trace (0: only
+    the callers' sampled traces are followed, as in Triton); null: OTEL_TRACES_SAMPLER(_ARG),
+    by default every trace."""
+    service_name: Annotated[str, Field(min_length=1)] | None = None
+    """service.name of the spans; null: OTEL_SERVICE_NAME, else tessera."""
+
+
 # What a served model is called: what requests, metrics and the admin API name it by.
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -147,6 +165,8 @@ class AppConfig(Section):
     its own files and `ops` overrides)."""
     _graphs: list[GraphConfig] = PrivateAttr(default_factory=list)
     _raw_graph: dict | None = PrivateAttr(None)  # the graph as written, for models loaded later
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    """OpenTelemetry traces (off unless an OTLP endpoint is set)."""
 
     @property
     def model_dir(self) -> str | None:

@@ -31,7 +31,8 @@ EXIT_PORT_IN_USE = 3
 def load_config(path: str | None, host: str | None, port: int | None, metrics_port: int | None,
                 ray_address: str | None = None, http_port: int | None = None,
                 model: dict[str, str | None] | None = None, device: str | None = None,
-                models: list[str] | None = None, admin: bool = False) -> AppConfig:
+                models: list[str] | None = None, admin: bool = False,
+                otlp_traces_endpoint: str | None = None) -> AppConfig:
     """The configuration file (or the shipped one) with the command line's overrides; `model`
     holds --bpe-path/--vae/--clip/--dtype (and a path) by the `model` section's keys; `models`
     the --model values (PATH once, or NAME=PATH each time: several models); `device` (--device)
@@ -56,6 +57,10 @@ def load_config(path: str | None, host: str | None, port: int | None, metrics_po
             server["admin"] = True
         if ray_address is not None and isinstance(raw.get("graph"), dict):
             raw["graph"]["ray_address"] = ray_address
+        if otlp_traces_endpoint is not None:
+            tracing = raw.get("tracing")
+            raw["tracing"] = {**(tracing if isinstance(tracing, dict) else {}),
+                              "otlp_traces_endpoint": otlp_traces_endpoint}
         model = dict(model or {})
         named = named_models(models or [])
         if named is None:  # one plain --model PATH (or none): today's model section
@@ -222,6 +227,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="HTTP/JSON, SSE and the web page; 0 picks, -1 off (default 8080)")
     ap.add_argument("--ray-address", help="join this Ray cluster for mode: ray OPs (graph.ray_address; "
                                            "default: start a local Ray when an OP needs one)")
+    ap.add_argument("--otlp-traces-endpoint", metavar="URL",
+                    help="export OpenTelemetry traces over OTLP to URL, e.g. http://localhost:4317 "
+                         "(tracing.otlp_traces_endpoint; default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+                         "else off; needs pip install 'tessera[otel]')")
     ap.add_argument("--log-level", default="INFO")
 
 
@@ -232,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
                              ray_address=args.ray_address, http_port=args.http_port,
                              model={"bpe_path": args.bpe_path, "vae": args.vae, "clip": args.clip,
                                     "dtype": args.dtype},
-                             device=args.device, models=args.model, admin=args.admin)
+                             device=args.device, models=args.model, admin=args.admin,
+                             otlp_traces_endpoint=args.otlp_traces_endpoint)
     except ConfigError as exc:
         print(f"tessera serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -77,6 +77,8 @@ class ModelSet:
         self._serving = False
         self._stopped = False
         self._ray = None  # one Ray connection for every model's mode: ray OPs, closed at stop
+        # Called with each new engine and its graph before it starts (tracing subscribes there).
+        self.on_engine: list[Callable[[Engine, GraphConfig], None]] = []
 
     # -- what serves -----------------------------------------------------------------------
     def get(self, name: str = "") -> ServedModel:
@@ -147,6 +149,8 @@ class ModelSet:
                 self._ray = RayConnection(graph.ray_address)
             engine = Engine(graph, EngineMetrics(self.registry, model=entry.name), name=entry.name,
                             turns=self.turns, ray=self._ray)
+            for hook in self.on_engine:
+                hook(engine, graph)
             try:
                 await engine.start()
                 info = await asyncio.get_running_loop().run_in_executor(None, model_info, graph)

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from tessera.server.engine.errors import InvalidInput, OpFailed
+from tessera.server.engine.observe import Call
 from tessera.server.engine.workers import Worker, WorkerLost
 
 if TYPE_CHECKING:
@@ -43,11 +44,8 @@ class BatchRunner:
 
     async def _execute(self, worker: Worker, batch: list[RowTask]) -> None:
         stage = self.stage
-        start = time.monotonic()
-        for task in batch:
-            stage.mark_start(task, start)
-        stage.rows_hist.observe(len(batch))
-        outcomes = await self._isolate(worker, [t.value for t in batch])
+        stage.mark_start(worker, batch, time.monotonic())
+        outcomes = await self._isolate(worker, batch)
         back = []
         for task, out in zip(batch, outcomes):
             if task.request.done:
@@ -67,26 +65,30 @@ class BatchRunner:
         if back:
             stage.requeue(back)
 
-    async def _isolate(self, worker: Worker, values: list) -> list:
+    async def _isolate(self, worker: Worker, tasks: list[RowTask]) -> list:
         """Run a batch; if it raises, split it to find the rows at fault (batch-mates live).
         Rows the worker could not run because it was lost come back as WorkerLost."""
         if worker.lost.is_set():
-            return [WorkerLost(worker.spec.label)] * len(values)
-        start = time.monotonic()
+            return [WorkerLost(worker.spec.label)] * len(tasks)
+        stage = self.stage
+        values = [t.value for t in tasks]
+        traces = [t.trace for t in tasks] if any(t.trace is not None for t in tasks) else None
+        start, threads = time.monotonic(), 0
         try:
-            out = await self.stage.timed(worker, worker.process(values))
-            if worker.last_threads:
-                self.stage.metrics.threads.labels(self.stage.name, str(worker.last_threads)).inc()
+            out = await stage.timed(worker, worker.process(values, traces=traces,
+                                                                  rank=min(t.rank for t in tasks)))
+            threads = worker.last_threads
             if not isinstance(out, list) or len(out) != len(values):
-                raise OpFailed(self.stage.name, f"process() returned {len(out) if isinstance(out, list) else type(out).__name__}"
-                                                f" results for {len(values)} rows")
+                raise OpFailed(stage.name, f"process() returned {len(out) if isinstance(out, list) else type(out).__name__}"
+                                           f" results for {len(values)} rows")
             return out
         except WorkerLost as exc:
             return [exc] * len(values)
         except Exception as exc:  # noqa: BLE001 - isolated below, reported per row
             if len(values) == 1 or isinstance(exc, (asyncio.TimeoutError, OpFailed)):
                 return [exc] * len(values)
-            half = len(values) // 2
-            return await self._isolate(worker, values[:half]) + await self._isolate(worker, values[half:])
+            half = len(tasks) // 2
+            return await self._isolate(worker, tasks[:half]) + await self._isolate(worker, tasks[half:])
         finally:
-            self.stage.compute_hist.observe(time.monotonic() - start)
+            stage.tell.computed(Call(stage.name, worker, tasks, start, time.monotonic() - start,
+                                     threads=threads, spans=worker.last_spans if traces else ()))

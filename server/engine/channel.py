@@ -6,16 +6,17 @@ OP's inputs have arrived for a request, they are joined under the names the cons
 OP gives its inputs (InputMap.join) and the packet becomes ready (fan-in).
 Capacity bounds ready packets; partial joins are bounded by admission (max_inflight),
 so a fast branch can never fill the channel and starve the slow one into deadlock.
+Ready packets leave in the order of their requests' ranks (graph.policy: policy.py).
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from tessera.server.engine.config import InputMap
+from tessera.server.engine.policy import Ordered
 from tessera.server.engine.request import Request
 
 
@@ -32,7 +33,8 @@ class Channel:
         self.inputs = inputs
         self.capacity = capacity
         self._parts: dict[str, dict[str, Any]] = {}
-        self._ready: OrderedDict[str, Packet] = OrderedDict()
+        self._ready: dict[str, Packet] = {}
+        self._order: Ordered[Packet] = Ordered()  # the ready packets by their requests' ranks
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -40,6 +42,11 @@ class Channel:
 
     def __len__(self) -> int:
         return len(self._ready)
+
+    @property
+    def first_rank(self):
+        """The rank of the ready packet that leaves next (None: none is ready)."""
+        return self._order.peek_rank()
 
     @property
     def full(self) -> bool:
@@ -54,7 +61,9 @@ class Channel:
             if len(parts) < len(self.inputs):
                 return
             joined = self.inputs.join(self._parts.pop(request.id))
-        self._ready[request.id] = Packet(request, joined, time.monotonic())
+        packet = Packet(request, joined, time.monotonic())
+        self._ready[request.id] = packet
+        self._order.push(packet, request.rank)
         self._readable.set()
         if self.full:
             self._writable.clear()
@@ -81,7 +90,8 @@ class Channel:
         return self._pop()
 
     def _pop(self) -> Packet:
-        _, packet = self._ready.popitem(last=False)
+        packet = self._order.pop()
+        del self._ready[packet.request.id]
         self._after_take()
         return packet
 
@@ -95,5 +105,7 @@ class Channel:
     def remove(self, request_id: str) -> None:
         """Forget a request (cancelled, expired or failed elsewhere)."""
         self._parts.pop(request_id, None)
-        if self._ready.pop(request_id, None) is not None:
+        packet = self._ready.pop(request_id, None)
+        if packet is not None:
+            self._order.remove(lambda p: p is packet)
             self._after_take()

@@ -296,6 +296,26 @@ class GraphConfig(Section):
     ray_address: Annotated[str, Field(min_length=1)] | None = None
     """The Ray cluster that `mode: ray` OPs' actors join (`ray://host:10001`, `host:6379`,
     `auto`); null starts a local Ray when some OP needs it."""
+    policy: Literal["fcfs", "priority"] = "priority"
+    """The order of every waiting place (channels, row queues, a stepping OP's admission, the
+    device's turn): `priority` serves a lower GenerateRequest.priority sooner, ties by arrival,
+    with aging (starvation_s); `fcfs` serves by arrival alone."""
+    priority_range: list[Annotated[int, Field(ge=-1_000_000, le=1_000_000)]] = Field(
+        default_factory=lambda: [-10, 10], min_length=2, max_length=2)
+    """[soonest, latest]: the priorities a request may ask for (0, the default, must lie within);
+    outside it a request is INVALID_ARGUMENT."""
+    starvation_s: float = Field(60.0, gt=0, le=86_400)
+    """`policy: priority`: the longest an admitted request waits because of more urgent traffic.
+    Waiting raises a request's priority one level every starvation_s / (the range's width)
+    seconds, so only requests admitted within starvation_s after it can overtake it."""
+    overload_reserve: float = Field(0.25, ge=0, le=1)
+    """`policy: priority`: the share of max_inflight kept from requests less urgent than the
+    default: priority p > 0 is refused once max_inflight x (1 - overload_reserve x p / latest)
+    are in flight, so under overload the least urgent are refused first."""
+    preempt: bool = False
+    """`policy: priority`: a stepping OP with a full running batch evicts its least urgent row
+    for a more urgent waiting one; the evicted row restarts from its seed later (the same
+    image). Off: a running row always runs to its end."""
 
     @field_validator("ops", mode="before")
     @classmethod
@@ -316,6 +336,10 @@ class GraphConfig(Section):
             for name in op.inputs:
                 if name != REQUEST and name not in self.ops:
                     raise invalid(f"no OP named {name!r}", f"ops.{op.name}.inputs")
+        low, high = self.priority_range
+        if not low <= 0 <= high:
+            raise invalid(f"must hold the default priority 0 ([soonest, latest], e.g. [-10, 10]), got "
+                          f"{self.priority_range}", "priority_range")
         if not any(REQUEST in op.inputs for op in self.ops.values()):
             raise invalid(f"no OP takes the {REQUEST!r} as input", "ops")
         self._check_acyclic()

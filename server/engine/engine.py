@@ -2,11 +2,13 @@
 
     engine = Engine(GraphConfig.from_dict(raw))
     await engine.start()
-    request = engine.submit({"prompt": "a red circle"}, timeout_s=30)
+    request = engine.submit({"prompt": "a red circle"}, timeout_s=30, priority=0)
     result = await request.result()          # Result(value, timings, total_ms)
     await engine.stop()
 
-Every admitted request ends exactly once: with a Result, or with an EngineError.
+Every admitted request ends exactly once: with a Result, or with an EngineError. What
+happens to it on the way is told to the engine's observers (observe.py): its metrics, its
+log lines and, when tracing is on, its spans subscribe there.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from tessera.server.engine.config import REQUEST, GraphConfig
 from tessera.server.engine.errors import (Cancelled, DeadlineExceeded, EngineError, InvalidInput,
                                   OpFailed, Overloaded, ShuttingDown)
 from tessera.server.engine.metrics import EngineMetrics
+from tessera.server.engine.observe import LogObserver, MetricsObserver, Observer, Observers
 from tessera.server.engine.platforms import DeviceTurns, Platforms
+from tessera.server.engine.policy import Policy
 from tessera.server.engine.request import Request, Result, StageTiming
 from tessera.server.engine.stage import OpStage, gather_settled
 
@@ -33,14 +37,18 @@ _OUTCOMES = {InvalidInput: "invalid_input", Overloaded: "overloaded", DeadlineEx
 
 class Engine:
     def __init__(self, config: GraphConfig, metrics: EngineMetrics | None = None, *, name: str = "",
-                 turns: DeviceTurns | None = None, ray: Any = None):
+                 turns: DeviceTurns | None = None, ray: Any = None, observers: list[Observer] | None = None):
         """`name`: the model this engine serves (a server of several models runs one engine
         each); `turns`: the device turns it shares with those engines (None: its own); `ray`:
         the Ray connection they share (a workers.ray.RayConnection its owner closes; None: the
-        engine opens its own when an OP runs in mode ray, and closes it when it stops)."""
+        engine opens its own when an OP runs in mode ray, and closes it when it stops);
+        `observers`: subscribers to the request's life beside metrics and logs (observe.py)."""
         self.config = config
         self.name = name
         self.metrics = metrics or EngineMetrics()
+        # Metrics and logs first; tracing (server/tracing.py) and tests add theirs.
+        self.observers = Observers([MetricsObserver(self.metrics), LogObserver(), *(observers or [])])
+        self.policy = Policy.of(config)  # the order of every waiting place (policy.py)
         self.stages: dict[str, OpStage] = {}
         self.consumers = {name: config.consumers(name) for name in config.ops}
         self.entries = [name for name, op in config.ops.items() if REQUEST in op.inputs]
@@ -90,29 +98,40 @@ class Engine:
             f"{n}(x{len(s.workers)}, batch {s.cfg.batch_size})" for n, s in self.stages.items()))
 
     def submit(self, payload: Any, *, request_id: str | None = None, timeout_s: float | None = None,
-               events: bool = False) -> Request:
-        """Admit a request or refuse it at once (Overloaded, ShuttingDown)."""
+               events: bool = False, priority: int = 0,
+               trace_context: dict[str, str] | None = None) -> Request:
+        """Admit a request or refuse it at once (Overloaded, ShuttingDown, InvalidInput).
+        `priority`: lower is sooner (graph.policy); `trace_context`: the caller's W3C
+        traceparent/tracestate headers, the parent of the request's spans."""
+        tell = self.observers
         if not self.accepting:
-            self.metrics.requests.labels("shutting_down").inc()
+            tell.refused("shutting_down", priority)
             raise ShuttingDown("the server is shutting down and admits no new requests")
-        if len(self.requests) >= self.config.max_inflight or any(
+        try:
+            self.policy.check(priority)
+        except InvalidInput:
+            tell.refused("invalid_input", priority)
+            raise
+        if not self.policy.admits(priority, len(self.requests), self.config.max_inflight) or any(
                 self.stages[e].channel.full for e in self.entries):
-            self.metrics.requests.labels("overloaded").inc()
+            tell.refused("overloaded", priority)
             raise Overloaded(f"the server is at capacity ({len(self.requests)} requests in flight); "
                              "retry later")
         rid = request_id or uuid.uuid4().hex
         if rid in self.requests:
-            self.metrics.requests.labels("invalid_input").inc()
+            tell.refused("invalid_input", priority)
             shown = rid if len(rid) <= 64 else rid[:64] + "…"  # never echo unbounded input
             raise InvalidInput(f"request id {shown!r} is already in flight; use a new one per request")
         loop = asyncio.get_running_loop()
         timeout = timeout_s if timeout_s is not None else self.config.default_deadline_ms / 1000
         request = Request(rid, payload, loop.time() + timeout, events)
+        request.priority, request.trace_context = priority, trace_context
+        request.rank = self.policy.rank(priority, request.created)
         request._engine_cancel = self._cancel
         request.future.add_done_callback(_retrieve)
         self.requests[rid] = request
         self._idle.clear()
-        self.metrics.inflight.inc()
+        tell.admitted(request)
         request.timer = loop.call_at(request.deadline, self._expire, request, timeout)
         for entry in self.entries:
             self.stages[entry].channel.offer(request, REQUEST, payload)
@@ -137,17 +156,20 @@ class Engine:
         if request.done:
             return
         request.future.set_exception(error)
-        self._cleanup(request, _OUTCOMES.get(type(error), "failed"))
-        if isinstance(error, OpFailed):
-            log.warning("request failed: %s", error, extra={"request_id": request.id})
+        outcome = _OUTCOMES.get(type(error), "failed")
+        self._cleanup(request, True)
+        self.observers.failed(request, error, outcome)
+        self._idle_if_empty()
 
     def _finish(self, request: Request, value: Any) -> None:
         timings = [StageTiming(name, 1000 * (s.first_start - s.arrived), 1000 * (s.finished - s.first_start))
                    for name, s in request.stages.items() if s.finished is not None]
         total = 1000 * (time.monotonic() - request.created)
-        request.future.set_result(Result(request.id, value, timings, total))
-        self.metrics.latency.observe(total / 1000)
-        self._cleanup(request, "ok")
+        result = Result(request.id, value, timings, total)
+        request.future.set_result(result)
+        self._cleanup(request, False)
+        self.observers.finished(request, result)
+        self._idle_if_empty()
 
     def _cancel(self, request: Request, error: EngineError | None) -> None:
         self.fail(request, error or Cancelled("the request was cancelled"))
@@ -155,15 +177,15 @@ class Engine:
     def _expire(self, request: Request, timeout: float) -> None:
         self.fail(request, DeadlineExceeded(f"the request's deadline of {timeout * 1000:.0f} ms passed"))
 
-    def _cleanup(self, request: Request, outcome: str) -> None:
+    def _cleanup(self, request: Request, failed: bool) -> None:
         if request.timer is not None:
             request.timer.cancel()
-        if outcome != "ok":  # a finished request has already left every channel
+        if failed:  # a finished request has already left every channel
             for stage in self.stages.values():
                 stage.forget(request)
         self.requests.pop(request.id, None)
-        self.metrics.inflight.dec()
-        self.metrics.requests.labels(outcome).inc()
+
+    def _idle_if_empty(self) -> None:
         if not self.requests:
             self._idle.set()
 

@@ -84,6 +84,7 @@ class Op:
 class StepRow:
     key: Hashable       # the engine's id for this row; finished rows are reported by it
     value: Any
+    trace: dict[str, str] | None = None  # its request's W3C trace context (tracing on), for the worker
 
 
 @dataclass

@@ -64,6 +64,10 @@ class Request:
             self.future.add_done_callback(self.events.put_nowait)
         self.timer: asyncio.TimerHandle | None = None
         self._engine_cancel = None  # set by the engine
+        self.priority = 0           # lower is sooner (policy.py)
+        self.rank = (self.created, self.created)  # where it stands in every queue (policy.py)
+        self.trace_context: dict[str, str] | None = None  # the caller's W3C headers
+        self.trace: Any = None      # the tracing observer's spans of this request, when on
 
     @property
     def done(self) -> bool:

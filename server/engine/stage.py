@@ -1,7 +1,7 @@
 """One OP at run time: its channel, its queue of rows, its workers and their supervision.
 
 Packets from the channel become rows (`split`), rows wait in the stage's `RowQueue` for a
-worker, and each row's result goes back to its request; when a request's rows are all
+worker (in the order of their requests' ranks: policy.py), and each row's result goes back to its request; when a request's rows are all
 done, `merge` makes its output and the engine routes it on. How a worker gets its rows is
 the runner's concern: `batching.BatchRunner` for batch OPs, `stepping.StepDriver` (which
 runs the plain `StepScheduler`) for stepping OPs. Every scheduling decision is taken on
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tessera.server.engine.channel import Channel
 from tessera.server.engine.config import OpConfig
 from tessera.server.engine.errors import EngineError, OpFailed
-from tessera.server.engine.metrics import level
+from tessera.server.engine.policy import FIRST, Ordered, Rank
 from tessera.server.engine.request import Progress, Request, StageState
 from tessera.server.engine.workers import Supervisor, Worker, WorkerLost, WorkerSpec, make_worker
 
@@ -42,6 +41,8 @@ class RowTask:
     value: Any
     enqueued: float
     attempts: int = 0
+    rank: Rank = (0.0, 0.0)  # its request's rank (policy.py): where it stands in the queue
+    trace: dict[str, str] | None = None  # the W3C context its worker calls carry (tracing on)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -76,11 +77,11 @@ class CallTimedOut(OpFailed):
 
 
 class RowQueue:
-    """The rows waiting for a worker, oldest first, with notify-all signals: one when rows
-    come (or a worker should look again), one when room is made (the feed waits for it)."""
+    """The rows waiting for a worker, by rank (policy.py), with notify-all signals: one when
+    rows come (or a worker should look again), one when room is made (the feed waits for it)."""
 
     def __init__(self):
-        self._rows: deque[RowTask] = deque()
+        self._rows: Ordered[RowTask] = Ordered()
         self._rows_event = asyncio.Event()
         self._room_event = asyncio.Event()
 
@@ -89,31 +90,38 @@ class RowQueue:
 
     @property
     def oldest(self) -> RowTask:
-        return self._rows[0]
+        """The row that has waited longest (a batch's timeout runs from it)."""
+        return min(self._rows, key=lambda t: t.enqueued)
+
+    @property
+    def first_rank(self) -> Rank | None:
+        """The rank of the row that goes next (None: none waits)."""
+        return self._rows.peek_rank()
 
     def add(self, tasks: list[RowTask]) -> None:
-        self._rows.extend(tasks)
+        for task in tasks:
+            self._rows.push(task, task.rank)
         self.wake()
 
     def put_back(self, tasks: list[RowTask]) -> None:
-        """First in line again (rows of a lost worker, or rows to retry)."""
-        self._rows.extendleft(reversed(tasks))
+        """First in line again (rows of a lost worker, or rows to retry), in their order."""
+        for task in tasks:
+            self._rows.push(task, FIRST)
         if tasks:
             self.wake()
 
     def take(self, limit: int) -> list[RowTask]:
-        """Up to `limit` rows, oldest first, skipping rows whose request is done."""
+        """Up to `limit` rows, first rank first, skipping rows whose request is done."""
         out = []
         while self._rows and len(out) < limit:
-            task = self._rows.popleft()
+            task = self._rows.pop()
             if not task.request.done:
                 out.append(task)
         self._made_room()
         return out
 
     def drop(self, request: Request) -> None:
-        if any(t.request is request for t in self._rows):
-            self._rows = deque(t for t in self._rows if t.request is not request)
+        if self._rows.remove(lambda t: t.request is request):
             self._made_room()
 
     def wake(self) -> None:
@@ -121,9 +129,16 @@ class RowQueue:
         ev, self._rows_event = self._rows_event, asyncio.Event()
         ev.set()
 
+    @property
+    def worst_rank(self) -> Rank | None:
+        """The rank of the queued row that goes last (None: none waits)."""
+        return max((t.rank for t in self._rows), default=None)
+
     def _made_room(self) -> None:
         ev, self._room_event = self._room_event, asyncio.Event()
         ev.set()
+
+    look_again = _made_room  # wake the feed (room was made, or a packet came to the channel)
 
     async def rows_came(self, timeout: float | None) -> bool:
         ev = self._rows_event
@@ -142,11 +157,18 @@ class OpStage:
         self.engine, self.cfg, self.name = engine, cfg, cfg.name
         self.front = cfg.op_class(**cfg.settings)  # split/merge run here, on the loop
         self.front.name = cfg.name
-        m = engine.metrics
-        self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, level(m.depth.labels(cfg.name)))
+        self.tell = tell = engine.observers  # what happens here is reported there (observe.py)
         self.queue = RowQueue()
-        self.supervisor = Supervisor(cfg.name, m, engine.health_changed)
-        wait = m.device_wait.labels(cfg.name).observe
+
+        def depth(depth: int) -> None:
+            tell.channel_depth(cfg.name, depth)
+            self.queue.look_again()  # the feed: a packet that came may outrank the queued rows
+
+        self.channel = Channel(cfg.name, cfg.inputs, cfg.channel_capacity, depth)
+        self.supervisor = Supervisor(cfg.name, tell, engine.health_changed)
+
+        def wait(seconds: float) -> None:  # on the compute thread
+            tell.device_waited(cfg.name, seconds)
         self.workers: list[Worker] = []
         for i in range(cfg.concurrency):
             device = cfg.devices[i % len(cfg.devices)]
@@ -161,9 +183,6 @@ class OpStage:
             self.workers.append(worker)
         self.high_water = cfg.batch_size * len(self.workers)  # rows pulled ahead of the workers
         self._tasks: list[asyncio.Task] = []
-        self.queue_hist, self.compute_hist = m.queue.labels(self.name), m.compute.labels(self.name)
-        self.rows_hist = m.batch_rows.labels(self.name)
-        self.metrics = m
         if cfg.stepping:
             from tessera.server.engine.stepping import StepDriver
             self.runner = StepDriver(self)
@@ -262,9 +281,15 @@ class OpStage:
             await self.wait_rows(worker)
 
     # -- packets become rows ---------------------------------------------------------------
+    def _outranked(self) -> bool:
+        """Whether the channel's next packet goes before a row already queued: it joins the queue
+        even at high water, so an urgent request never waits behind the rows pulled ahead."""
+        first, worst = self.channel.first_rank, self.queue.worst_rank
+        return first is not None and worst is not None and first < worst
+
     async def _feed(self) -> None:
         while True:
-            while len(self.queue) >= self.high_water:
+            while len(self.queue) >= self.high_water and not self._outranked():
                 await self.queue.room_made()
             packet = await self.channel.get()
             request = packet.request
@@ -283,11 +308,14 @@ class OpStage:
                 await self.complete(request, state)
                 continue
             now = time.monotonic()
-            self.queue.add([RowTask(request, i, row, now) for i, row in enumerate(rows)])
+            self.tell.queued(self.name, request, state, len(rows))
+            trace = self.tell.context(self.name, request)
+            self.queue.add([RowTask(request, i, row, now, rank=request.rank, trace=trace)
+                            for i, row in enumerate(rows)])
             self.runner.rows_arrived()
 
     def take(self, limit: int) -> list[RowTask]:
-        """Up to `limit` queued rows, oldest first."""
+        """Up to `limit` queued rows, first rank first."""
         return self.queue.take(limit)
 
     async def fill_or_timeout(self, worker: Worker, size: int) -> None:
@@ -303,11 +331,17 @@ class OpStage:
                 break
 
     # -- rows become outputs ---------------------------------------------------------------
-    def mark_start(self, task: RowTask, start: float) -> None:
-        state = task.request.stages[self.name]
-        if state.first_start is None:
-            state.first_start = start
-        self.queue_hist.observe(start - task.enqueued)
+    def mark_start(self, worker: Worker, tasks: list[RowTask], start: float, joined: bool = False) -> None:
+        """These rows' queue time ends: a batch call starts with them, or (`joined`) they join
+        a stepping worker's running batch."""
+        for task in tasks:
+            state = task.request.stages[self.name]
+            if state.first_start is None:
+                state.first_start = start
+        if joined:
+            self.tell.joined(self.name, worker, tasks, start)
+        else:
+            self.tell.batched(self.name, worker, tasks, start)
 
     def fail_row(self, task: RowTask, exc: BaseException) -> None:
         self.engine.fail(task.request, as_engine_error(exc, self.name, task.request.id))
@@ -321,6 +355,7 @@ class OpStage:
 
     async def complete(self, request: Request, state: StageState) -> None:
         state.finished = time.monotonic()
+        self.tell.stage_done(self.name, request, state)
         try:
             value = self.front.merge(state.value, state.outputs)
         except Exception as exc:  # noqa: BLE001

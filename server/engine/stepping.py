@@ -7,6 +7,9 @@ Two parts, as vLLM splits them:
   done), which join from the waiting rows (up to batch_size, an even share across the
   workers; with static batching only into an empty batch), and how many steps it may run
   (`MAX_STEPS_PER_CALL`, or one while a stream is owed its first report).
+  Waiting rows come in the order of their requests' ranks (policy.py); with
+  `graph.preempt`, a full batch gives up its least urgent row for a more urgent waiting
+  one (the evicted row waits again and restarts from its seed: the same image).
   `update(worker, reply)` reads the call's reply into a `StepOutcome` (rows finished, rows
   failed). A failed call's rows are re-run from their seeds in smaller groups, halves run
   alone on a worker, until the row at fault fails by itself (after `retry` more tries),
@@ -32,6 +35,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tessera.server.engine.observe import Call
 from tessera.server.engine.op import StepRow
 from tessera.server.engine.progress import ProgressReporter
 from tessera.server.engine.workers import StepCall, StepReply, Worker, WorkerLost
@@ -46,11 +50,20 @@ MAX_STEPS_PER_CALL = 16
 
 
 class Waiting(Protocol):
-    """The rows waiting for a worker, oldest first (the stage's queue)."""
+    """The rows waiting for a worker, first rank first (the stage's queue)."""
 
     def __len__(self) -> int: ...
 
     def take(self, limit: int) -> list[RowTask]: ...
+
+
+class Preemptible(Waiting, Protocol):
+    """A queue a preempting scheduler reads the next rank of and gives evicted rows back to."""
+
+    @property
+    def first_rank(self) -> tuple[float, float] | None: ...
+
+    def add(self, tasks: list[RowTask]) -> None: ...
 
 
 @dataclass
@@ -58,6 +71,8 @@ class StepPlan:
     """The scheduler's decision for one worker's next call."""
     call: StepCall                      # what crosses to the worker: rows to admit, keys to evict, budget
     admitted: list[RowTask]             # the rows behind call.admit, in order
+    preempted: list[RowTask] = field(default_factory=list)  # evicted for more urgent rows, queued again
+    left: list[RowTask] = field(default_factory=list)       # evicted because their requests ended
     due: float | None = None            # when a progress report falls due mid-call (stop then)
     may_join: bool = False              # a waiting row could join this call's batch (stop for it)
 
@@ -78,8 +93,10 @@ class _Batch:
 
 class StepScheduler:
     def __init__(self, batch_size: int, *, joins: bool = True, retry: int = 0,
-                 progress: ProgressReporter | None = None, max_steps: int = MAX_STEPS_PER_CALL):
+                 progress: ProgressReporter | None = None, max_steps: int = MAX_STEPS_PER_CALL,
+                 preempt: bool = False):
         self.batch_size, self.joins, self.retry, self.max_steps = batch_size, joins, retry, max_steps
+        self.preempt = preempt
         self.progress = progress or ProgressReporter("", 0.0)
         self.suspects: deque[list[RowTask]] = deque()   # groups to re-run alone, after a failure
         self._batches: dict[Hashable, _Batch] = {}      # each worker's running batch
@@ -90,6 +107,11 @@ class StepScheduler:
         """Rows in `worker`'s running batch."""
         batch = self._batches.get(worker)
         return len(batch.live) if batch is not None else 0
+
+    def running(self, worker: Hashable) -> list[RowTask]:
+        """The rows of `worker`'s running batch."""
+        batch = self._batches.get(worker)
+        return list(batch.live.values()) if batch is not None else []
 
     def idle(self, worker: Hashable) -> bool:
         """Whether `worker` holds no rows (its next call needs rows from the queue or a retry)."""
@@ -117,8 +139,9 @@ class StepScheduler:
                 admit = [t for t in self.suspects.popleft() if not t.request.done]
                 batch.alone = bool(admit)
         evict = [k for k, t in batch.live.items() if t.request.done]
-        for key in evict:
-            del batch.live[key]
+        left = [batch.live.pop(key) for key in evict]
+        preempted = self._preempt(batch, waiting) if self.preempt and not admit else []
+        evict += [t.key for t in preempted]
         if not batch.alone and (self.joins or not batch.live):
             held = len(batch.live) + len(admit)
             limit = self.room(worker, held, len(waiting), live) if self.joins else self.batch_size - held
@@ -129,11 +152,28 @@ class StepScheduler:
             return None
         due = self.progress.next_due(list(batch.live.values()))
         budget = 1 if due is not None and due <= now else self.max_steps
-        plan = StepPlan(StepCall([StepRow(t.key, t.value) for t in admit], evict, budget), admit,
-                        due=due if budget > 1 else None,
-                        may_join=self.joins and not batch.alone and len(batch.live) < self.batch_size)
+        rank = min(t.rank for t in batch.live.values()) if batch.live else None
+        plan = StepPlan(StepCall([StepRow(t.key, t.value, t.trace) for t in admit], evict, budget, rank), admit,
+                        preempted=preempted, left=left, due=due if budget > 1 else None,
+                        may_join=self.joins and not batch.alone and (
+                            len(batch.live) < self.batch_size or self.preempt))
         self._in_flight[worker] = plan
         return plan
+
+    def _preempt(self, batch: _Batch, waiting: Waiting) -> list[RowTask]:
+        """A full batch's least urgent row, when a waiting row outranks it: out of the batch
+        and back in the queue (by its own rank), to restart from its seed later. One per call:
+        the call returns early while rows wait (may_join), so several urgent rows get in over
+        the next calls, each after one step."""
+        first = getattr(waiting, "first_rank", None)
+        if batch.alone or not self.joins or len(batch.live) < self.batch_size or first is None:
+            return []
+        worst = max(batch.live.values(), key=lambda t: t.rank)
+        if not first < worst.rank:
+            return []
+        del batch.live[worst.key]
+        waiting.add([worst])  # behind the more urgent row that takes its place now
+        return [worst]
 
     def room(self, worker: Hashable, held: int, queued: int, live: Sequence[Hashable]) -> int:
         """How many queued rows this worker may take, holding `held`: up to batch_size, and
@@ -229,7 +269,7 @@ class StepDriver:
         progress = ProgressReporter(stage.name, stage.engine.config.progress_interval_ms / 1000)
         # The loop's own instance of the OP (settings, no model) says whether rows join mid-run.
         self.scheduler = StepScheduler(cfg.batch_size, joins=stage.front.joins_mid_run, retry=cfg.retry,
-                                       progress=progress)
+                                       progress=progress, preempt=stage.engine.policy.preempt)
 
     # -- what the stage tells the driver ---------------------------------------------------
     def rows_arrived(self) -> None:
@@ -257,8 +297,13 @@ class StepDriver:
                 await stage.wait_rows(worker)
                 continue
             start = time.monotonic()
-            for task in plan.admitted:
-                stage.mark_start(task, start)
+            if plan.left:
+                stage.tell.evicted(stage.name, worker, plan.left, "left")
+            if plan.preempted:
+                stage.tell.evicted(stage.name, worker, plan.preempted, "preempted")
+            if plan.admitted:
+                stage.mark_start(worker, plan.admitted, start, joined=True)
+            running = scheduler.running(worker)
             timer = (asyncio.get_running_loop().call_later(max(0.0, plan.due - start), self._stop_early, [worker])
                      if plan.due is not None else None)
             try:
@@ -271,18 +316,10 @@ class StepDriver:
             finally:
                 if timer is not None:
                     timer.cancel()
-            if reply.error is None:
-                self._measure(reply, start, scheduler.held(worker))
+            if reply.error is None and reply.steps:
+                stage.tell.computed(Call(stage.name, worker, running, start, time.monotonic() - start,
+                                         steps=reply.steps, threads=reply.threads, spans=reply.spans))
             await self._settle(scheduler.update(worker, reply))
-
-    def _measure(self, reply: StepReply, start: float, rows: int) -> None:
-        stage = self.stage
-        per_step = (time.monotonic() - start) / max(1, reply.steps)
-        for _ in range(reply.steps):  # the metrics stay per step
-            stage.compute_hist.observe(per_step)
-            stage.rows_hist.observe(rows)
-        if reply.threads and reply.steps:
-            stage.metrics.threads.labels(stage.name, str(reply.threads)).inc(reply.steps)
 
     async def _settle(self, outcome: StepOutcome) -> None:
         stage = self.stage

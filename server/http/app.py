@@ -45,6 +45,7 @@ from tessera.server.rpc.interceptors import CallCounter
 from tessera.server.rpc.status import (AdminOff, InvalidRequest, Unauthenticated, UnsupportedMediaType,
                                        http_status_for, http_status_of, outcome_for, status_for)
 from tessera.server.rpc.validation import MAX_REQUEST_ID_CHARS
+from tessera.server.tracing import trace_headers
 from tessera.v1 import image_generation_pb2 as pb
 
 log = logging.getLogger("tessera.http")
@@ -82,7 +83,8 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
         try:
             authorize(request)
             message, rid, timeout_s = await accept(request)
-            work = asyncio.ensure_future(service.generate(message, timeout_s=timeout_s))
+            work = asyncio.ensure_future(service.generate(message, timeout_s=timeout_s,
+                                                          trace_context=trace_headers(request.headers.items())))
             gone = asyncio.ensure_future(_disconnected(request))
             try:
                 await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -110,7 +112,8 @@ def build_app(service: GenerationService, *, token: str | None, health: Callable
         try:
             authorize(request)
             message, rid, timeout_s = await accept(request)
-            engine_request = service.submit(message, streaming=True, timeout_s=timeout_s)
+            engine_request = service.submit(message, streaming=True, timeout_s=timeout_s,
+                                            trace_context=trace_headers(request.headers.items()))
         except EngineError as exc:
             count(outcome_for(status_for(exc)))
             return _error(exc, rid)

@@ -51,8 +51,10 @@ class GenerationService:
         """What the first model's GetInfo says (the start-up line's model)."""
         return self.models.get("").info
 
-    def submit(self, request: pb.GenerateRequest, *, streaming: bool, timeout_s: float | None) -> Request:
-        """Validate and admit, or raise InvalidRequest / ModelNotFound / Overloaded / ShuttingDown at once."""
+    def submit(self, request: pb.GenerateRequest, *, streaming: bool, timeout_s: float | None,
+               trace_context: dict[str, str] | None = None) -> Request:
+        """Validate and admit, or raise InvalidRequest / ModelNotFound / Overloaded / ShuttingDown at once;
+        `trace_context`: the caller's W3C traceparent/tracestate (the parent of its spans)."""
         call = _Call(request.request_id, request.model)
         try:
             check_request_id(request.request_id)
@@ -63,7 +65,8 @@ class GenerationService:
             payload = served.mapping.from_request(request_fields(request), self.limits, streaming=streaming)
             # No await from get() to here: the engine that admits it is the one that serves the name now.
             engine_request = served.engine.submit(payload, request_id=call.rid, timeout_s=timeout_s,
-                                                  events=streaming)
+                                                  events=streaming, priority=request.priority,
+                                                  trace_context=trace_context)
         except EngineError as exc:
             call.end(status_for(exc).name)
             raise
@@ -77,16 +80,17 @@ class GenerationService:
         that is not a GenerateRequest), as `submit` logs its own refusals."""
         _Call(request_id, "").end(status_for(error).name)
 
-    async def generate(self, request: pb.GenerateRequest, *, timeout_s: float | None) -> pb.GenerateResponse:
-        engine_request = self.submit(request, streaming=False, timeout_s=timeout_s)
+    async def generate(self, request: pb.GenerateRequest, *, timeout_s: float | None,
+                       trace_context: dict[str, str] | None = None) -> pb.GenerateResponse:
+        engine_request = self.submit(request, streaming=False, timeout_s=timeout_s, trace_context=trace_context)
         try:
             return self._response(engine_request, await engine_request.result())
         finally:
             engine_request.cancel()  # no-op once finished; stops the work if the caller left
 
-    async def generate_stream(self, request: pb.GenerateRequest, *,
-                              timeout_s: float | None) -> AsyncIterator[pb.GenerateEvent]:
-        engine_request = self.submit(request, streaming=True, timeout_s=timeout_s)
+    async def generate_stream(self, request: pb.GenerateRequest, *, timeout_s: float | None,
+                              trace_context: dict[str, str] | None = None) -> AsyncIterator[pb.GenerateEvent]:
+        engine_request = self.submit(request, streaming=True, timeout_s=timeout_s, trace_context=trace_context)
         async with aclosing(self.events(engine_request)) as events:
             async for event in events:
                 yield event
@@ -163,10 +167,10 @@ def model_status(served: ServedModel, state: str = "serving") -> pb.ModelStatus:
 
 
 def request_fields(request: pb.GenerateRequest) -> dict[str, Any]:
-    """The request as plain fields, named as in the proto (the id and the model's name are the
-    service's, not the model's)."""
+    """The request as plain fields, named as in the proto (the id, the model's name and the
+    priority are the service's and the engine's, not the model's)."""
     return {f.name: getattr(request, f.name) for f in request.DESCRIPTOR.fields
-            if f.name not in ("request_id", "model")}
+            if f.name not in ("request_id", "model", "priority")}
 
 
 def to_event(event: Progress) -> pb.GenerateEvent:

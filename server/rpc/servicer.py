@@ -11,6 +11,7 @@ from tessera.server.engine import EngineError
 from tessera.server.rpc.admin import ModelAdmin
 from tessera.server.rpc.service import GenerationService
 from tessera.server.rpc.status import status_for
+from tessera.server.tracing import trace_headers
 from tessera.v1 import image_generation_pb2 as pb
 from tessera.v1 import image_generation_pb2_grpc as pb_grpc
 
@@ -23,14 +24,17 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         try:
-            return await self.service.generate(request, timeout_s=context.time_remaining())
+            return await self.service.generate(request, timeout_s=context.time_remaining(),
+                                               trace_context=trace_headers(context.invocation_metadata() or ()))
         except EngineError as exc:
             await _abort(context, exc)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
             # aclosing: a caller who leaves mid-stream cancels the engine request at once
-            async with aclosing(self.service.generate_stream(request, timeout_s=context.time_remaining())) as events:
+            stream = self.service.generate_stream(request, timeout_s=context.time_remaining(),
+                                                  trace_context=trace_headers(context.invocation_metadata() or ()))
+            async with aclosing(stream) as events:
                 async for event in events:
                     yield event
         except EngineError as exc:

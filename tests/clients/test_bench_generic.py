@@ -18,7 +18,7 @@ from tessera.bench.servers import GenericServer, running_in_group
 @pytest.fixture(scope="module")
 def generic(tiny_model_dir):
     if importlib.util.find_spec("litserve") is None:
-        pytest.fail("litserve is not installed: pip install -e '.[test,ray,bench]' (the README's test command)")
+        pytest.fail("litserve is not installed: pip install -e '.[test,ray,bench,otel]' (the README's test command)")
     with GenericServer(str(tiny_model_dir), capacity=8) as server:
         yield server
     # SIGTERM ended it gracefully (exit code 0, not a kill), and its whole session is gone:

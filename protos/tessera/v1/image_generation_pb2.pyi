@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "num_images", "num_candidates", "seed", "temperature", "top_k", "top_p", "guidance_scale", "request_id", "preview_every", "model")
+    __slots__ = ("prompt", "num_images", "num_candidates", "seed", "temperature", "top_k", "top_p", "guidance_scale", "request_id", "preview_every", "model", "priority")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class GenerateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     num_images: int
     num_candidates: int
@@ -30,7 +31,8 @@ class GenerateRequest(_message.Message):
     request_id: str
     preview_every: int
     model: str
-    def __init__(self, prompt: _Optional[str] = ..., num_images: _Optional[int] = ..., num_candidates: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., request_id: _Optional[str] = ..., preview_every: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+    priority: int
+    def __init__(self, prompt: _Optional[str] = ..., num_images: _Optional[int] = ..., num_candidates: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., request_id: _Optional[str] = ..., preview_every: _Optional[int] = ..., model: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("png", "clip_score", "seed", "candidate_index", "width", "height")

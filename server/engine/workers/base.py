@@ -12,6 +12,11 @@ flag between steps and reads nothing else of the engine's.
     reply = await worker.step(StepCall(admit=rows, evict=[], budget=16))
     await worker.close()
 
+When tracing is on, the calls carry their requests' W3C trace context (a batch call's
+`traces`, a stepping row's `StepRow.trace`) and the worker side times each call as plain
+`SpanRecord`s under it, which come back with the reply (`last_spans`, `StepReply.spans`) for
+the event loop to export: a process or Ray worker needs no exporter of its own.
+
 A call raises `WorkerLost` when the worker died under it (a killed process, a lost Ray
 actor or node) or was abandoned after a call ran past `timeout_ms`; `lost` is set the
 moment that is known, whether or not a call was running. `start()` again replaces it.
@@ -48,11 +53,22 @@ class WorkerSpec:
 
 
 @dataclass
+class SpanRecord:
+    """A span the worker side timed, to be exported under `parent` (W3C traceparent headers)."""
+    name: str
+    parent: dict[str, str]
+    start_ns: int        # time.time_ns() on the worker's machine
+    end_ns: int
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class StepCall:
     """The event loop's decision for one stepping call."""
     admit: list[StepRow] = field(default_factory=list)
     evict: list[Hashable] = field(default_factory=list)
     budget: int = 1      # the most steps this call may run
+    rank: tuple | None = None  # its most urgent row's rank (policy.py): its place in the device's turn
 
 
 @dataclass
@@ -62,6 +78,7 @@ class StepReply:
     steps: int = 0
     error: BaseException | None = None  # admit/step raised: the running batch was dropped
     threads: int = 0     # the thread count the steps ran with (0: not chosen here)
+    spans: list[SpanRecord] = field(default_factory=list)  # the call timed, per traced request
 
 
 class Worker:
@@ -74,6 +91,7 @@ class Worker:
         self.lost = asyncio.Event()   # set when the worker died; cleared by start()
         self.on_lost: Callable[[Worker], None] | None = None  # told once per loss, on the loop
         self.last_threads = 0  # threads the last batch call computed with, where known (0: not)
+        self.last_spans: list[SpanRecord] = []  # what the last batch call timed for its traces
 
     def _set_lost(self) -> None:
         if not self.lost.is_set():
@@ -97,8 +115,11 @@ class Worker:
         """Create the OP where this worker runs and call its setup; again to replace it."""
         raise NotImplementedError
 
-    async def process(self, rows: list[Any]) -> list[Any]:
-        """A batch OP's call: one result (or exception instance) per row."""
+    async def process(self, rows: list[Any], traces: list[dict[str, str] | None] | None = None,
+                      rank: tuple | None = None) -> list[Any]:
+        """A batch OP's call: one result (or exception instance) per row; `traces`: each row's
+        trace context, when tracing is on (the call's spans are then in `last_spans`); `rank`:
+        its most urgent row's (policy.py), its place in the device's turn."""
         raise NotImplementedError
 
     async def step(self, call: StepCall) -> StepReply:

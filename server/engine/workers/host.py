@@ -5,13 +5,15 @@ a process worker in its child, a Ray worker in its actor.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import socket
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from tessera.server.engine.op import Op, StepResult, SteppingOp
-from tessera.server.engine.workers.base import StepCall, StepReply, WorkerSpec
+from tessera.server.engine.workers.base import SpanRecord, StepCall, StepReply, WorkerSpec
 
 log = logging.getLogger("tessera.engine")
 
@@ -24,7 +26,9 @@ class OpHost:
         self.spec = spec
         self.op: Op | None = None
         self._keys: set[Hashable] = set()  # rows in a stepping OP's running batch
+        self._traces: dict[Hashable, dict[str, str]] = {}  # running rows' trace context (tracing on)
         self.device = host_for(spec, others_waiting)  # how calls compute on the spec's device (platforms/)
+        self.last_spans: list[SpanRecord] = []  # the last batch call's, for the worker to hand back
 
     def setup(self) -> None:
         op = self.spec.op_class(**self.spec.settings)
@@ -33,7 +37,7 @@ class OpHost:
             op.capacity = self.spec.capacity
         op.setup(self.spec.device)
         self.device.adopt(op)
-        self.op, self._keys = op, set()
+        self.op, self._keys, self._traces = op, set(), {}
 
     def close(self) -> None:
         """Free what the host holds: the node turn's files, the OP's own (`teardown`); no call
@@ -46,14 +50,17 @@ class OpHost:
             except Exception:  # noqa: BLE001 - closing goes on; what it held is freed with it
                 log.exception("%s: teardown failed", self.spec.label)
 
-    def process(self, rows: list[Any]) -> list[Any]:
+    def process(self, rows: list[Any], traces: list[dict[str, str] | None] | None = None) -> list[Any]:
         device = self.device
+        self.last_spans = []
         with device.hold():
             n = device.choose("batch", len(rows))
-            start = time.perf_counter()
+            start, began = time.perf_counter(), time.time_ns()
             out = self.op.process(rows)
             if n:
                 device.record("batch", len(rows), n, time.perf_counter() - start, units=len(rows))
+        if traces:
+            self.last_spans = self._spans(traces, began, {"tessera.rows": len(rows), "tessera.threads": n})
         return out
 
     def step(self, call: StepCall, stop: Callable[[], bool]) -> StepReply:
@@ -74,6 +81,10 @@ class OpHost:
                 if call.admit:
                     reply.refused = dict(op.admit(call.admit) or {})
                     self._keys.update(r.key for r in call.admit if r.key not in reply.refused)
+                    self._traces.update((r.key, r.trace) for r in call.admit
+                                        if r.trace is not None and r.key not in reply.refused)
+                traced = [self._traces[k] for k in self._keys if k in self._traces]
+                began = time.time_ns()
                 result, spent = reply.result, 0.0
                 while reply.steps < call.budget and op.active:
                     if reply.steps:
@@ -93,15 +104,34 @@ class OpHost:
                         break
                 if n and reply.steps:
                     device.record("step", rows, n, spent, units=reply.steps)
+            if traced:
+                reply.spans = self._spans(traced, began, {"tessera.rows": rows, "tessera.threads": n,
+                                                          "tessera.steps": reply.steps,
+                                                          "tessera.admitted": len(call.admit),
+                                                          "tessera.evicted": len(gone)})
+            for key in gone:
+                self._traces.pop(key, None)
+            for key in result.finished:
+                self._traces.pop(key, None)
         except Exception as exc:  # noqa: BLE001 - the loop re-runs the rows in smaller groups
             reply.error = exc
             reply.result = StepResult()
             self._reset()
         return reply
 
+    def _spans(self, traces: list[dict[str, str] | None], began: int, attributes: dict[str, Any]) -> list[SpanRecord]:
+        """One span of this call for each traced request in it (rows of one request share one)."""
+        parents = {c["traceparent"]: c for c in traces if c and "traceparent" in c}
+        end = time.time_ns()
+        attributes = {**attributes, "host.name": _HOST, "process.pid": os.getpid(),
+                      "tessera.device": self.spec.device, "tessera.worker.index": self.spec.index}
+        return [SpanRecord(f"{self.spec.name} compute", parent, began, end, attributes)
+                for parent in parents.values()]
+
     def _reset(self) -> None:
         """After a failed step the running batch is unknown: drop it (a new OP if need be)."""
         keys, self._keys = list(self._keys), set()
+        self._traces = {}
         try:
             if keys:
                 self.op.evict(keys)
@@ -112,6 +142,9 @@ class OpHost:
         log.warning("%s: could not drop its running batch after a failed step; setting it up again",
                     self.spec.label)
         self.setup()
+
+
+_HOST = socket.gethostname()  # the node a span computed on
 
 
 def portable(value: Any) -> Any:

@@ -37,7 +37,9 @@ def _child_main(conn, stop, spec: WorkerSpec) -> None:
                 host.setup()
                 reply = ("ok", None)
             elif kind == "process":
-                reply = ("ok", [portable(v) for v in host.process(payload)])
+                rows, traces = payload
+                out = [portable(v) for v in host.process(rows, traces)]
+                reply = ("ok", (out, host.last_spans))
             elif kind == "step":
                 reply = ("ok", portable_reply(host.step(payload, stop.is_set)))
             else:
@@ -89,8 +91,10 @@ class ProcessWorker(Worker):
         self.lost.clear()
         await self._request("setup", None)
 
-    async def process(self, rows: list[Any]) -> list[Any]:
-        return await self._request("process", rows)
+    async def process(self, rows: list[Any], traces: list[dict[str, str] | None] | None = None,
+                      rank: tuple | None = None) -> list[Any]:
+        out, self.last_spans = await self._request("process", (rows, traces))
+        return out
 
     async def step(self, call: StepCall) -> StepReply:
         self._stop.clear()

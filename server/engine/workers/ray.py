@@ -75,9 +75,10 @@ class OpActor:
     def ready(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def process(self, rows: list[Any]) -> tuple[str, Any]:
+    def process(self, rows: list[Any], traces: list | None = None) -> tuple[str, Any]:
         try:
-            return "ok", [portable(v) for v in self._on_compute(self.host.process, rows)]
+            out = [portable(v) for v in self._on_compute(self.host.process, rows, traces)]
+            return "ok", (out, self.host.last_spans)
         except Exception as exc:  # noqa: BLE001 - bisected by the engine
             return "err", portable(exc)
 
@@ -141,11 +142,13 @@ class RayWorker(Worker):
                 log.warning("%s: Ray actor lost: %s", self.spec.label, str(exc).splitlines()[0])
                 self._set_lost()
 
-    async def process(self, rows: list[Any]) -> list[Any]:
-        status, value = await self._remote(self._handle.process, rows)
+    async def process(self, rows: list[Any], traces: list[dict[str, str] | None] | None = None,
+                      rank: tuple | None = None) -> list[Any]:
+        status, value = await self._remote(self._handle.process, rows, traces)
         if status == "err":
             raise value
-        return value
+        out, self.last_spans = value
+        return out
 
     async def step(self, call: StepCall) -> StepReply:
         self._call_id += 1

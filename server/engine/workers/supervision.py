@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from tessera.server.engine.metrics import EngineMetrics
+from tessera.server.engine.observe import Observer
 from tessera.server.engine.workers.base import Worker
 
 log = logging.getLogger("tessera.engine")
@@ -21,31 +21,26 @@ _FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.2, 10.0
 
 
 class Supervisor:
-    def __init__(self, op: str, metrics: EngineMetrics, on_change: Callable[[], None]):
+    def __init__(self, op: str, tell: Observer, on_change: Callable[[], None]):
         self.op = op
         self.live = 0
         self._on_change = on_change
-        self._live_gauge = metrics.live_workers.labels(op)
-        self._restarts = metrics.worker_restarts.labels(op)
-        self._retried = metrics.rows_retried.labels(op)
+        self._tell = tell  # the engine's observers: metrics and logs hear of workers there
 
     def up(self, worker: Worker) -> None:
         self.live += 1
-        self._live_gauge.inc()  # inc/dec, not set: two versions of one model add up (metrics.py)
+        self._tell.worker_up(self.op, worker, self.live)
         self._on_change()
 
     def down(self, worker: Worker, rows: int) -> None:
         self.live -= 1
-        self._live_gauge.dec()
-        self._retried.inc(rows)
-        log.warning("%s: worker %d (%s) lost; %d rows retried on live workers, %d of them left",
-                    self.op, worker.index, worker.placement, rows, self.live)
+        self._tell.worker_lost(self.op, worker, rows, self.live)
         self._on_change()
 
     def close(self) -> None:
         """The OP stopped: its workers are no longer live (a replaced model's old version leaves
         the model's gauge to the new one's)."""
-        self._live_gauge.dec(self.live)
+        self._tell.workers_closed(self.op, self.live)
         self.live = 0
 
     async def replace(self, worker: Worker) -> None:
@@ -61,6 +56,5 @@ class Supervisor:
                             self.op, worker.index, type(exc).__name__, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, _LONGEST_PAUSE_S)
-        self._restarts.inc()
-        log.info("%s: worker %d replaced", self.op, worker.index)
+        self._tell.worker_replaced(self.op, worker)
         self.up(worker)

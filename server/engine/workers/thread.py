@@ -3,7 +3,9 @@
 
 Thread workers on one device can take turns (`graph.device_turns`): they share the
 device's one `ComputeThread`, first come first served, so the OPs of a pipeline compute
-one at a time with every core, and torch keeps a single OpenMP team per device. (One team
+one at a time with every core, and torch keeps a single OpenMP team per device. Waiting
+calls take the turn in the order of their most urgent row's rank (graph.policy: policy.py),
+first submitted first among equals. (One team
 per OP thread oversubscribes a small CPU; libgomp then stops spinning between parallel
 regions and every op pays a wake-up: a 4-row sampler step took 40% longer.) The wait for
 the turn is measured apart from compute. A stepping call in progress returns after its
@@ -13,16 +15,19 @@ between steps (the platform's DeviceHost.keep_stepping).
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tessera.server.engine.workers.base import StepCall, StepReply, Worker, WorkerLost, WorkerSpec
 from tessera.server.engine.workers.host import OpHost
+
+FIRST = (float("-inf"), float("-inf"))  # a call for no request (a setup) goes before the rest
 
 log = logging.getLogger("tessera.engine")
 
@@ -35,7 +40,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     submitted: float
     on_start: Callable[[float], None] | None
-
+    order: tuple = ()  # (rank, submission): its place in the turn
 
 class ComputeThread:
     """One thread running submitted calls in order. It knows which call runs and how many
@@ -44,7 +49,8 @@ class ComputeThread:
 
     def __init__(self, label: str):
         self.label = label
-        self._queue: deque[_Job] = deque()
+        self._queue: list[_Job] = []  # by order (bisect keeps it sorted)
+        self._seq = itertools.count()
         self._cond = threading.Condition()
         self._current: _Job | None = None
         self._closed = False
@@ -57,13 +63,15 @@ class ComputeThread:
                          name=f"{self.label}-{self._generation}").start()
 
     def submit(self, fn: Callable[..., Any], *args: Any,
-               on_start: Callable[[float], None] | None = None) -> asyncio.Future:
+               on_start: Callable[[float], None] | None = None, rank: tuple | None = None) -> asyncio.Future:
+        """Queue a call; `rank`: its most urgent row's (None: ahead of every request's)."""
         loop = asyncio.get_running_loop()
-        job = _Job(fn, args, loop.create_future(), loop, time.monotonic(), on_start)
+        job = _Job(fn, args, loop.create_future(), loop, time.monotonic(), on_start,
+                   (rank or FIRST, next(self._seq)))
         with self._cond:
             if self._closed:
                 raise WorkerLost(f"{self.label} is closed")
-            self._queue.append(job)
+            bisect.insort(self._queue, job, key=lambda j: j.order)
             self._cond.notify()
         return job.future
 
@@ -93,7 +101,7 @@ class ComputeThread:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            left, self._queue = list(self._queue), deque()
+            left, self._queue = list(self._queue), []
             self._cond.notify_all()
         for job in left:
             job.loop.call_soon_threadsafe(_settle, job.future, None, WorkerLost(f"{self.label} closed"))
@@ -105,7 +113,7 @@ class ComputeThread:
                     self._cond.wait()
                 if generation != self._generation or (self._closed and not self._queue):
                     return
-                job = self._queue.popleft()
+                job = self._queue.pop(0)
                 self._current = job
             if job.on_start is not None:
                 job.on_start(time.monotonic() - job.submitted)
@@ -164,16 +172,18 @@ class ThreadWorker(Worker):
         await self._submit(self.host.setup, measured=False)
         self.lost.clear()
 
-    async def process(self, rows: list[Any]) -> list[Any]:
+    async def process(self, rows: list[Any], traces: list[dict[str, str] | None] | None = None,
+                      rank: tuple | None = None) -> list[Any]:
         self._check()
-        out = await self._submit(self.host.process, rows)
+        out = await self._submit(self.host.process, rows, traces, rank=rank)
         self.last_threads = self.host.device.last
+        self.last_spans = self.host.last_spans
         return out
 
     async def step(self, call: StepCall) -> StepReply:
         self._check()
         self._stop.clear()
-        return await self._submit(self.host.step, call, self._stop.is_set)
+        return await self._submit(self.host.step, call, self._stop.is_set, rank=call.rank)
 
     def stop_early(self) -> None:
         self._stop.set()
@@ -195,7 +205,8 @@ class ThreadWorker(Worker):
         if self.host is not None and not self.lost.is_set():  # an abandoned call may still run
             self.host.close()
 
-    async def _submit(self, fn: Callable[..., Any], *args: Any, measured: bool = True) -> Any:
+    async def _submit(self, fn: Callable[..., Any], *args: Any, measured: bool = True,
+                      rank: tuple | None = None) -> Any:
         # The last call stays known after it ends or is cancelled: abandon() reads it.
-        self._call = self.compute.submit(fn, *args, on_start=self.on_wait if measured else None)
+        self._call = self.compute.submit(fn, *args, on_start=self.on_wait if measured else None, rank=rank)
         return await self._call
