@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from tessera.server.config import AppConfig
 from tessera.server.engine import ConfigError, Engine
 from tessera.server.http import HttpServer, build_app
-from tessera.server.models import ModelSet
+from tessera.server.models import ModelSet, model_info
 from tessera.server.rpc.admin import ModelAdmin
 from tessera.server.rpc.auth import BearerTokenInterceptor, load_token
 from tessera.server.rpc.interceptors import CallCounter, FrontDoorInterceptor
