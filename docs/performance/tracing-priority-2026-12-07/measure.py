@@ -7,8 +7,10 @@
 v1 link to one checkout (main before issue 27, and this branch). Each round serves, in turn:
 `main` (base), `off` (this branch, tracing off), `on` (this branch, every request traced, spans
 exported over OTLP/gRPC to a receiver in this script), c=32 closed loop, one image each; then
-`priority` and `fcfs` (this branch, graph.policy so): 32 clients of priority-5 requests saturate
-the server while one client sends priority-0 requests one after another; the trickle's p50/p99.
+`priority`, `fcfs` and `preempt` (graph.policy priority, fcfs, and priority with graph.preempt):
+32 clients of priority-5 requests of --load-images images each (8: 256 rows asked of the sampler's
+2 x 64 slots, so a wave of rows always waits) saturate the server while one client sends
+priority-0 one-image requests one after another; the trickle's p50/p99.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent import futures
 from pathlib import Path
@@ -61,7 +62,8 @@ def serve(pythonpath: str, log: Path, env: dict, config: str | None) -> tuple[su
     return proc, int(m.group(1))
 
 
-async def closed_loop(target: str, c: int, n: int, seed0: int, priority: int = 0, trickle: int = 0) -> dict:
+async def closed_loop(target: str, c: int, n: int, seed0: int, priority: int = 0, trickle: int = 0,
+                      images: int = 1) -> dict:
     from tessera.clients import AsyncTesseraClient
     client = AsyncTesseraClient(target, timeout=3600)
     todo, lat, urgent = iter(range(n)), [], []
@@ -70,7 +72,7 @@ async def closed_loop(target: str, c: int, n: int, seed0: int, priority: int = 0
     async def one():
         for i in todo:
             t = time.perf_counter()
-            await client.generate(SHAPES[i % 4], num_images=1, seed=seed0 + i, priority=priority)
+            await client.generate(SHAPES[i % 4], num_images=images, seed=seed0 + i, priority=priority)
             lat.append(time.perf_counter() - t)
         busy.set()
 
@@ -86,7 +88,7 @@ async def closed_loop(target: str, c: int, n: int, seed0: int, priority: int = 0
     wall = time.perf_counter() - t0
     await client.close()
     lat.sort(), urgent.sort()
-    out = {"images": n, "wall_s": wall, "images_per_s": n / wall,
+    out = {"images": n * images, "wall_s": wall, "images_per_s": n * images / wall,
            "p50_s": lat[len(lat) // 2], "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
     if urgent:
         out |= {"trickle": len(urgent), "trickle_p50_s": urgent[len(urgent) // 2],
@@ -101,6 +103,9 @@ def main() -> None:
     ap.add_argument("--base", required=True)
     ap.add_argument("--new", required=True)
     ap.add_argument("-n", type=int, default=96)
+    ap.add_argument("--load-images", type=int, default=8,
+                    help="images per request of the priority-5 load (8: 32 clients ask 256 rows of the 128 slots)")
+    ap.add_argument("--only", nargs="*", help="run only these (main off on priority fcfs preempt)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,25 +113,28 @@ def main() -> None:
     sys.path.insert(0, args.new)
     from tessera.server.defaults import DEFAULT_CONFIG
     configs = {}
-    for policy in ("priority", "fcfs"):
+    for policy in ("priority", "fcfs", "preempt"):
         raw = copy.deepcopy(DEFAULT_CONFIG)
-        raw["graph"]["policy"] = policy
+        raw["graph"]["policy"] = "fcfs" if policy == "fcfs" else "priority"
+        raw["graph"]["preempt"] = policy == "preempt"
         configs[policy] = str(out / f"{policy}.yaml")
         Path(configs[policy]).write_text(yaml.safe_dump(raw))
-    runs = [("main", args.base, {}, None, 5, 0, 0), ("off", args.new, {}, None, 5, 0, 0),
-            ("on", args.new, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}"}, None, 5, 0, 0),
-            ("priority", args.new, {}, configs["priority"], 5, 5, 10**6),
-            ("fcfs", args.new, {}, configs["fcfs"], 5, 5, 10**6)]
+    runs = [("main", args.base, {}, None, 0, 0, 1), ("off", args.new, {}, None, 0, 0, 1),
+            ("on", args.new, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}"}, None, 0, 0, 1),
+            ("priority", args.new, {}, configs["priority"], 5, 10**6, args.load_images),
+            ("fcfs", args.new, {}, configs["fcfs"], 5, 10**6, args.load_images),
+            ("preempt", args.new, {}, configs["preempt"], 5, 10**6, args.load_images)]
+    runs = [r for r in runs if not args.only or r[0] in args.only]
     rows = []
     for r in range(args.rounds):
-        for name, path, env, config, _, priority, trickle in runs:
+        for name, path, env, config, priority, trickle, images in runs:
             proc, p = serve(path, out / f"{name}-{r}.log", env, config)
             try:
                 target = f"127.0.0.1:{p}"
                 asyncio.run(closed_loop(target, 1, 2, 10**7))  # warm-up
                 before = spans[0]
                 row = {"round": r, "run": name, "load": os.getloadavg()[0],
-                       **asyncio.run(closed_loop(target, 32, args.n, 1000 * r, priority, trickle))}
+                       **asyncio.run(closed_loop(target, 32, args.n, 1000 * r, priority, trickle, images))}
                 if name == "on":
                     time.sleep(6)  # the batch processor's delay: the spans of the run arrive
                     row["spans"] = spans[0] - before
