@@ -150,6 +150,9 @@ def add_generate_arguments(ap: argparse.ArgumentParser) -> None:
                     help=f"directory for the PNGs and the contact sheet, made if missing "
                          f"(default: ./{DEFAULT_OUT}/ in the current directory)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds")
+    ap.add_argument("--priority", type=int, default=0,
+                    help="lower is served sooner (default 0); the server's graph.priority_range bounds it, "
+                         "and a request waiting long enough is served whatever its priority")
     _model_argument(ap, "which of the server's models draws the images")
     _connection_arguments(ap)
 
@@ -175,7 +178,7 @@ def run_generate(args: argparse.Namespace) -> int:
             for event in client.generate_stream(
                     args.prompt, model=args.model, timeout=args.timeout, num_images=args.num_images,
                     num_candidates=args.candidates, seed=args.seed, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale):
+                    top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale, priority=args.priority):
                 if isinstance(event, Generation):
                     result = event
                 elif event.total > 0:

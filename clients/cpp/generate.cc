@@ -28,7 +28,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: tessera_generate PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] "
-    "[--seed N] [--model NAME, default the server's first] [--timeout SECONDS] "
+    "[--seed N] [--model NAME, default the server's first] [--priority N, lower is sooner, default 0] "
+    "[--timeout SECONDS] "
     "[--out DIR, default ./tessera-out]\n";
 
 struct Options {
@@ -38,6 +39,7 @@ struct Options {
   uint32_t candidates = 0;
   uint64_t seed = 0;
   std::string model;  // empty: the server's first model
+  int32_t priority = 0;  // lower is served sooner; the server's graph.priority_range bounds it
   double timeout_s = 300;
   std::string out = "tessera-out";
 };
@@ -75,6 +77,9 @@ bool Parse(int argc, char** argv, Options* opt) {
       } else if (arg == "--model") {
         if (!(v = value("--model"))) return false;
         opt->model = v;
+      } else if (arg == "--priority") {
+        if (!(v = value("--priority"))) return false;
+        opt->priority = static_cast<int32_t>(std::stoi(v));
       } else if (arg == "--timeout") {
         if (!(v = value("--timeout"))) return false;
         opt->timeout_s = std::stod(v);
@@ -125,6 +130,7 @@ int main(int argc, char** argv) {
   request.set_num_candidates(opt.candidates);
   request.set_seed(opt.seed);
   request.set_model(opt.model);
+  request.set_priority(opt.priority);
 
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

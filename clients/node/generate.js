@@ -10,24 +10,36 @@ const path = require("path");
 const { parseArgs } = require("util");
 const { TesseraClient } = require("./tessera");
 
-const USAGE = `usage: node generate.js PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] [--seed N] [--model NAME, default the server's first] [--out DIR, default ./tessera-out]`;
+const USAGE = `usage: node generate.js PROMPT [--server HOST:PORT] [--num-images N] [--candidates N] [--seed N] [--model NAME, default the server's first] [--priority=N, lower is sooner, default 0] [--out DIR, default ./tessera-out]`;
 
 async function main() {
-  const { values, positionals } = parseArgs({
-    allowPositionals: true,
-    options: {
-      server: { type: "string", default: process.env.TESSERA_SERVER || "127.0.0.1:50051" },
-      "num-images": { type: "string", default: "1" },
-      candidates: { type: "string", default: "0" },
-      seed: { type: "string", default: "0" },
-      model: { type: "string", default: "" },
-      out: { type: "string", default: "tessera-out" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      allowPositionals: true,
+      options: {
+        server: { type: "string", default: process.env.TESSERA_SERVER || "127.0.0.1:50051" },
+        "num-images": { type: "string", default: "1" },
+        candidates: { type: "string", default: "0" },
+        seed: { type: "string", default: "0" },
+        model: { type: "string", default: "" },
+        priority: { type: "string", default: "0" },
+        out: { type: "string", default: "tessera-out" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (err) {  // an unknown option, a value missing (a negative number needs --priority=-2)
+    console.error(`generate.js: ${err.message}\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   if (values.help || positionals.length !== 1) {
     console.error(USAGE);
     return values.help ? 0 : 2;
+  }
+  if (!/^-?\d+$/.test(values.priority)) {
+    console.error(`generate.js: --priority needs an integer, not ${JSON.stringify(values.priority)}\n${USAGE}`);
+    return 2;
   }
   const client = new TesseraClient(values.server);
   try {
@@ -38,6 +50,7 @@ async function main() {
         num_candidates: Number(values.candidates),
         seed: values.seed,  // a decimal string: uint64 seeds survive intact
         model: values.model,  // "": the server's first model
+        priority: Number(values.priority),  // lower is served sooner; the server bounds it
       },
       (p) => process.stderr.isTTY && process.stderr.write(`\r${p.stage} ${p.completed}/${p.total}`),
     );

@@ -148,13 +148,13 @@ async def test_info_into_a_closed_pipe_ends_quietly(tiny_model_dir):
     assert (code, err) == (141, "")
 
 
-async def test_model_flag_reaches_the_server_and_info_of_a_server_without_names_says_so(tmp_path, capsys):
+async def test_model_and_priority_flags_reach_the_server_and_info_of_a_server_without_names_says_so(tmp_path, capsys):
     from tests.clients.recording_server import old_server
     async with old_server() as (port, recorded):
         target = f"127.0.0.1:{port}"
-        code = await asyncio.to_thread(main, ["generate", "a red circle", "--model", "mini", "-o", str(tmp_path),
-                                              "--server", target])
-        assert code == 0 and [r.model for r in recorded.generate] == ["mini"]
+        code = await asyncio.to_thread(main, ["generate", "a red circle", "--model", "mini", "--priority", "-3",
+                                              "-o", str(tmp_path), "--server", target])
+        assert code == 0 and [(r.model, r.priority) for r in recorded.generate] == [("mini", -3)]
         capsys.readouterr()
         code = await asyncio.to_thread(main, ["info", "--server", target])
         out, err = capsys.readouterr()

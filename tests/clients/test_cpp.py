@@ -41,12 +41,12 @@ def test_cpp_client_refuses_a_bad_argument(cpp_generate):
     assert proc.returncode == 2 and "--seed needs a number" in proc.stderr
 
 
-async def test_cpp_client_sends_the_model_it_names(cpp_generate, tmp_path):
+async def test_cpp_client_sends_the_model_and_priority_it_names(cpp_generate, tmp_path):
     async with old_server() as (port, recorded):
         proc = await asyncio.to_thread(subprocess.run, [
-            str(cpp_generate), "a red circle", "--model", "mini", "--out", str(tmp_path),
+            str(cpp_generate), "a red circle", "--model", "mini", "--priority", "4", "--out", str(tmp_path),
             "--server", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
         await asyncio.to_thread(subprocess.run, [str(cpp_generate), "a red circle", "--out", str(tmp_path),
                                                  "--server", f"127.0.0.1:{port}"], capture_output=True, timeout=120, check=True)
     assert proc.returncode == 0, proc.stderr
-    assert [r.model for r in recorded.generate] == ["mini", ""]
+    assert [(r.model, r.priority) for r in recorded.generate] == [("mini", 4), ("", 0)]

@@ -6,6 +6,8 @@ import asyncio
 import json
 import subprocess
 
+import pytest
+
 from tessera.clients import TesseraClient
 from tests.clients.conftest import NODE_DIR
 from tests.clients.recording_server import old_server
@@ -48,8 +50,8 @@ async def test_node_client_names_the_model_and_lists_a_server_without_list_model
     async with old_server() as (port, recorded):
         target = f"127.0.0.1:{port}"
         proc = await asyncio.to_thread(subprocess.run, [
-            node, str(NODE_DIR / "generate.js"), "a red circle", "--model", "mini", "--out", str(tmp_path),
-            "--server", target], capture_output=True, text=True, timeout=120)
+            node, str(NODE_DIR / "generate.js"), "a red circle", "--model", "mini", "--priority=-2",
+            "--out", str(tmp_path), "--server", target], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         # The library: info names its model; listModels meets UNIMPLEMENTED and lists the one model.
         script = ("const { TesseraClient } = require('./tessera'); const c = new TesseraClient(process.argv[1]);"
@@ -57,8 +59,18 @@ async def test_node_client_names_the_model_and_lists_a_server_without_list_model
                   " c.close(); })().catch((e) => { console.error(e.message); process.exit(1); });")
         listed = await asyncio.to_thread(subprocess.run, [node, "-e", script, target], capture_output=True, text=True,
                                          timeout=60, cwd=NODE_DIR)
-    assert [r.model for r in recorded.generate] == ["mini"]
+    assert [(r.model, r.priority) for r in recorded.generate] == [("mini", -2)]
     assert listed.returncode == 0, listed.stderr
     assert [r.model for r in recorded.info] == ["mini", ""]
     assert json.loads(listed.stdout) == [{"name": "", "version": "3", "model_kind": "tessera", "model_name": "old-model",
                                           "state": "serving", "load_ms": 0}]
+
+
+@pytest.mark.parametrize("flag, says", [(["--priority", "soon"], "--priority needs an integer"),
+                                        (["--priority", "-2"], "--priority=-")])  # node's parseArgs: use =
+def test_node_client_refuses_a_priority_it_cannot_read_with_usage_not_a_stack(node, tmp_path, flag, says):
+    proc = subprocess.run([node, str(NODE_DIR / "generate.js"), "a red circle", *flag, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and says in proc.stderr and "usage:" in proc.stderr
+    assert "node:internal" not in proc.stderr  # a message, not a stack trace
+    assert not (tmp_path / "out").exists()
