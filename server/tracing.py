@@ -68,7 +68,6 @@ def start_tracing(config: TracingConfig):
     if endpoint is None:
         return None
     try:
-        from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
         raise RuntimeError("tracing needs the OpenTelemetry SDK and OTLP exporter: "
@@ -144,6 +143,19 @@ class TraceObserver(Observer):
         return int(monotonic_s * 1e9) + self._wall_offset
 
     # -- a request's life ------------------------------------------------------------------
+    def refused(self, outcome: str, priority: int, request_id: str = "",
+                trace_context: dict[str, str] | None = None) -> None:
+        """A request refused at admission is a trace too: one SERVER span, in error, that says why
+        (an overloaded server's refusals are what its operator looks for)."""
+        from opentelemetry.trace import Status, StatusCode
+        parent = self._w3c.extract(trace_context) if trace_context else None
+        span = self.tracer.start_span(
+            "generate", context=parent, kind=self._trace.SpanKind.SERVER,
+            attributes={"tessera.request_id": request_id, "tessera.model": self.model,
+                        "tessera.priority": priority, "tessera.outcome": outcome})
+        span.set_status(Status(StatusCode.ERROR, f"refused at admission: {outcome}"))
+        span.end()
+
     def admitted(self, request: Request) -> None:
         parent = self._w3c.extract(request.trace_context) if request.trace_context else None
         root = self.tracer.start_span(

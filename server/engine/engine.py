@@ -105,21 +105,21 @@ class Engine:
         traceparent/tracestate headers, the parent of the request's spans."""
         tell = self.observers
         if not self.accepting:
-            tell.refused("shutting_down", priority)
+            tell.refused("shutting_down", priority, request_id or "", trace_context)
             raise ShuttingDown("the server is shutting down and admits no new requests")
         try:
             self.policy.check(priority)
         except InvalidInput:
-            tell.refused("invalid_input", priority)
+            tell.refused("invalid_input", priority, request_id or "", trace_context)
             raise
         if not self.policy.admits(priority, len(self.requests), self.config.max_inflight) or any(
                 self.stages[e].channel.full for e in self.entries):
-            tell.refused("overloaded", priority)
+            tell.refused("overloaded", priority, request_id or "", trace_context)
             raise Overloaded(f"the server is at capacity ({len(self.requests)} requests in flight); "
                              "retry later")
         rid = request_id or uuid.uuid4().hex
         if rid in self.requests:
-            tell.refused("invalid_input", priority)
+            tell.refused("invalid_input", priority, request_id or "", trace_context)
             shown = rid if len(rid) <= 64 else rid[:64] + "…"  # never echo unbounded input
             raise InvalidInput(f"request id {shown!r} is already in flight; use a new one per request")
         loop = asyncio.get_running_loop()

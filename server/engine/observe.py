@@ -52,8 +52,10 @@ class Observer:
     """Every hook a no-op: override the ones you need."""
 
     # -- a request's life ------------------------------------------------------------------
-    def refused(self, outcome: str, priority: int) -> None:
-        """A request was refused at admission (overloaded, shutting_down, invalid_input)."""
+    def refused(self, outcome: str, priority: int, request_id: str = "",
+                trace_context: dict[str, str] | None = None) -> None:
+        """A request was refused at admission (overloaded, shutting_down, invalid_input);
+        `request_id`: the id it asked for ("" if none), `trace_context`: the caller's W3C headers."""
 
     def admitted(self, request: Request) -> None:
         """A request was admitted; `request.trace_context` holds the caller's W3C headers."""
@@ -151,7 +153,8 @@ class MetricsObserver(Observer):
         self._level = level
         self._depth: dict[str, Any] = {}  # per OP, a setter that moves the gauge by differences
 
-    def refused(self, outcome: str, priority: int) -> None:
+    def refused(self, outcome: str, priority: int, request_id: str = "",
+                trace_context: dict[str, str] | None = None) -> None:
         self.m.requests.labels(outcome).inc()
 
     def admitted(self, request: Request) -> None:

@@ -121,6 +121,26 @@ async def test_a_callers_traceparent_is_the_parent_over_http(tiny_model_dir):
     assert STAGES <= set(spans)
 
 
+async def test_a_request_refused_at_admission_is_a_span_in_error_under_the_callers_trace(tiny_model_dir):
+    provider, exporter = in_memory(ratio=0.0)
+    server = await started(raw_config(tiny_model_dir), provider)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # outside graph.priority_range, [-10, 10]
+                await pb_grpc.ImageGenerationStub(channel).Generate(
+                    pb.GenerateRequest(prompt="a red circle", priority=99, request_id="too-urgent"), timeout=60,
+                    metadata=(("traceparent", TRACEPARENT),))
+    finally:
+        await server.stop(2.0)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [root] = exporter.get_finished_spans()  # no stage span: it never reached one
+    assert root.name == "generate" and format(root.context.trace_id, "032x") == TRACE_ID
+    assert format(root.parent.span_id, "016x") == PARENT_ID
+    assert root.status.status_code.name == "ERROR" and "invalid_input" in root.status.description
+    assert root.attributes["tessera.outcome"] == "invalid_input" and root.attributes["tessera.priority"] == 99
+    assert root.attributes["tessera.request_id"] == "too-urgent"
+
+
 def test_tracing_is_off_without_an_endpoint_and_the_standard_variables_turn_it_on(monkeypatch):
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
