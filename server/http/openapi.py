@@ -47,8 +47,10 @@ def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
     if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
         # a map<K, V> (details, precision) is a JSON object of V by its keys, not an array of entries
         return {"type": "object", "additionalProperties": _field_schema(field.message_type.fields_by_name["value"])}
-    if field.type == F.TYPE_MESSAGE:
-        schema: dict[str, Any] = {"$ref": f"#/components/schemas/{field.message_type.name}"}
+    if field.type == F.TYPE_MESSAGE and field.message_type.full_name == "google.protobuf.Struct":
+        schema: dict[str, Any] = {"type": "object"}  # proto3 JSON: a Struct is any JSON object
+    elif field.type == F.TYPE_MESSAGE:
+        schema = {"$ref": f"#/components/schemas/{field.message_type.name}"}
     elif field.type in _INT32:
         low, high = _INT32[field.type]
         schema = {"type": "integer", "format": "int32" if low else "uint32", "minimum": low, "maximum": high}
@@ -88,7 +90,8 @@ def _schemas() -> dict[str, Any]:
         if d.name in out:
             continue
         out[d.name] = message_schema(d, strict=d.name in ("GenerateRequest", "ModelSection"))
-        pending.extend(f.message_type for f in d.fields if f.type == F.TYPE_MESSAGE)
+        pending.extend(f.message_type for f in d.fields
+                       if f.type == F.TYPE_MESSAGE and not f.message_type.full_name.startswith("google.protobuf."))
     return out
 
 

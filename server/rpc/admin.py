@@ -12,6 +12,9 @@ call is logged on `tessera.server` with what it did and how long it took.
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+from google.protobuf import json_format
 
 from tessera.server.config import ServedModelConfig
 from tessera.server.engine import ConfigError
@@ -43,8 +46,23 @@ def model_entry(request: pb.LoadModelRequest) -> ServedModelConfig:
     """The request as a `models:` entry, checked as the configuration is: InvalidRequest naming
     the field at fault (an empty string is an absent field, as in proto3)."""
     section = request.model
-    raw = {"name": request.name, **{f.name: getattr(section, f.name) or None for f in section.DESCRIPTOR.fields}}
+    raw = {"name": request.name, **{f.name: getattr(section, f.name) or None for f in section.DESCRIPTOR.fields
+                                    if f.name != "ops"}}
+    if section.HasField("ops"):
+        raw["ops"] = _plain(json_format.MessageToDict(section.ops))
     try:
         return ServedModelConfig.from_dict({k: v for k, v in raw.items() if v is not None or k == "name"})
     except ConfigError as exc:
         raise InvalidRequest(str(exc)) from None
+
+
+def _plain(value: Any) -> Any:
+    """A Struct's JSON as the YAML would give it: a Struct has only doubles, so a whole number
+    (a batch size, a count) becomes an int again; 0.5 stays a float."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value

@@ -173,6 +173,31 @@ async def test_a_failed_load_leaves_the_old_version_serving(tiny_model_dir, alon
         assert await s.pngs("tiny", 7) == alone["tiny"][0]
 
 
+async def test_a_load_takes_the_models_own_op_overrides_and_refuses_bad_ones_changing_nothing(tiny_model_dir, alone,
+                                                                                              tmp_path):
+    async with serve(two_models(tiny_model_dir, tmp_path), TOKEN) as s:
+        section = pb.ModelSection(path=str(tiny_model_dir), ops={"sample": {"batch_size": 4, "concurrency": 1}})
+        status = await s.admin.Load(pb.LoadModelRequest(name="small", model=section), metadata=s.meta, timeout=120)
+        assert (status.name, status.state) == ("small", "serving")
+        sample = s.server.models.get("small").engine.config.ops["sample"]
+        assert (sample.batch_size, sample.concurrency) == (4, 1)
+        assert s.server.models.get("tiny").engine.config.ops["sample"].batch_size == 64  # the graph's, untouched
+        assert await s.pngs("small", 7) == alone["tiny"][0]  # a smaller batch, the same image
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.server.http_port}", timeout=120,
+                                     headers={"authorization": f"Bearer {TOKEN}"}) as http:
+            reply = await http.post("/v1/models/other:load",
+                                    json={"path": str(tiny_model_dir), "ops": {"decode": {"batch_size": 2}}})
+            assert reply.status_code == 200, reply.text
+            assert s.server.models.get("other").engine.config.ops["decode"].batch_size == 2
+            for ops, says in (({"nope": {"batch_size": 2}}, "nope"), ({"sample": {"batch_size": 0}}, "batch_size"),
+                              ({"sample": 3}, "ops.sample")):
+                reply = await http.post("/v1/models/small:load", json={"path": str(tiny_model_dir), "ops": ops})
+                assert reply.status_code == 400 and says in reply.json()["message"], (ops, reply.text)
+        assert [(m.name, m.version) for m in s.server.models] == [("tiny", "1"), ("shapes", "1"), ("small", "1"),
+                                                                  ("other", "1")]
+        assert s.server.models.get("small").engine.config.ops["sample"].batch_size == 4  # the refused loads: no change
+
+
 async def test_unloading_lets_requests_in_flight_finish_then_frees_the_memory(tiny_model_dir, alone, tmp_path):
     async with serve(two_models(tiny_model_dir, tmp_path), TOKEN) as s:
         await s.pngs("shapes", 7)

@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -225,20 +226,22 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
 
 class ModelSection(_message.Message):
-    __slots__ = ("path", "bpe_path", "vae", "clip", "dtype", "version")
+    __slots__ = ("path", "bpe_path", "vae", "clip", "dtype", "version", "ops")
     PATH_FIELD_NUMBER: _ClassVar[int]
     BPE_PATH_FIELD_NUMBER: _ClassVar[int]
     VAE_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
     path: str
     bpe_path: str
     vae: str
     clip: str
     dtype: str
     version: str
-    def __init__(self, path: _Optional[str] = ..., bpe_path: _Optional[str] = ..., vae: _Optional[str] = ..., clip: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    ops: _struct_pb2.Struct
+    def __init__(self, path: _Optional[str] = ..., bpe_path: _Optional[str] = ..., vae: _Optional[str] = ..., clip: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ..., ops: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("name", "model")
