@@ -13,7 +13,13 @@ clients built from the protos, and asserts counts, never timings:
   INVALID_ARGUMENT, and no traceback.
 - auth: token variants (none, wrong, two headers, lower-case scheme, garbage body).
 
+With --models N every server serves the model N times under the names m0, m1, ... (a
+`models:` configuration, one engine each): the soak's calls name one at random (or none, the
+first) and a few name a model that is not served (NOT_FOUND, counted as not_found), and every
+check holds as with one.
+
     tessera reliability --calls 1500 --concurrency 48 --fuzz 1500 --out runs/reliability.json
+    tessera reliability --models 2 --calls 1500 --out runs/reliability-2-models.json
 
 Exit status 0 when every check held, 1 otherwise; the JSON holds every count.
 """
@@ -79,6 +85,8 @@ class Server:
     def __init__(self, config: dict, env: dict | None = None):
         self.config, self.env = config, env
         self.proc: subprocess.Popen | None = None
+        # The names a request may give: the models served, "" (the first); [""] for one model.
+        self.names = [m["name"] for m in config.get("models") or []] + [""] if config.get("models") else [""]
 
     def __enter__(self) -> Server:
         self._dir = tempfile.TemporaryDirectory(prefix="tessera-reliability-")
@@ -120,17 +128,25 @@ class Server:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
 
+    def _samples(self):
+        from prometheus_client.parser import text_string_to_metric_families
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        for fam in text_string_to_metric_families(body):
+            yield from fam.samples
+
     def metrics(self) -> dict[tuple[str, str], float]:
         """{(sample name, outcome label or ''): value} from the Prometheus endpoint, summed over
         the other labels (a server of several models has one series per model)."""
-        from prometheus_client.parser import text_string_to_metric_families
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
         out: dict[tuple[str, str], float] = {}
-        for fam in text_string_to_metric_families(body):
-            for s in fam.samples:
-                key = (s.name, s.labels.get("outcome", ""))
-                out[key] = out.get(key, 0.0) + s.value
+        for s in self._samples():
+            key = (s.name, s.labels.get("outcome", ""))
+            out[key] = out.get(key, 0.0) + s.value
         return out
+
+    def served_by_model(self) -> dict[str, float]:
+        """Requests each model's engine served (tessera_engine_requests_total{outcome="ok"} by model)."""
+        return {s.labels["model"]: s.value for s in self._samples()
+                if s.name == "tessera_engine_requests_total" and s.labels.get("outcome") == "ok" and "model" in s.labels}
 
     def requests_total(self) -> dict[str, float]:
         return {k[1]: v for k, v in self.metrics().items() if k[0] == "tessera_requests_total"}
@@ -159,10 +175,16 @@ class Server:
         return value
 
 
-def config_for(model_dir: str | None, **graph) -> dict:
+def config_for(model_dir: str | None, models: int = 1, **graph) -> dict:
+    """The shipped configuration on `model_dir` (None: the bundled model); `models` > 1: that
+    model served under the names m0, m1, ... (`models:`, an engine each)."""
     from tessera.server.defaults import DEFAULT_CONFIG
     cfg = copy.deepcopy(DEFAULT_CONFIG)
-    cfg["model_dir"] = model_dir
+    if models > 1:
+        cfg.pop("model", None)
+        cfg["models"] = [{"name": f"m{i}", "path": model_dir} for i in range(models)]
+    else:
+        cfg["model_dir"] = model_dir
     cfg["graph"].update(graph)
     return cfg
 
@@ -200,20 +222,24 @@ async def _stream(channel, body: bytes, *, cancel_after_first: bool = False, tim
 # -- the checks ------------------------------------------------------------------------------------
 
 async def soak(server: Server, calls: int, concurrency: int, seed: int, *, cancel: float = 0.10,
-               short_deadline: float = 0.10, invalid: float = 0.05) -> Check:
+               short_deadline: float = 0.10, invalid: float = 0.05, unknown: float = 0.03) -> Check:
     check = Check("soak", calls)
     rng = random.Random(seed)
     before = server.requests_total()
     plan = []
+    several = len(server.names) > 1
+    unknown = unknown if several else 0.0
     for i in range(calls):
         r = rng.random()
         params = {"prompt": rng.choice(PROMPTS), "num_candidates": rng.choice([1, 2, 4]), "seed": i + 1,
-                  "request_id": f"soak-{seed}-{i}"}
+                  "request_id": f"soak-{seed}-{i}", "model": rng.choice(server.names)}
         if r < invalid:
             plan.append(("invalid", _body(rng.choice(INVALID))))
-        elif r < invalid + cancel:
+        elif r < invalid + unknown:
+            plan.append(("unknown", _body({**params, "model": "not-served"})))
+        elif r < invalid + unknown + cancel:
             plan.append(("cancel", _body({**params, "preview_every": 16})))
-        elif r < invalid + cancel + short_deadline:
+        elif r < invalid + unknown + cancel + short_deadline:
             plan.append(("deadline", _body(params), rng.uniform(0.2, 0.8)))
         else:
             plan.append(("stream" if rng.random() < 0.5 else "unary", _body(params)))
@@ -224,7 +250,7 @@ async def soak(server: Server, calls: int, concurrency: int, seed: int, *, cance
         async def worker():
             while queue:
                 kind, body, *rest = queue.popleft()
-                if kind in ("invalid", "unary"):
+                if kind in ("invalid", "unknown", "unary"):
                     code = await _unary(channel, body)
                 elif kind == "deadline":
                     code = await _unary(channel, body, timeout=rest[0])
@@ -240,6 +266,14 @@ async def soak(server: Server, calls: int, concurrency: int, seed: int, *, cance
     check.expect(sum(codes.values()) == calls, f"{calls - sum(codes.values())} calls got no answer")
     check.expect(not BAD_CODES & set(codes), f"UNKNOWN/INTERNAL answered: {dict(codes)}")
     check.expect(set(by_kind["invalid"]) <= {"INVALID_ARGUMENT"}, f"invalid input got {dict(by_kind['invalid'])}")
+    check.expect(set(by_kind["unknown"]) <= {"NOT_FOUND"}, f"an unknown model got {dict(by_kind['unknown'])}")
+    check.expect(check.counted.get("not_found", 0) == by_kind["unknown"]["NOT_FOUND"],
+                 f"not_found counted {check.counted.get('not_found', 0):.0f}, "
+                 f"clients saw {by_kind['unknown']['NOT_FOUND']}")
+    if several:  # each model served some of the calls
+        check.facts["by_model"] = served = server.served_by_model()
+        check.expect(all(served.get(name, 0) > 0 for name in server.names if name),
+                     f"some model served nothing: {check.facts['by_model']}")
     check.expect(sum(check.counted.values()) == calls,
                  f"tessera_requests_total counted {sum(check.counted.values()):.0f} of {calls} calls")
     check.expect(check.counted.get("invalid_input", 0) == by_kind["invalid"]["INVALID_ARGUMENT"],
@@ -315,7 +349,8 @@ def fuzz(server: Server, examples: int) -> Check:
         "num_images": st.one_of(st.integers(0, 20), u32), "num_candidates": st.one_of(st.integers(0, 70), u32),
         "seed": u64, "temperature": st.floats(width=32), "top_k": u32, "top_p": st.floats(width=32),
         "guidance_scale": st.floats(width=32), "request_id": st.text(max_size=200),
-        "preview_every": st.integers(0, 300)})
+        "preview_every": st.integers(0, 300), "priority": st.integers(-20, 20),  # the range: [-10, 10]
+        "model": st.sampled_from(server.names)})
     small = fields.map(lambda f: {**f, "num_candidates": min(f.get("num_candidates", 0), 4),
                                   "num_images": min(f.get("num_images", 0), 4)})
 
@@ -402,7 +437,7 @@ def _log_check(server: Server, check: Check) -> None:
 # -- the whole suite -------------------------------------------------------------------------------
 
 def run_suite(model_dir: str | None, *, calls: int, concurrency: int, fuzz_examples: int, burst_calls: int,
-              rss_growth: float | None, seed: int = 0, report=print) -> list[Check]:
+              rss_growth: float | None, seed: int = 0, models: int = 1, report=print) -> list[Check]:
     checks: list[Check] = []
 
     def done(check: Check) -> None:
@@ -410,7 +445,7 @@ def run_suite(model_dir: str | None, *, calls: int, concurrency: int, fuzz_examp
         report(f"{check.name}: {'ok' if check.ok else 'FAILED'} {check.calls} calls {check.codes} "
                f"counted {check.counted} {check.facts} {'; '.join(check.problems)}")
 
-    with Server(config_for(model_dir)) as server:
+    with Server(config_for(model_dir, models)) as server:
         first = asyncio.run(soak(server, calls, concurrency, seed))
         rss_first = server.rss_kib()
         second = asyncio.run(soak(server, calls, concurrency, seed))
@@ -425,15 +460,15 @@ def run_suite(model_dir: str | None, *, calls: int, concurrency: int, fuzz_examp
         for check in (first, second, fuzzed):
             _log_check(server, check)
             done(check)
-    with Server(config_for(model_dir, max_inflight=4)) as server:
+    with Server(config_for(model_dir, models, max_inflight=4)) as server:
         check = asyncio.run(burst(server, burst_calls))
         _log_check(server, check)
         done(check)
-    with Server(config_for(model_dir, shutdown_grace_s=60.0)) as server:
+    with Server(config_for(model_dir, models, shutdown_grace_s=60.0)) as server:
         check = asyncio.run(sigterm_under_load(server, concurrency=min(concurrency, 16), after_ok=8))
         _log_check(server, check)
         done(check)
-    cfg = config_for(model_dir)
+    cfg = config_for(model_dir, models)
     cfg["server"]["token_env"] = "TESSERA_RELIABILITY_TOKEN"
     with Server(cfg, env={"TESSERA_RELIABILITY_TOKEN": "s3cret"}) as server:
         check = asyncio.run(auth_variants(server, "s3cret"))
@@ -450,13 +485,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--burst", type=int, default=200, help="calls at once against max_inflight 4")
     ap.add_argument("--rss-growth", type=float, default=0.05, help="bound on RSS growth between the soaks")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", type=int, default=1,
+                    help="serve the model this many times, as m0, m1, ... (a models: configuration)")
     ap.add_argument("--out", help="write every count as JSON here")
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     checks = run_suite(args.model_dir, calls=args.calls, concurrency=args.concurrency, fuzz_examples=args.fuzz,
-                       burst_calls=args.burst, rss_growth=args.rss_growth, seed=args.seed)
+                       burst_calls=args.burst, rss_growth=args.rss_growth, seed=args.seed,
+                       models=args.models)
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks held in {time.monotonic() - started:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""))

@@ -12,10 +12,11 @@ from tessera.bench.reliability import run_suite
 
 
 @pytest.mark.slow
-def test_soak_burst_sigterm_fuzz_and_auth_all_hold(tiny_model_dir):
+@pytest.mark.parametrize("models", [1, 2])  # 2: the model served twice, as m0 and m1, an engine each
+def test_soak_burst_sigterm_fuzz_and_auth_all_hold(tiny_model_dir, models):
     lines: list[str] = []
     checks = run_suite(str(tiny_model_dir), calls=80, concurrency=12, fuzz_examples=80, burst_calls=24,
-                       rss_growth=0.5, seed=1, report=lines.append)
+                       rss_growth=0.5, seed=1, models=models, report=lines.append)
     assert [c.name for c in checks] == ["soak", "soak", "fuzz", "burst", "sigterm", "auth"]
     problems = {c.name + str(i): c.problems for i, c in enumerate(checks) if c.problems}
     assert problems == {}, "\n".join(lines)
@@ -23,3 +24,5 @@ def test_soak_burst_sigterm_fuzz_and_auth_all_hold(tiny_model_dir):
     assert {"cancel", "deadline", "invalid", "unary", "stream"} <= set(soak.facts["by_kind"])
     assert sum(soak.counted.values()) == 80 and soak.facts["inflight_after"] == 0
     assert checks[3].codes.get("RESOURCE_EXHAUSTED", 0) > 0 and checks[4].facts["exit_code"] == 0
+    if models > 1:
+        assert set(soak.facts["by_model"]) == {"m0", "m1"} and set(soak.facts["by_kind"]["unknown"]) == {"NOT_FOUND"}
