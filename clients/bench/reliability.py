@@ -500,7 +500,8 @@ def run(args: argparse.Namespace) -> int:
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        options = {k: v for k, v in vars(args).items() if k not in ("run", "prog")}
+        # What the command line said (not the dispatcher's own entries: the parser, the function).
+        options = {k: v for k, v in vars(args).items() if k not in ("run", "prog", "parser")}
         Path(args.out).write_text(json.dumps({"args": options, "checks": [asdict(c) for c in checks]}, indent=1))
     return 1 if failed else 0
 
