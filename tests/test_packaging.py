@@ -4,6 +4,7 @@ in two, a client that installs and runs without torch, and a bench that depends 
 neither depends on it. None of them imports the repository's tests."""
 from __future__ import annotations
 
+import ast
 import importlib
 import shutil
 import subprocess
@@ -51,6 +52,18 @@ def test_every_python_folder_is_an_installed_package(pyproject):
         assert (sub.parent / "__init__.py").exists(), f"{sub.parent} needs an __init__.py to be installed"
 
 
+@pytest.mark.parametrize("pyproject", DISTRIBUTIONS.values(), ids=DISTRIBUTIONS.keys())
+def test_nothing_installed_imports_the_repositorys_tests(pyproject):
+    """An installed package cannot import tests/: it is not installed. What the bench and the
+    tests share (the reference projects, their random-weight files) lives in the package."""
+    for _, source in _installed_sources(pyproject):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            assert not [n for n in names if n == "tests" or n.startswith("tests.")], \
+                f"{source.relative_to(ROOT)}:{node.lineno} imports the repository's tests"
+
+
 def _pin(pyproject: Path) -> str:
     project = _project(pyproject)["project"]
     return f"{project['name']}=={project['version']}"
@@ -73,7 +86,7 @@ def test_the_bench_depends_on_the_server_and_the_client_and_neither_on_it():
     assert {_pin(SERVER), _pin(CLIENT)} <= set(bench["dependencies"])
     everything_serving_installs = server["dependencies"] + sum(server["optional-dependencies"].values(), [])
     named = {dep.split(">")[0].split("=")[0].split("[")[0].strip() for dep in everything_serving_installs}
-    assert not named & {bench["name"], "litserve", "matplotlib"}, "serving installs what only the bench needs"
+    assert not named & {bench["name"], "litserve", "matplotlib", "min-dalle"}, "serving installs what only the bench needs"
     assert "bench" not in server["optional-dependencies"]
 
 
