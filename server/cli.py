@@ -31,7 +31,7 @@ COMMANDS = (
     Command("reliability", "tessera.bench.reliability",
             "soak, burst, SIGTERM, fuzz and auth checks against servers it starts"),
     Command("train", "tessera.ops.training.train", "train the DALL·E models from scratch"),
-    Command("evaluate", "tessera.ops.training.evaluate", "measure a model directory against the pixel checker"),
+    Command("evaluate", "tessera.server.evaluate", "measure a model directory against the pixel checker"),
 )
 
 
