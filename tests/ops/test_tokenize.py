@@ -2,8 +2,6 @@
 OP of the process holding the model, it builds it on the meta device (no weight memory kept)."""
 from __future__ import annotations
 
-import torch
-
 from tessera.bench.checkpoints import save_checkpoint
 from tessera.ops.messages import GenerateParams
 from tessera.ops.tokenize import TokenizeOp
