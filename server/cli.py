@@ -10,9 +10,14 @@
 
 `generate` and `info` are the client distribution's commands (tessera.clients.cli), the
 same as `tessera-client generate` and `tessera-client info`; this command adds those that
-load the model or start servers.
+load the model or start servers. `bench` and `reliability` are the benchmark's
+(tessera.bench, its own distribution: pip install -e ./bench), which this one does not
+depend on: without it they say how to install it.
 """
 from __future__ import annotations
+
+import importlib.util
+import sys
 
 from tessera.clients.cli import COMMANDS as CLIENT_COMMANDS
 from tessera.clients.cli import Command, dispatch
@@ -26,11 +31,20 @@ COMMANDS = (
     Command("reliability", "tessera.bench.reliability",
             "soak, burst, SIGTERM, fuzz and auth checks against servers it starts"),
     Command("train", "tessera.ops.training.train", "train the DALL·E models from scratch"),
-    Command("evaluate", "tessera.ops.training.evaluate", "measure a model directory against the pixel checker"),
+    Command("evaluate", "tessera.server.evaluate", "measure a model directory against the pixel checker"),
 )
 
 
+BENCH = "tessera.bench"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((c for c in COMMANDS if argv and argv[0] == c.name), None)
+    if chosen and chosen.module.startswith(BENCH + ".") and importlib.util.find_spec(BENCH) is None:
+        print(f"tessera {chosen.name} comes with the benchmark's distribution, tessera-serving-bench: "
+              "pip install -e ./bench in a checkout", file=sys.stderr)
+        return 2
     return dispatch("tessera", __doc__, COMMANDS, argv)
 
 

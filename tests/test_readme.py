@@ -31,7 +31,7 @@ HTTP_ADDRESS = "127.0.0.1:8080"  # the HTTP front door's default, in its curl ex
 NOT_RUN = {  # the start of a shell block that does not run here, and why
     "python3 -m venv": "the install-and-serve command: serving runs until stopped (tests/server/test_main.py serves)",
     "apt-get update": "the install-and-test command: .ci/run runs it, and it runs this test",
-    "tessera bench": "a benchmark: a minute or more of load on the machine (tests/clients/test_bench.py runs its parts)",
+    "tessera bench": "a benchmark: a minute or more of load on the machine (tests/bench/test_bench.py runs its parts)",
 }
 README_MAX_LINES = 400  # a guide; measurements, operations and contributing live in docs/ and CONTRIBUTING.md
 # The Markdown whose relative links and #anchors must resolve.

@@ -238,7 +238,7 @@ def train(preset: str, work: Path, out: Path, seed: int = 0, name: str = "shapes
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """`tessera train`'s arguments (the command line is tessera.server.cli)."""
+    """`tessera train`'s arguments (the `tessera` command lists it)."""
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
     ap.add_argument("--work", type=Path, default=Path("runs/default"), help="checkpoints (resumable)")
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")

@@ -44,7 +44,7 @@ class HttpServer:
     async def start(self, app) -> None:
         cert, key = self._tls or (None, None)
         # h11, the parser a plain install has: uvicorn would switch to httptools wherever
-        # something else installed it (LitServe's bench extra does), so tests and users
+        # something else installed it (LitServe, the benchmark's dependency, does), so tests and users
         # would run different parsers.
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="h11",
                                 timeout_graceful_shutdown=self._graceful_s, ssl_certfile=cert, ssl_keyfile=key)

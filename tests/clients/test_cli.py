@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 
 import pytest
 from PIL import Image
@@ -74,6 +75,15 @@ def test_each_command_has_its_own_help_and_the_client_command_only_the_clients(c
     with pytest.raises(SystemExit) as exit_:
         main(["serve"])  # the client's command knows only generate and info
     assert exit_.value.code == 2 and "invalid choice: 'serve'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["bench", "reliability"])
+def test_a_bench_command_without_the_bench_installed_says_how_to_install_it(command, monkeypatch, capsys):
+    from tessera.server.cli import main as tessera
+    monkeypatch.setitem(sys.modules, "tessera.bench", None)  # what an import finds when it is not installed
+    assert tessera([command, "--help"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"tessera {command}" in line and "pip install -e ./bench" in line and "Traceback" not in line
 
 
 async def test_generate_warns_about_words_the_model_does_not_know(tiny_model_dir, tmp_path, capsys):

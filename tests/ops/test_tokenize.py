@@ -2,11 +2,10 @@
 OP of the process holding the model, it builds it on the meta device (no weight memory kept)."""
 from __future__ import annotations
 
-import torch
-
+from tessera.bench.checkpoints import save_checkpoint
 from tessera.ops.messages import GenerateParams
 from tessera.ops.tokenize import TokenizeOp
-from tests.ops.families.dalle_pytorch.conftest import build_dalle, save_checkpoint
+from tests.ops.families.dalle_pytorch.conftest import build_dalle
 
 
 def test_tokenize_keeps_no_weights_and_still_resolves_the_models_defaults(tmp_path):

@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tessera.bench.checkpoints import save_checkpoint
+from tessera.bench.references import import_dalle_pytorch, import_open_clip
 from tessera.clients import TesseraError
-from tests.ops.families.dalle_pytorch.conftest import Payload, build_dalle, save_checkpoint, save_image_normalized
-from tests.ops.families.references import import_dalle_pytorch, import_open_clip
+from tests.ops.families.dalle_pytorch.conftest import Payload, build_dalle, save_image_normalized
 from tessera.server.config import AppConfig
 from tests.server.rpc.conftest import app_config, raw_config, serving
 

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from tests.ops.families.min_dalle.conftest import build_detoker, build_root
+from tessera.bench.checkpoints import build_detoker
+from tests.ops.families.min_dalle.conftest import build_root
 from tests.server.rpc.conftest import app_config, raw_config, serving
 
 from tessera.server.config import AppConfig

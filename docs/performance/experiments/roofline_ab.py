@@ -1,7 +1,7 @@
 """The roofline share of each family's decode step at the c=16 / c=32 batches, in the precision
 and attention span main served before 2026-12-06 (float32, the whole cache behind a mask) and
 in today's defaults (dtype auto, the live prefix), with the families bench's profiles and the
-roofline of clients/bench/roofline.py; one process, the two interleaved per round.
+roofline of bench/roofline.py; one process, the two interleaved per round.
 
     python docs/performance/experiments/roofline_ab.py --min-dalle /tmp/md-root/mini \
         --dalle-pytorch /tmp/dp-root/dalle-512x8.pt --rounds 2 --out docs/performance/precision-2026-12-06/roofline.json

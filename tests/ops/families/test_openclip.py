@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from tessera.bench.references import import_open_clip
 from tessera.ops.families.base import ModelLoadError, Reranker
 from tessera.ops.families.openclip import load_openclip, parse_spec
-from tests.ops.families.references import import_open_clip
 
 ARCH = "tessera-tiny-clip-test"
 TINY = {

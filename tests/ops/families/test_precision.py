@@ -46,7 +46,8 @@ def test_the_bundled_family_in_bfloat16_keeps_the_contract(tiny_model_dir):
 
 
 def test_dalle_pytorch_in_bfloat16_keeps_the_contract(tmp_path):
-    from tests.ops.families.dalle_pytorch.conftest import build_dalle, save_checkpoint
+    from tessera.bench.checkpoints import save_checkpoint
+    from tests.ops.families.dalle_pytorch.conftest import build_dalle
     dalle, hp, vp = build_dalle(32, 3, depth=2, dim=64, num_text_tokens=49408)  # the installed CLIP BPE fits
     ref, low = pair(save_checkpoint(tmp_path / "d.pt", dalle, hp, vp))
     assert next(low.dvae.parameters()).dtype == torch.bfloat16

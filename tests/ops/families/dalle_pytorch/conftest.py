@@ -1,4 +1,5 @@
-"""Tiny random-weight DALLE models built with DALLE-pytorch's own classes, saved as train_dalle.py saves."""
+"""Tiny random-weight DALLE models built with DALLE-pytorch's own classes, saved as train_dalle.py
+saves (tessera.bench.checkpoints, which the families bench saves its models with too)."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,8 @@ import os
 import pytest
 import torch
 
-from tests.ops.families.references import import_dalle_pytorch
+from tessera.bench.checkpoints import save_checkpoint, train_dalle_hparams
+from tessera.bench.references import import_dalle_pytorch
 
 TEXT_SEQ_LEN = 8
 NUM_TEXT_TOKENS = 100
@@ -19,10 +21,8 @@ def build_dalle(image_size: int = 16, vae_layers: int = 2, **kwargs):
     torch.manual_seed(kwargs.pop("seed", 0))
     vae_params = dict(image_size=image_size, num_layers=vae_layers, num_tokens=24, codebook_dim=16, hidden_dim=8)
     vae = dp.DiscreteVAE(**vae_params)
-    hparams = dict(num_text_tokens=NUM_TEXT_TOKENS, text_seq_len=TEXT_SEQ_LEN, dim=32, depth=2, heads=2,
-                   dim_head=16, reversible=False, loss_img_weight=7, attn_types=("full",), ff_dropout=0.0,
-                   attn_dropout=0.0, stable=False, shift_tokens=True, rotary_emb=True, shared_attn_ids=None,
-                   shared_ff_ids=None, share_input_output_emb=False)
+    hparams = train_dalle_hparams(dict(num_text_tokens=NUM_TEXT_TOKENS, text_seq_len=TEXT_SEQ_LEN, dim=32, depth=2,
+                                       heads=2, dim_head=16))
     hparams.update(kwargs)
     dalle_kwargs = dict(hparams)
     dalle = dp.DALLE(vae=vae, **dalle_kwargs)
@@ -39,16 +39,6 @@ def build_dalle(image_size: int = 16, vae_layers: int = 2, **kwargs):
             else:
                 p.normal_(0, 0.3 if p.dim() > 1 else 1.0)
     return dalle.eval(), hparams, vae_params
-
-
-def save_checkpoint(path, dalle, hparams, vae_params, drop_hparams=(), drop_weights=()):
-    """train_dalle.py's exact layout."""
-    hp = {k: v for k, v in hparams.items() if k not in drop_hparams}
-    weights = {k: v for k, v in dalle.state_dict().items() if k not in drop_weights}
-    torch.save({"hparams": hp, "vae_params": vae_params, "epoch": 3, "version": "1.6.6",
-                "vae_class_name": "DiscreteVAE", "weights": weights, "opt_state": {}, "scheduler_state": None},
-               path)
-    return path
 
 
 @pytest.fixture

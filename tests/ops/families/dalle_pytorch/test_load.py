@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tessera.bench.references import import_dalle_pytorch
 from tessera.ops.families.base import ModelLoadError, ModelSpec
 from tessera.ops.families.dalle_pytorch import load
-from tests.ops.families.references import import_dalle_pytorch
 
 
 def _load(spec):

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
+from tessera.bench.references import import_dalle_pytorch
 from tessera.ops.families.base import ModelLoadError, ModelUnsupported, PromptError, PromptTokenizer
 from tessera.ops.families.dalle_pytorch import tokenizer as tok
 from tessera.ops.families.dalle_pytorch.tokenizer import load_tokenizer
-from tests.ops.families.references import import_dalle_pytorch
 
 TEXT_SEQ_LEN = 80
 

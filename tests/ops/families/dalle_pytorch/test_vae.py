@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tessera.bench.references import import_dall_e, import_dalle_pytorch
 from tessera.ops.families.base import ImageDecoder, ModelLoadError, ModelUnsupported
 from tessera.ops.families.dalle_pytorch.vae import build_vae, read_vae_file
 from tests.ops.families.dalle_pytorch.conftest import save_image_normalized
-from tests.ops.families.references import import_dall_e, import_dalle_pytorch
 
 
 def reference_pixels(images: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ from tessera.ops.families.base import (ImageDecoder, ModelLoadError, ModelSpec, 
 from tessera.ops.families.min_dalle import is_min_dalle_dir, load
 from tessera.ops.families.min_dalle.model import START_TOKEN, heads_for
 
-from .conftest import EMBED, GLU, HEADS, LAYERS, TEXT_VOCAB, build_root, import_min_dalle
+from tessera.bench.references import import_min_dalle
+
+from .conftest import EMBED, GLU, HEADS, LAYERS, TEXT_VOCAB, build_root
 
 PROMPT_A = "a photo of the cat sitting on the mat"
 PROMPT_B = "Avocado 🐶 armchair in the shape of an avocado, at night"

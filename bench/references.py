@@ -1,13 +1,17 @@
-"""The model families' own projects, imported as test oracles.
+"""The model families' own projects, imported: what the families bench runs against Tessera,
+and the tests' oracles.
 
-DALLE-pytorch 1.6.6 and OpenCLIP install `--no-deps` here (pyproject's `test` extra lists
-what their imports need): some of their imports have no wheel for this Python or torch
-(youtokentome; torchvision, whose PyPI build does not load beside torch 2.13's CPU build;
-taming-transformers, which pulls pytorch-lightning), and none of those is on the path the
-tests exercise (DALLE, DiscreteVAE, CLIP's BPE, OpenCLIP's model classes). When such a module
-cannot be imported, a stand-in takes its name in sys.modules for the test process only, and
-any use of one raises, so a test that reaches it fails instead of passing on a stand-in.
+DALLE-pytorch 1.6.6 and OpenCLIP install `--no-deps` (the bench's `references` extra,
+bench/pyproject.toml, lists what their imports need): some of their imports have no wheel for
+this Python or torch (youtokentome; torchvision, whose PyPI build does not load beside torch
+2.13's CPU build; taming-transformers, which pulls pytorch-lightning), and none of those is on
+the path the tests and the bench exercise (DALLE, DiscreteVAE, CLIP's BPE, OpenCLIP's model classes). When
+such a module cannot be imported, a stand-in takes its name in sys.modules for this process only,
+and any use of one raises, so a test that reaches it fails instead of passing on a stand-in.
 Nothing here is used by the server.
+
+    from tessera.bench.references import import_dalle_pytorch
+    dalle_pytorch = import_dalle_pytorch()   # DALLE, DiscreteVAE, CLIP's BPE tokenizer
 """
 from __future__ import annotations
 

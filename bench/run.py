@@ -13,7 +13,7 @@
 keeping the best throughput and the best single-request latency (bench/ceiling.py).
 `generic` is a generic request-level batching server (LitServe, batches of up to 16
 requests, 5 ms) running the same OPs, measured over HTTP/JSON by the same loops
-(bench/generic.py; needs pip install 'tessera[bench]').
+(bench/generic.py).
 
 After the rounds, the roofline (bench/roofline.py; --no-roofline skips it): this machine's peak
 (a matmul per precision, the memory bandwidth) and the sampler's decode step at its batch as a
@@ -493,9 +493,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"tessera bench: no configuration {', '.join(unknown)}; --compare takes {', '.join(known)}",
                   file=sys.stderr)
             return 2
-        if "generic" in names and not _bench_extra():
-            print("tessera bench: the generic config needs LitServe and httpx: pip install 'tessera[bench]'",
-                  file=sys.stderr)
+        if "generic" in names and not _generic_installed():
+            print("tessera bench: the generic config needs LitServe and httpx, the bench distribution's "
+                  "dependencies: pip install -e ./bench", file=sys.stderr)
             return 2
 
         def serving(name: str):
@@ -559,8 +559,9 @@ def _run(args: argparse.Namespace) -> int:
     return _write(report, out, rows)
 
 
-def _bench_extra() -> bool:
-    """Whether the `bench` extra (LitServe for the generic server, httpx for its client) is installed."""
+def _generic_installed() -> bool:
+    """Whether LitServe (the generic server) and httpx (its client) are installed: they are the
+    bench's dependencies, missing only where the bench runs from a checkout without its install."""
     return all(importlib.util.find_spec(name) is not None for name in ("litserve", "httpx"))
 
 

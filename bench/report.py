@@ -146,13 +146,13 @@ def table(rows: list[dict]) -> Table:
 
 
 def _pyplot():
-    """matplotlib's pyplot, drawing to files only. Imported when a plot is drawn: matplotlib is
-    the `bench` extra's, and nothing else needs it."""
+    """matplotlib's pyplot, drawing to files only. Imported when a plot is drawn, so that
+    `tessera bench --help` and the reliability suite do not load it."""
     try:
         import matplotlib
     except ImportError as exc:
-        raise ImportError("tessera bench draws bench.png with matplotlib, part of the bench extra: "
-                          "pip install 'tessera[bench]' (-e '.[bench]' in a checkout)") from exc
+        raise ImportError("tessera bench draws bench.png with matplotlib, a dependency of the bench's "
+                          "distribution: pip install -e ./bench") from exc
     matplotlib.use("Agg")  # files only; no display
     import matplotlib.pyplot as plt
     return plt

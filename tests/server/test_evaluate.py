@@ -7,7 +7,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from tessera.ops.training.evaluate import BARS, main
+from tessera.server.evaluate import BARS, main
 
 
 @pytest.mark.slow  # the whole evaluation on the tiny model: about 50 s on 2 cores
@@ -24,3 +24,4 @@ def test_evaluate_writes_report_sheet_and_card(tiny_model_dir, tmp_path):
     assert Image.open(out / "contact_sheet.png").width > 64
     card = (model / "README.md").read_text()
     assert "dVAE round trip" in card and "| no" in card  # an untrained model misses its bars, and says so
+    assert f"Command: `tessera evaluate --model {model} --out runs/eval --card`" in card  # a command that exists

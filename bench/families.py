@@ -9,9 +9,10 @@ layout; --root keeps it between runs), runs interleaved rounds (round r runs eve
 in the same order), profiles one decode step of each side (ours in the precision the served OPs
 pick, dtype auto) and puts ours against this machine's peak (bench/roofline.py: its FLOP/s and
 weight bytes/s as shares of a matmul and a bandwidth probe), and writes rows.json (every raw row)
-and results.md into --out. Run from the repository root: the checkpoint is built through the
-tests' helpers (tests/ops/families/...), as the tests build it. --smoke runs min-dalle at a tiny
-shape, to check the script end to end in a minute.
+and results.md into --out. The checkpoints are built with tessera.bench.checkpoints, as the
+tests build their tiny ones, and the projects imported through tessera.bench.references (the
+bench's `references` extra). --smoke runs min-dalle at a tiny shape, to check the script end to
+end in a minute.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from tessera.bench.checkpoints import CORPUS, build_detoker, save_checkpoint, save_min_dalle, train_dalle_hparams
+from tessera.bench.references import import_dalle_pytorch, import_min_dalle
 from tessera.bench.roofline import (Peak, StepCost, count_step, live_prefix, measure_peak, peak_line, roofline_line,
                                     share)
 from tessera.bench.servers import ServerProcess
@@ -168,15 +171,10 @@ class _Stop(Exception):
 def _dp_build(workdir: Path):
     """DALLE-pytorch's own DALLE (class defaults: full attention, rotary, shift tokens) with a
     DiscreteVAE, random weights, saved in train_dalle.py's layout."""
-    from tests.ops.families.dalle_pytorch.conftest import save_checkpoint
-    from tests.ops.families.references import import_dalle_pytorch
     dp = import_dalle_pytorch()
     torch.manual_seed(0)
     dalle = dp.DALLE(vae=dp.DiscreteVAE(**DP_VAE), **DP_SHAPE).eval()
-    hparams = dict(DP_SHAPE, reversible=False, loss_img_weight=7, attn_types=("full",), ff_dropout=0.0,
-                   attn_dropout=0.0, stable=False, shift_tokens=True, rotary_emb=True, shared_attn_ids=None,
-                   shared_ff_ids=None, share_input_output_emb=False)
-    return dp, dalle, save_checkpoint(workdir / "dalle-512x8.pt", dalle, hparams, DP_VAE)
+    return dp, dalle, save_checkpoint(workdir / "dalle-512x8.pt", dalle, train_dalle_hparams(DP_SHAPE), DP_VAE)
 
 
 def _dp_fix_cache(dp) -> None:
@@ -431,9 +429,8 @@ MD_TINY = dict(layers=2, embed=128, heads=2, glu=96, text_vocab=50264, image_voc
 def _md_build(root: Path, shape: dict) -> Path:
     """min-dalle's own DalleBartEncoder/DalleBartDecoder/VQGanDetokenizer with random weights, saved
     as ROOT/dalle_bart_mini/{encoder.pt,decoder.pt,vocab.json,merges.txt} + ROOT/vqgan/detoker.pt
-    (the tests' build_detoker: conv_out scaled so pixels are not all clipped). A BPE learned from the
-    tests' corpus and the prompts (ids well under text_vocab). An existing ROOT is reused."""
-    from tests.ops.families.min_dalle.conftest import CORPUS, build_detoker, save_min_dalle
+    (build_detoker: conv_out scaled so pixels are not all clipped). A BPE learned from the tests'
+    corpus and the prompts (ids well under text_vocab). An existing ROOT is reused."""
     model_dir = root / "dalle_bart_mini"
     if (model_dir / "decoder.pt").exists() and (root / "vqgan" / "detoker.pt").exists():
         return root
@@ -456,7 +453,6 @@ def _md_offline(md_module) -> None:
 def _md_load(root: Path, smoke: bool = False):
     """MinDalle(models_root=ROOT, is_mega=False, is_reusable=True, float32, cpu). --smoke: MinDalle
     hard-codes mini's shape, so the tiny one is set on a tokenizer-only instance before loading."""
-    from tests.ops.families.references import import_min_dalle
     md = import_min_dalle().min_dalle
     _md_offline(md)
     with torch.no_grad():

@@ -17,7 +17,7 @@ LitServe's API process parses them, so a bad one is a 400 of its own and never f
 batch it would have joined. A prompt too long for the text context is found only by the
 tokenizer, in the worker; it too is a 400 for that request alone.
 
-Needs the `bench` extra (pip install 'tessera[bench]').
+LitServe and httpx are the bench distribution's dependencies (bench/pyproject.toml).
 """
 # No `from __future__ import annotations` here: LitServe hands decode_request's parameter
 # annotation to FastAPI as the body's type, and it must be the class, not a string.
