@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from tessera.ops.messages import CandidateRow, Sampling
-from tessera.ops.models.sampling import row_uniforms, sample_tokens
+from tessera.ops.sampling import row_uniforms, sample_tokens
 from tessera.ops.models.transformer import ImageGPT, KVCache, TransformerConfig
 from tessera.ops.sample import SampleOp
 from tessera.server.engine import StepRow
