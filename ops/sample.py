@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tessera.ops.decoding import BucketedDecoder
 from tessera.ops.families import RowCache
 from tessera.ops.messages import CandidateRow, SampledCandidate, TokenizedPrompt
-from tessera.ops.models.transformer import BucketedDecoder
 from tessera.ops.sampling import guide, row_uniforms, sample_tokens
 from tessera.ops.shared import LOG, ModelOp, ModelSettings, candidate_seed, to_png
 from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow

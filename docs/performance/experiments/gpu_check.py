@@ -111,7 +111,8 @@ def probe_capture(device: str) -> dict:
     import torch
 
     from tessera.ops.models.loading import load_model_dir
-    from tessera.ops.models.transformer import BucketedDecoder, KVCache
+    from tessera.ops.decoding import BucketedDecoder
+    from tessera.ops.models.transformer import KVCache
     model = load_model_dir(None, device=device, dtype=torch.float32).transformer
     try:
         BucketedDecoder(model, KVCache(model.cfg, 8, device), [4, 8], "cuda_graph")
@@ -225,7 +226,8 @@ def check_graphs(device: str, prompts: list[str]) -> dict:
     import torch
 
     from tessera.ops.models.loading import load_model_dir
-    from tessera.ops.models.transformer import BucketedDecoder, KVCache
+    from tessera.ops.decoding import BucketedDecoder
+    from tessera.ops.models.transformer import KVCache
     from tessera.ops.pipeline import LocalPipeline
     from tessera.server.config import served_graph
     out: dict = {}

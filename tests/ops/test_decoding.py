@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.ops.models.transformer import BucketedDecoder, KVCache
+from tessera.ops.decoding import BucketedDecoder
+from tessera.ops.models.transformer import KVCache
 from tessera.ops.sample import SampleOp
 from tessera.server.engine import ConfigError
 from tests.ops.models.test_transformer import row, run_to_end, sampler, tiny
