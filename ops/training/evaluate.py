@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from tessera.clients.sheet import contact_sheet
+from tessera.ops.families.tessera.dvae import uint8_pixels
 from tessera.ops.messages import GenerateParams
-from tessera.ops.models.dvae import uint8_pixels
 from tessera.ops.pipeline import LocalPipeline
 from tessera.ops.shapes.checker import check_image, scene_attributes
 from tessera.ops.shapes.world import ATTRIBUTES, HELD_OUT, caption, random_scene, render
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
                       model_dir=args.model)
     print(json.dumps({"figures": report["figures"], "meets_bar": report["meets_bar"]}, indent=2))
     if args.card:
-        from tessera.ops.models.loading import BUNDLED_MODEL_DIR
+        from tessera.ops.families.tessera.loading import BUNDLED_MODEL_DIR
         model_dir = Path(args.model) if args.model else BUNDLED_MODEL_DIR
         (model_dir / "contact_sheet.png").write_bytes((args.out / "contact_sheet.png").read_bytes())
         write_card(model_dir, report, "contact_sheet.png")
