@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tessera/v1/image_generation.proto\x12\ntessera.v1\"\xf2\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nnum_images\x18\x02 \x01(\r\x12\x16\n\x0enum_candidates\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\r\n\x05top_p\x18\x07 \x01(\x02\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x15\n\rpreview_every\x18\n \x01(\r\x12\r\n\x05model\x18\x0b \x01(\t\x12\x10\n\x08priority\x18\x0c \x01(\x05\"n\n\x05Image\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x12\n\nclip_score\x18\x02 \x01(\x02\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x17\n\x0f\x63\x61ndidate_index\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\"B\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\"\xbd\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06images\x18\x02 \x03(\x0b\x32\x11.tessera.v1.Image\x12(\n\x07timings\x18\x03 \x03(\x0b\x32\x17.tessera.v1.StageTiming\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x15\n\runknown_words\x18\x05 \x03(\t\x12\x10\n\x08reranked\x18\x06 \x01(\x08\x12\r\n\x05notes\x18\x07 \x03(\t\"P\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x13\n\x0bpreview_png\x18\x04 \x01(\x0c\"r\n\rGenerateEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.tessera.v1.ProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.tessera.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x1f\n\x0eGetInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"q\n\x06Limits\x12\x16\n\x0emax_num_images\x18\x01 \x01(\r\x12\x1a\n\x12max_num_candidates\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\x12\x18\n\x10max_prompt_chars\x18\x04 \x01(\r\"i\n\x08\x44\x65\x66\x61ults\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\x12\x12\n\nnum_images\x18\x05 \x01(\r\"\x1e\n\x04Term\x12\n\n\x02\x65n\x18\x01 \x01(\t\x12\n\n\x02zh\x18\x02 \x01(\t\"\x96\x01\n\nVocabulary\x12 \n\x06\x63olors\x18\x01 \x03(\x0b\x32\x10.tessera.v1.Term\x12 \n\x06shapes\x18\x02 \x03(\x0b\x32\x10.tessera.v1.Term\x12\x1f\n\x05sizes\x18\x03 \x03(\x0b\x32\x10.tessera.v1.Term\x12#\n\tpositions\x18\x04 \x03(\x0b\x32\x10.tessera.v1.Term\"\x9b\x04\n\nServerInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x13\n\x0bimage_width\x18\x02 \x01(\r\x12\x14\n\x0cimage_height\x18\x03 \x01(\r\x12\x14\n\x0ctext_context\x18\x04 \x01(\r\x12\"\n\x06limits\x18\x05 \x01(\x0b\x32\x12.tessera.v1.Limits\x12&\n\x08\x64\x65\x66\x61ults\x18\x06 \x01(\x0b\x32\x14.tessera.v1.Defaults\x12\x0f\n\x07version\x18\x07 \x01(\t\x12*\n\nvocabulary\x18\x08 \x01(\x0b\x32\x16.tessera.v1.Vocabulary\x12\x12\n\nmodel_kind\x18\t \x01(\t\x12\x14\n\x0cimage_tokens\x18\n \x01(\r\x12\x11\n\ttokenizer\x18\x0b \x01(\t\x12\x0e\n\x06rerank\x18\x0c \x01(\x08\x12\x10\n\x08reranker\x18\r \x01(\t\x12\x34\n\x07\x64\x65tails\x18\x0e \x03(\x0b\x32#.tessera.v1.ServerInfo.DetailsEntry\x12\x38\n\tprecision\x18\x0f \x03(\x0b\x32%.tessera.v1.ServerInfo.PrecisionEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0ePrecisionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"t\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nmodel_kind\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0f\n\x07load_ms\x18\x06 \x01(\x01\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tessera.v1.ModelStatus\"i\n\x0cModelSection\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08\x62pe_path\x18\x02 \x01(\t\x12\x0b\n\x03vae\x18\x03 \x01(\t\x12\x0c\n\x04\x63lip\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"I\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.tessera.v1.ModelSection\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xb0\x02\n\x0fImageGeneration\x12\x45\n\x08Generate\x12\x1b.tessera.v1.GenerateRequest\x1a\x1c.tessera.v1.GenerateResponse\x12J\n\x0eGenerateStream\x12\x1b.tessera.v1.GenerateRequest\x1a\x19.tessera.v1.GenerateEvent0\x01\x12=\n\x07GetInfo\x12\x1a.tessera.v1.GetInfoRequest\x1a\x16.tessera.v1.ServerInfo\x12K\n\nListModels\x12\x1d.tessera.v1.ListModelsRequest\x1a\x1e.tessera.v1.ListModelsResponse2\xd7\x01\n\x0cModelControl\x12=\n\x04Load\x12\x1c.tessera.v1.LoadModelRequest\x1a\x17.tessera.v1.ModelStatus\x12\x41\n\x06Unload\x12\x1e.tessera.v1.UnloadModelRequest\x1a\x17.tessera.v1.ModelStatus\x12\x45\n\x04List\x12\x1d.tessera.v1.ListModelsRequest\x1a\x1e.tessera.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tessera/v1/image_generation.proto\x12\ntessera.v1\"\xf2\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nnum_images\x18\x02 \x01(\r\x12\x16\n\x0enum_candidates\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\r\n\x05top_p\x18\x07 \x01(\x02\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x15\n\rpreview_every\x18\n \x01(\r\x12\r\n\x05model\x18\x0b \x01(\t\x12\x10\n\x08priority\x18\x0c \x01(\x05\"n\n\x05Image\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x12\n\nclip_score\x18\x02 \x01(\x02\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x17\n\x0f\x63\x61ndidate_index\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\"B\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\"\xbd\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x06images\x18\x02 \x03(\x0b\x32\x11.tessera.v1.Image\x12(\n\x07timings\x18\x03 \x03(\x0b\x32\x17.tessera.v1.StageTiming\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x15\n\runknown_words\x18\x05 \x03(\t\x12\x10\n\x08reranked\x18\x06 \x01(\x08\x12\r\n\x05notes\x18\x07 \x03(\t\"P\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x13\n\x0bpreview_png\x18\x04 \x01(\x0c\"r\n\rGenerateEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.tessera.v1.ProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.tessera.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x1f\n\x0eGetInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"q\n\x06Limits\x12\x16\n\x0emax_num_images\x18\x01 \x01(\r\x12\x1a\n\x12max_num_candidates\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\x12\x18\n\x10max_prompt_chars\x18\x04 \x01(\r\"i\n\x08\x44\x65\x66\x61ults\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\x12\x12\n\nnum_images\x18\x05 \x01(\r\"\x1e\n\x04Term\x12\n\n\x02\x65n\x18\x01 \x01(\t\x12\n\n\x02zh\x18\x02 \x01(\t\"\x96\x01\n\nVocabulary\x12 \n\x06\x63olors\x18\x01 \x03(\x0b\x32\x10.tessera.v1.Term\x12 \n\x06shapes\x18\x02 \x03(\x0b\x32\x10.tessera.v1.Term\x12\x1f\n\x05sizes\x18\x03 \x03(\x0b\x32\x10.tessera.v1.Term\x12#\n\tpositions\x18\x04 \x03(\x0b\x32\x10.tessera.v1.Term\":\n\x0cShapesFamily\x12*\n\nvocabulary\x18\x01 \x01(\x0b\x32\x16.tessera.v1.Vocabulary\"\xd5\x04\n\nServerInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x13\n\x0bimage_width\x18\x02 \x01(\r\x12\x14\n\x0cimage_height\x18\x03 \x01(\r\x12\x14\n\x0ctext_context\x18\x04 \x01(\r\x12\"\n\x06limits\x18\x05 \x01(\x0b\x32\x12.tessera.v1.Limits\x12&\n\x08\x64\x65\x66\x61ults\x18\x06 \x01(\x0b\x32\x14.tessera.v1.Defaults\x12\x0f\n\x07version\x18\x07 \x01(\t\x12.\n\nvocabulary\x18\x08 \x01(\x0b\x32\x16.tessera.v1.VocabularyB\x02\x18\x01\x12\x12\n\nmodel_kind\x18\t \x01(\t\x12\x14\n\x0cimage_tokens\x18\n \x01(\r\x12\x11\n\ttokenizer\x18\x0b \x01(\t\x12\x0e\n\x06rerank\x18\x0c \x01(\x08\x12\x10\n\x08reranker\x18\r \x01(\t\x12\x34\n\x07\x64\x65tails\x18\x0e \x03(\x0b\x32#.tessera.v1.ServerInfo.DetailsEntry\x12\x38\n\tprecision\x18\x0f \x03(\x0b\x32%.tessera.v1.ServerInfo.PrecisionEntry\x12*\n\x06shapes\x18\x10 \x01(\x0b\x32\x18.tessera.v1.ShapesFamilyH\x00\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0ePrecisionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x66\x61mily\"\x13\n\x11ListModelsRequest\"t\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nmodel_kind\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0f\n\x07load_ms\x18\x06 \x01(\x01\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tessera.v1.ModelStatus\"i\n\x0cModelSection\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08\x62pe_path\x18\x02 \x01(\t\x12\x0b\n\x03vae\x18\x03 \x01(\t\x12\x0c\n\x04\x63lip\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"I\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.tessera.v1.ModelSection\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xb0\x02\n\x0fImageGeneration\x12\x45\n\x08Generate\x12\x1b.tessera.v1.GenerateRequest\x1a\x1c.tessera.v1.GenerateResponse\x12J\n\x0eGenerateStream\x12\x1b.tessera.v1.GenerateRequest\x1a\x19.tessera.v1.GenerateEvent0\x01\x12=\n\x07GetInfo\x12\x1a.tessera.v1.GetInfoRequest\x1a\x16.tessera.v1.ServerInfo\x12K\n\nListModels\x12\x1d.tessera.v1.ListModelsRequest\x1a\x1e.tessera.v1.ListModelsResponse2\xd7\x01\n\x0cModelControl\x12=\n\x04Load\x12\x1c.tessera.v1.LoadModelRequest\x1a\x17.tessera.v1.ModelStatus\x12\x41\n\x06Unload\x12\x1e.tessera.v1.UnloadModelRequest\x1a\x17.tessera.v1.ModelStatus\x12\x45\n\x04List\x12\x1d.tessera.v1.ListModelsRequest\x1a\x1e.tessera.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVERINFO_DETAILSENTRY']._serialized_options = b'8\001'
   _globals['_SERVERINFO_PRECISIONENTRY']._loaded_options = None
   _globals['_SERVERINFO_PRECISIONENTRY']._serialized_options = b'8\001'
+  _globals['_SERVERINFO'].fields_by_name['vocabulary']._loaded_options = None
+  _globals['_SERVERINFO'].fields_by_name['vocabulary']._serialized_options = b'\030\001'
   _globals['_GENERATEREQUEST']._serialized_start=50
   _globals['_GENERATEREQUEST']._serialized_end=292
   _globals['_IMAGE']._serialized_start=294
@@ -57,26 +59,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TERM']._serialized_end=1149
   _globals['_VOCABULARY']._serialized_start=1152
   _globals['_VOCABULARY']._serialized_end=1302
-  _globals['_SERVERINFO']._serialized_start=1305
-  _globals['_SERVERINFO']._serialized_end=1844
-  _globals['_SERVERINFO_DETAILSENTRY']._serialized_start=1748
-  _globals['_SERVERINFO_DETAILSENTRY']._serialized_end=1794
-  _globals['_SERVERINFO_PRECISIONENTRY']._serialized_start=1796
-  _globals['_SERVERINFO_PRECISIONENTRY']._serialized_end=1844
-  _globals['_LISTMODELSREQUEST']._serialized_start=1846
-  _globals['_LISTMODELSREQUEST']._serialized_end=1865
-  _globals['_MODELSTATUS']._serialized_start=1867
-  _globals['_MODELSTATUS']._serialized_end=1983
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1985
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2046
-  _globals['_MODELSECTION']._serialized_start=2048
-  _globals['_MODELSECTION']._serialized_end=2153
-  _globals['_LOADMODELREQUEST']._serialized_start=2155
-  _globals['_LOADMODELREQUEST']._serialized_end=2228
-  _globals['_UNLOADMODELREQUEST']._serialized_start=2230
-  _globals['_UNLOADMODELREQUEST']._serialized_end=2264
-  _globals['_IMAGEGENERATION']._serialized_start=2267
-  _globals['_IMAGEGENERATION']._serialized_end=2571
-  _globals['_MODELCONTROL']._serialized_start=2574
-  _globals['_MODELCONTROL']._serialized_end=2789
+  _globals['_SHAPESFAMILY']._serialized_start=1304
+  _globals['_SHAPESFAMILY']._serialized_end=1362
+  _globals['_SERVERINFO']._serialized_start=1365
+  _globals['_SERVERINFO']._serialized_end=1962
+  _globals['_SERVERINFO_DETAILSENTRY']._serialized_start=1856
+  _globals['_SERVERINFO_DETAILSENTRY']._serialized_end=1902
+  _globals['_SERVERINFO_PRECISIONENTRY']._serialized_start=1904
+  _globals['_SERVERINFO_PRECISIONENTRY']._serialized_end=1952
+  _globals['_LISTMODELSREQUEST']._serialized_start=1964
+  _globals['_LISTMODELSREQUEST']._serialized_end=1983
+  _globals['_MODELSTATUS']._serialized_start=1985
+  _globals['_MODELSTATUS']._serialized_end=2101
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2103
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2164
+  _globals['_MODELSECTION']._serialized_start=2166
+  _globals['_MODELSECTION']._serialized_end=2271
+  _globals['_LOADMODELREQUEST']._serialized_start=2273
+  _globals['_LOADMODELREQUEST']._serialized_end=2346
+  _globals['_UNLOADMODELREQUEST']._serialized_start=2348
+  _globals['_UNLOADMODELREQUEST']._serialized_end=2382
+  _globals['_IMAGEGENERATION']._serialized_start=2385
+  _globals['_IMAGEGENERATION']._serialized_end=2689
+  _globals['_MODELCONTROL']._serialized_start=2692
+  _globals['_MODELCONTROL']._serialized_end=2907
 # @@protoc_insertion_point(module_scope)
