@@ -269,7 +269,7 @@ def _profile_ours(ckpt: Path, rows: int, peak: Peak | None = None, dtype: str = 
     cache's live prefix (False: the whole cache, as before 2026-12-06)."""
     from tessera.ops.families.base import ModelSpec
     from tessera.ops.families.dalle_pytorch import model as M
-    from tessera.ops.models.sampling import sample_tokens
+    from tessera.ops.sampling import sample_tokens
     from tessera.ops.shared import bundle_for
     bundle = bundle_for(ModelSpec(path=str(ckpt)), "cpu", dtype)  # as the served OPs load it
     model, k = bundle.transformer, bundle.sampling.top_k
@@ -521,7 +521,7 @@ def _profile_md_ours(root: Path, rows: int, images: int = 2, peak: Peak | None =
     sampler's own guide + sample_tokens at the model defaults; the VQGAN decode timed per image.
     `dtype`: the OPs' setting; `live`: attend over the live prefix (False: the whole cache)."""
     from tessera.ops.families.base import ModelSpec
-    from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
+    from tessera.ops.sampling import guide, row_uniforms, sample_tokens
     from tessera.ops.shared import bundle_for
     bundle = bundle_for(ModelSpec(path=str(root)), "cpu", dtype)  # as the served OPs load it
     model, d = bundle.transformer, bundle.sampling

@@ -211,8 +211,10 @@ def _event(ev: pb.GenerateEvent) -> ProgressEvent | Generation:
 def _info(i: pb.ServerInfo) -> ServerInfo:
     limits = {f.name: getattr(i.limits, f.name) for f in i.limits.DESCRIPTOR.fields}
     defaults = {f.name: getattr(i.defaults, f.name) for f in i.defaults.DESCRIPTOR.fields}
-    vocabulary = {f.name: [(t.en, t.zh) for t in getattr(i.vocabulary, f.name)]
-                  for f in i.vocabulary.DESCRIPTOR.fields}
+    # The family's own words (ShapesFamily); a server from before it, or a pipeline listing
+    # words of its own, sends only the deprecated top-level field.
+    words = i.shapes.vocabulary if i.HasField("shapes") else i.vocabulary
+    vocabulary = {f.name: [(t.en, t.zh) for t in getattr(words, f.name)] for f in words.DESCRIPTOR.fields}
     return ServerInfo(i.model_name, i.image_width, i.image_height, i.text_context, limits, defaults, i.version,
                       vocabulary, i.model_kind, i.image_tokens, i.tokenizer, i.rerank, i.reranker, dict(i.details),
                       dict(i.precision))

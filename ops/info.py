@@ -46,8 +46,9 @@ def describe_model(spec: ModelSpec) -> dict:
                 "text_context": cfg["transformer"]["text_len"], "image_tokens": cfg["transformer"]["image_len"],
                 "sampling": cfg.get("sampling", {}), "tokenizer": "byte-level BPE (its tokenizer.json)",
                 "rerank": True, "reranker": "the shapes CLIP", "details": {},
-                # What the captions it was trained on name: {"colors": [{"en", "zh"}, ...], ...}.
-                "vocabulary": asdict(VOCABULARY)}
+                # The family's own field (GetInfo's ShapesFamily): what the captions it was
+                # trained on name, {"colors": [{"en", "zh"}, ...], ...}.
+                "shapes": {"vocabulary": asdict(VOCABULARY)}}
     from tessera.ops.shared import bundle_for, loaded_bundle  # torch: only for the other families
     return bundle_info(loaded_bundle(spec) or bundle_for(spec, "meta"))  # meta: no weight memory kept
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
+from tessera.ops.decoding import BucketedDecoder
 from tessera.ops.families import RowCache
-from tessera.ops.models.transformer import BucketedDecoder
 from tessera.ops.messages import CandidateRow, SampledCandidate, TokenizedPrompt
+from tessera.ops.sampling import guide, row_uniforms, sample_tokens
 from tessera.ops.shared import LOG, ModelOp, ModelSettings, candidate_seed, to_png
 from tessera.server.engine import SteppingOp, StepProgress, StepResult, StepRow
 from tessera.server.engine.platforms import CALL_MODES

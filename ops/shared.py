@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tessera.ops.models.dvae import uint8_pixels
 from tessera.ops.families import ModelBundle, ModelSpec, family_of, load_model
 from tessera.server.engine import Op
 from tessera.server.engine.platforms import CALL_MODES, DTYPES, compute_for
@@ -82,11 +81,6 @@ def to_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8."""
-    return uint8_pixels(images).cpu().numpy()
 
 
 def candidate_seed(seed: int, index: int) -> int:

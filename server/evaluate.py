@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 
 from tessera.clients.sheet import contact_sheet
+from tessera.ops.families.tessera.dvae import uint8_pixels
 from tessera.ops.messages import GenerateParams
 from tessera.ops.pipeline import LocalPipeline
 from tessera.ops.shapes.checker import check_image, scene_attributes
 from tessera.ops.shapes.world import ATTRIBUTES, HELD_OUT, caption, random_scene, render
-from tessera.ops.shared import to_uint8
 from tessera.ops.training.data import alter, render_batch, to_tensor
 from tessera.server.config import served_graph
 from tessera.server.engine import GraphConfig
@@ -57,7 +57,7 @@ def dvae_roundtrip(pipe: LocalPipeline, n: int, seed: int) -> dict:
     for start in range(0, n, 64):
         scenes, images = render_batch(rng, min(64, n - start))
         dvae = pipe.bundle.dvae
-        recon = to_uint8(dvae.decode(dvae.encode(images)))
+        recon = uint8_pixels(dvae.decode(dvae.encode(images))).cpu().numpy()  # as the model saves them
         for scene, arr in zip(scenes, recon):
             ok = check_image(Image.fromarray(arr), scene_attributes(scene))
             for a, v in ok.items():
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
                       model_dir=args.model)
     print(json.dumps({"figures": report["figures"], "meets_bar": report["meets_bar"]}, indent=2))
     if args.card:
-        from tessera.ops.models.loading import BUNDLED_MODEL_DIR
+        from tessera.ops.families.tessera.loading import BUNDLED_MODEL_DIR
         model_dir = Path(args.model) if args.model else BUNDLED_MODEL_DIR
         (model_dir / "contact_sheet.png").write_bytes((args.out / "contact_sheet.png").read_bytes())
         write_card(model_dir, report, "contact_sheet.png")

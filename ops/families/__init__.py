@@ -72,7 +72,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.
         if spec.clip:
             raise ModelUnsupported("--clip applies to DALLE-pytorch and min-dalle models; "
                                    "a Tessera model directory carries its own CLIP")
-        from tessera.ops.models.loading import load_model_dir
+        from tessera.ops.families.tessera.loading import load_model_dir
         return load_model_dir(spec.path, device=device, dtype=dtype)
     if family == "min-dalle":
         from tessera.ops.families import min_dalle

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tessera.ops.models.tokenizer import normalize_prompt
+from tessera.ops.families.tessera.tokenizer import normalize_prompt
 from tessera.ops.shapes.world import (COLORS, COLORS_ZH, POSITIONS, POSITIONS_EN, POSITIONS_ZH, SHAPES,
                                       SHAPES_ZH, SIZES, SIZES_ZH, Scene, caption)
 

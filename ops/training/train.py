@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tessera.ops.models.clip import CLIP, CLIPConfig
-from tessera.ops.models.dvae import DVAE, DVAEConfig
-from tessera.ops.models.loading import ModelBundle, SamplingDefaults, save_model_dir
-from tessera.ops.models.tokenizer import TextTokenizer
-from tessera.ops.models.transformer import ImageGPT, TransformerConfig
+from tessera.ops.families.tessera.clip import CLIP, CLIPConfig
+from tessera.ops.families.tessera.dvae import DVAE, DVAEConfig
+from tessera.ops.families.tessera.loading import ModelBundle, SamplingDefaults, save_model_dir
+from tessera.ops.families.tessera.tokenizer import TextTokenizer
+from tessera.ops.families.tessera.transformer import ImageGPT, TransformerConfig
 from tessera.ops.training import data
 
 log = logging.getLogger("tessera.train")

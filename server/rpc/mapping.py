@@ -59,7 +59,8 @@ class PipelineMapping:
 # What GetInfo says of a graph whose output OP does not describe itself: no model.
 NO_MODEL: dict[str, Any] = {
     "name": "", "kind": "", "image_width": 0, "image_height": 0, "text_context": 0, "image_tokens": 0,
-    "sampling": {}, "tokenizer": "", "rerank": False, "reranker": "", "details": {}, "vocabulary": {}}
+    "sampling": {}, "tokenizer": "", "rerank": False, "reranker": "", "details": {}, "vocabulary": {},
+    "shapes": {}}
 
 
 def describe_pipeline(graph: Any) -> dict[str, Any]:

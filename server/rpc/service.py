@@ -141,6 +141,11 @@ class GenerationService:
         """GetInfo of the model `model` names ("" the first); ModelNotFound otherwise."""
         info = self.models.get(model).info
         s, lim = info.get("sampling", {}), self.limits
+        shapes = info.get("shapes") or {}  # the shapes family's own fields (ShapesFamily)
+        family = {"shapes": pb.ShapesFamily(vocabulary=vocabulary(shapes.get("vocabulary", {})))} if shapes else {}
+        # The deprecated top-level vocabulary: a pipeline's own word list, else the family's
+        # words again, so that a client from before `shapes` still shows them.
+        words = info["vocabulary"] if any(info["vocabulary"].values()) else shapes.get("vocabulary", {})
         return pb.ServerInfo(
             model_name=info["name"], image_width=info["image_width"],
             image_height=info["image_height"], text_context=info["text_context"],
@@ -150,15 +155,19 @@ class GenerationService:
                                  top_p=s.get("top_p", 1.0), guidance_scale=s.get("guidance_scale", 1.0),
                                  num_images=1),
             version=self.version,
-            vocabulary=pb.Vocabulary(**{kind: [pb.Term(**t) for t in terms]
-                                        for kind, terms in info["vocabulary"].items()}),
+            vocabulary=vocabulary(words),
             model_kind=info["kind"], image_tokens=info["image_tokens"],
             tokenizer=info["tokenizer"], rerank=info["rerank"], reranker=info["reranker"],
-            details=info["details"], precision=info.get("precision", {}))
+            details=info["details"], precision=info.get("precision", {}), **family)
 
     def list_models(self) -> pb.ListModelsResponse:
         """The models served, the first (what an empty `model` names) first."""
         return pb.ListModelsResponse(models=[model_status(m) for m in self.models])
+
+
+def vocabulary(words: dict[str, list[dict[str, str]]]) -> pb.Vocabulary:
+    """{"colors": [{"en": "red", "zh": "红色"}, ...], ...} -> a Vocabulary message."""
+    return pb.Vocabulary(**{kind: [pb.Term(**t) for t in terms] for kind, terms in words.items()})
 
 
 def model_status(served: ServedModel, state: str = "serving") -> pb.ModelStatus:

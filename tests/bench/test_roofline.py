@@ -96,7 +96,7 @@ def test_a_steps_work_is_counted_from_the_modules_it_calls(sdpa):
 
 def test_the_bundled_models_step_counts_its_weights_in_their_own_precision():
     from tessera.bench.roofline import live_prefix
-    from tessera.ops.models.transformer import ImageGPT, TransformerConfig
+    from tessera.ops.families.tessera.transformer import ImageGPT, TransformerConfig
     cfg = TransformerConfig(text_vocab=50, text_len=4, image_vocab=40, image_len=9, d_model=16, n_layer=2, n_head=2)
     linears = [mod for mod in ImageGPT(cfg).modules() if isinstance(mod, nn.Linear)]
     weights = sum(mod.weight.numel() for mod in linears)
@@ -144,7 +144,7 @@ def test_mixed_precisions_take_each_ones_own_peak():
 
 def test_the_families_report_states_the_peak_and_the_step_against_it():
     from tessera.bench.families import _roofline, roofline_part
-    from tessera.ops.models.transformer import ImageGPT, TransformerConfig
+    from tessera.ops.families.tessera.transformer import ImageGPT, TransformerConfig
     cfg = TransformerConfig(text_vocab=50, text_len=4, image_vocab=40, image_len=9, d_model=16, n_layer=2, n_head=2)
     model = ImageGPT(cfg).eval()
     peak = _peak(float32=1e9)

@@ -1,5 +1,6 @@
 """A stand-in ImageGeneration server that records what each call carried: the clients' own
-tests of the fields they send, and the server a client meets from before ListModels."""
+tests of the fields they send, and the server a client meets from before ListModels (and
+before ServerInfo.shapes: its words in the deprecated top-level vocabulary alone)."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,10 @@ def _png() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (4, 4), "red").save(out, format="PNG")
     return out.getvalue()
+
+
+# The shapes words as a server from before ServerInfo.shapes sends them: field 8 alone.
+OLD_VOCABULARY = pb.Vocabulary(colors=[pb.Term(en="red", zh="红色")], shapes=[pb.Term(en="circle", zh="圆形")])
 
 
 @dataclass
@@ -46,7 +51,7 @@ class _Old(pb_grpc.ImageGenerationServicer):
     async def GetInfo(self, request, context):
         self.recorded.info.append(request)
         return pb.ServerInfo(model_name="old-model", model_kind="tessera", version="3", image_width=4,
-                             image_height=4, text_context=8)
+                             image_height=4, text_context=8, vocabulary=OLD_VOCABULARY)
 
 
 @contextlib.asynccontextmanager

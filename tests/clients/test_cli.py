@@ -170,6 +170,8 @@ async def test_model_and_priority_flags_reach_the_server_and_info_of_a_server_wi
         out, err = capsys.readouterr()
         assert code == 0 and out.startswith("model      old-model (tessera) 3\n") and "models" not in out
         assert not err
+        # its words come in the deprecated top-level vocabulary alone, and are still shown
+        assert "red / 红色" in out and "circle / 圆形" in out and "vocabulary open" not in out
         code = await asyncio.to_thread(main, ["info", "--model", "mini", "--server", target])
         out, err = capsys.readouterr()
     assert code == 0 and [r.model for r in recorded.info][-2:] == ["", "mini"]  # list_models falls back on GetInfo

@@ -94,6 +94,15 @@ async def test_a_request_carries_the_model_it_names_and_none_when_it_names_none(
     assert [r.model for r in recorded.info] == ["mini", "shapes"]
 
 
+async def test_info_of_a_server_from_before_the_family_field_keeps_its_words():
+    """A server from before ServerInfo.shapes sends the shapes words in the top-level
+    vocabulary alone: ServerInfo.vocabulary is read from there."""
+    async with old_server() as (port, _):
+        async with AsyncTesseraClient(f"127.0.0.1:{port}", timeout=10) as client:
+            info = await client.info()
+    assert info.vocabulary["colors"] == [("red", "红色")] and info.vocabulary["shapes"] == [("circle", "圆形")]
+
+
 async def test_a_server_without_list_models_lists_its_one_model_from_get_info():
     """A server from before ListModels answers UNIMPLEMENTED: the client lists its one model,
     named "" (the name that asks for it), as GetInfo describes it."""

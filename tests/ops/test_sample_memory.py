@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.ops.models.loading import load_model_dir
+from tessera.ops.families.tessera.loading import load_model_dir
 from tessera.ops.sample import SampleOp, cache_bytes
 from tessera.server.engine.platforms.cpu import CpuCompute
 

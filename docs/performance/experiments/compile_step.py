@@ -21,8 +21,9 @@ from pathlib import Path
 def measure(threads: int, buckets: list[int], rounds: int, calls: int, slots: int, device: str) -> dict:
     import torch
 
-    from tessera.ops.models.loading import load_model_dir
-    from tessera.ops.models.transformer import BucketedDecoder, KVCache
+    from tessera.ops.decoding import BucketedDecoder
+    from tessera.ops.families.tessera.loading import load_model_dir
+    from tessera.ops.families.tessera.transformer import KVCache
     torch.set_num_threads(threads)
     model = load_model_dir(None, device=device, dtype=torch.float32).transformer
     cache = KVCache(model.cfg, slots, device)

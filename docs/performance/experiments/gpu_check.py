@@ -110,8 +110,9 @@ def probe_capture(device: str) -> dict:
     """Capture the bundled model's decode step once; if it fails, the other sections run eagerly."""
     import torch
 
-    from tessera.ops.models.loading import load_model_dir
-    from tessera.ops.models.transformer import BucketedDecoder, KVCache
+    from tessera.ops.decoding import BucketedDecoder
+    from tessera.ops.families.tessera.loading import load_model_dir
+    from tessera.ops.families.tessera.transformer import KVCache
     model = load_model_dir(None, device=device, dtype=torch.float32).transformer
     try:
         BucketedDecoder(model, KVCache(model.cfg, 8, device), [4, 8], "cuda_graph")
@@ -224,8 +225,9 @@ def check_graphs(device: str, prompts: list[str]) -> dict:
     """3. Decode-step time, eager vs CUDA graphs (and padded eager), at 4/16/64 rows; tokens."""
     import torch
 
-    from tessera.ops.models.loading import load_model_dir
-    from tessera.ops.models.transformer import BucketedDecoder, KVCache
+    from tessera.ops.decoding import BucketedDecoder
+    from tessera.ops.families.tessera.loading import load_model_dir
+    from tessera.ops.families.tessera.transformer import KVCache
     from tessera.ops.pipeline import LocalPipeline
     from tessera.server.config import served_graph
     out: dict = {}

@@ -112,7 +112,7 @@ async def replace_once(port: int, name: str, path: str, prompt: str) -> dict:
 def replacement_times(dalle: str, workdir: Path, rounds: int) -> list[dict]:
     token = workdir / "token"
     token.write_text(TOKEN)
-    from tessera.ops.models.loading import BUNDLED_MODEL_DIR as BUNDLED_DIR  # the bundled model's files, copied to load anew
+    from tessera.ops.families.tessera.loading import BUNDLED_MODEL_DIR as BUNDLED_DIR  # the bundled model's files, copied to load anew
     copies = {"shapes": workdir / "shapes-copy", "dalle": workdir / "dalle-copy.pt"}
     shutil.copytree(BUNDLED_DIR, copies["shapes"], dirs_exist_ok=True)
     shutil.copy(dalle, copies["dalle"])

@@ -193,7 +193,7 @@ class Decoder(nn.Module):
 class MinDalleCache:
     """Per slot: each decoder layer's self-attention keys/values over the 256 image positions,
     its cross-attention keys/values of the row's encoded text, and the row's text mask.
-    One tensor per layer and kind (as ops/models/transformer.py's KVCache, for in-place writes
+    One tensor per layer and kind (as ops/families/tessera/transformer.py's KVCache, for in-place writes
     by a compiled step); the sampler keeps live rows in slots 0..n-1 and a step reads views."""
 
     def __init__(self, cfg: MinDalleConfig, slots: int, device: str | torch.device = "cpu",

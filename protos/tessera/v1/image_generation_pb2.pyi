@@ -151,8 +151,14 @@ class Vocabulary(_message.Message):
     positions: _containers.RepeatedCompositeFieldContainer[Term]
     def __init__(self, colors: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., shapes: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., positions: _Optional[_Iterable[_Union[Term, _Mapping]]] = ...) -> None: ...
 
+class ShapesFamily(_message.Message):
+    __slots__ = ("vocabulary",)
+    VOCABULARY_FIELD_NUMBER: _ClassVar[int]
+    vocabulary: Vocabulary
+    def __init__(self, vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ...) -> None: ...
+
 class ServerInfo(_message.Message):
-    __slots__ = ("model_name", "image_width", "image_height", "text_context", "limits", "defaults", "version", "vocabulary", "model_kind", "image_tokens", "tokenizer", "rerank", "reranker", "details", "precision")
+    __slots__ = ("model_name", "image_width", "image_height", "text_context", "limits", "defaults", "version", "vocabulary", "model_kind", "image_tokens", "tokenizer", "rerank", "reranker", "details", "precision", "shapes")
     class DetailsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +188,7 @@ class ServerInfo(_message.Message):
     RERANKER_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     image_width: int
     image_height: int
@@ -197,7 +204,8 @@ class ServerInfo(_message.Message):
     reranker: str
     details: _containers.ScalarMap[str, str]
     precision: _containers.ScalarMap[str, str]
-    def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., model_kind: _Optional[str] = ..., image_tokens: _Optional[int] = ..., tokenizer: _Optional[str] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., precision: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    shapes: ShapesFamily
+    def __init__(self, model_name: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., text_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., version: _Optional[str] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., model_kind: _Optional[str] = ..., image_tokens: _Optional[int] = ..., tokenizer: _Optional[str] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., precision: _Optional[_Mapping[str, str]] = ..., shapes: _Optional[_Union[ShapesFamily, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -95,7 +95,10 @@ async function loadInfo() {
   if (info.rerank) parts.push(`reranked by ${info.reranker || "CLIP"}`);
   else if (info.modelKind) parts.push("no reranker: images in sampling order");
   $("model").textContent = parts.join(" · ");
-  const terms = Object.values(info.vocabulary || {}).flat();
+  // The shapes family's own words; a server from before `shapes` (or a pipeline's own word
+  // list) sends only the deprecated top-level vocabulary.
+  const vocabulary = (info.shapes && info.shapes.vocabulary) || info.vocabulary;
+  const terms = Object.values(vocabulary || {}).flat();
   const chinese = terms.some((term) => term && term.zh);
   $("prompt-hint").textContent = chinese ? "English or 中文" : info.modelKind ? "English" : "";
   const candidates = $("num-candidates");
@@ -117,7 +120,7 @@ async function loadInfo() {
   else promptBox.removeAttribute("maxlength");
   const guidance = (info.defaults || {}).guidanceScale;
   $("guidance").placeholder = guidance ? `default ${guidance}` : "default";
-  showVocabulary(info.vocabulary);
+  showVocabulary(vocabulary);
 }
 
 function showVocabulary(vocabulary) {

@@ -82,7 +82,8 @@ async def test_info_is_get_info_as_json(http_served):
         info = await pb_grpc.ImageGenerationStub(channel).GetInfo(pb.GetInfoRequest())
     assert reply.json() == json_format.MessageToDict(info)
     assert reply.json()["limits"]["maxNumImages"] == 16
-    assert {t["en"] for t in reply.json()["vocabulary"]["colors"]} >= {"red", "blue"}
+    assert {t["en"] for t in reply.json()["shapes"]["vocabulary"]["colors"]} >= {"red", "blue"}
+    assert reply.json()["vocabulary"] == reply.json()["shapes"]["vocabulary"]  # the deprecated field, for old pages
 
 
 @pytest.mark.parametrize("body, words", [

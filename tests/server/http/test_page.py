@@ -329,3 +329,27 @@ async def test_one_model_or_a_server_from_before_v1_models_shows_no_selector(htt
         if old:
             assert '"model"' not in bodies[-1]  # an old server is asked as it always was
         await page.close()
+
+
+# The served shapes model's words as GetInfo carries them now (the family's own field alone)
+# and as a server from before ServerInfo.shapes sends them (the top-level vocabulary alone).
+SHAPES_WORDS = {"colors": [{"en": "red", "zh": "红色"}], "shapes": [{"en": "circle", "zh": "圆形"}]}
+
+
+@pytest.mark.parametrize("words", [{"shapes": {"vocabulary": SHAPES_WORDS}}, {"vocabulary": SHAPES_WORDS}],
+                         ids=["family-field", "before-family-field"])
+async def test_the_words_come_from_the_familys_field_or_an_older_servers_vocabulary(http_served, browser, words):
+    server, _ = http_served
+    base = f"http://127.0.0.1:{server.http_port}"
+
+    async def info(route):
+        served = await route.fetch(url=f"{base}/v1/info")
+        body = {k: v for k, v in (await served.json()).items() if k not in ("shapes", "vocabulary")}
+        await route.fulfill(json={**body, **words})
+
+    page = await browser.new_page()
+    await page.route("**/v1/info*", info)
+    await page.goto(f"{base}/")
+    await page.locator("#terms .term").first.wait_for()
+    assert await page.locator("#terms .term").all_text_contents() == ["red · 红色", "circle · 圆形"]
+    assert await page.locator("#prompt-hint").text_content() == "English or 中文"

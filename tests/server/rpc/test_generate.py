@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
+
 from tessera.clients import Generation, ProgressEvent
 from tessera.server.config import AppConfig
+from tessera.v1 import image_generation_pb2 as pb
+from tessera.v1 import image_generation_pb2_grpc as pb_grpc
 from tests.server.engine.toy_ops import until
 from tests.server.rpc.conftest import app_config, paced_sampler, raw_config, serving
 
@@ -82,6 +86,17 @@ async def test_get_info_describes_model_limits_and_defaults(served):
     assert info.defaults["temperature"] > 0
     assert ("red", "红色") in info.vocabulary["colors"] and ("circle", "圆形") in info.vocabulary["shapes"]
     assert ("small", "小的") in info.vocabulary["sizes"] and ("in the top left", "左上角") in info.vocabulary["positions"]
+
+
+async def test_get_info_puts_the_shapes_words_in_the_familys_field_and_the_deprecated_one(served):
+    """ServerInfo.shapes carries the bundled family's words; the top-level vocabulary (field 8,
+    deprecated) the same words, for clients from before it."""
+    server, _ = served
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        info = await pb_grpc.ImageGenerationStub(channel).GetInfo(pb.GetInfoRequest())
+    assert info.WhichOneof("family") == "shapes"
+    assert ("red", "红色") in [(t.en, t.zh) for t in info.shapes.vocabulary.colors]
+    assert info.vocabulary == info.shapes.vocabulary
 
 
 async def test_response_names_the_prompt_words_the_model_does_not_know(served):

@@ -104,7 +104,7 @@ def test_over_long_and_empty_prompts(reference):
     with pytest.raises(RuntimeError):   # what DALLE-pytorch does with it
         reference.tokenizer.tokenize([too_long], 8, truncate_text=False)
     with pytest.raises(PromptError, match="^prompt is 9 tokens long; the limit is 8 tokens$"):
-        ours.encode_prompt(too_long)  # the bundled model's wording (tests/ops/models/test_loading.py)
+        ours.encode_prompt(too_long)  # the bundled model's wording (tests/ops/families/tessera/test_loading.py)
     for empty in ("", "   \n\t "):
         with pytest.raises(PromptError):
             ours.encode_prompt(empty)

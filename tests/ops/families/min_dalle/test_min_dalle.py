@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.ops.models.test_transformer import run_to_end
+from tests.ops.families.tessera.test_transformer import run_to_end
 
 from tessera.ops.families.base import (ImageDecoder, ModelLoadError, ModelSpec, PromptError, PromptTokenizer,
                                        RowCache, SamplingModel)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from tessera.ops.families.tessera.transformer import ImageGPT, KVCache, TransformerConfig
 from tessera.ops.messages import CandidateRow, Sampling
-from tessera.ops.models.sampling import row_uniforms, sample_tokens
-from tessera.ops.models.transformer import ImageGPT, KVCache, TransformerConfig
 from tessera.ops.sample import SampleOp
+from tessera.ops.sampling import row_uniforms, sample_tokens
 from tessera.server.engine import StepRow
 
 
@@ -149,7 +149,7 @@ def test_a_decode_step_reads_the_live_prefix_of_the_cache_in_place(monkeypatch):
     (a multiple of LIVE_STEP past it), read in place: a view of the live rows and positions, no
     copy. Told nothing (a compiled or captured step), it reads the whole preallocated cache."""
     from tessera.ops.families.base import live_length
-    from tessera.ops.models import transformer
+    from tessera.ops.families.tessera import transformer
 
     model = tiny()
     cache = KVCache(model.cfg, 3)

@@ -17,12 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tessera.ops.families.base import ModelBundle, ModelLoadError, SamplingDefaults
-from tessera.ops.models.clip import CLIP, CLIPConfig, ShapesReranker
-from tessera.ops.models.dvae import DVAE, DVAEConfig
-from tessera.ops.models.tokenizer import TextTokenizer
-from tessera.ops.models.transformer import ImageGPT, TransformerConfig
+from tessera.ops.families.tessera.clip import CLIP, CLIPConfig, ShapesReranker
+from tessera.ops.families.tessera.dvae import DVAE, DVAEConfig
+from tessera.ops.families.tessera.tokenizer import TextTokenizer
+from tessera.ops.families.tessera.transformer import ImageGPT, TransformerConfig
 
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled" / "shapes-dalle"
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[2] / "bundled" / "shapes-dalle"  # ops/bundled/
 
 
 __all__ = ["BUNDLED_MODEL_DIR", "ModelBundle", "ModelLoadError", "SamplingDefaults", "load_model_dir",

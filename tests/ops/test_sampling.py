@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from tessera.ops.models.sampling import guide, row_uniforms, sample_tokens
+from tessera.ops.sampling import guide, row_uniforms, sample_tokens
 
 
 def test_top_k_one_is_greedy_and_top_p_keeps_the_head():
@@ -60,7 +60,7 @@ def test_a_wide_top_k_keeps_exactly_its_k_tokens_at_their_probabilities_whatever
     largest logit without a sort: only its k most likely tokens (ties included by index), at
     their renormalised probabilities, and the same token for the same uniform alone or beside
     rows that draw the other way."""
-    from tessera.ops.models.sampling import WIDE_K
+    from tessera.ops.sampling import WIDE_K
 
     torch.manual_seed(4)
     V, k = 8192, 5772

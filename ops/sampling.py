@@ -1,7 +1,8 @@
 """Per-row sampling: temperature, top-k, top-p, classifier-free guidance.
 
 Every row carries its own parameters and its own uniforms, drawn up front from its own
-seeded generator, so a row's randomness never depends on its batch-mates.
+seeded generator, so a row's randomness never depends on its batch-mates. Generic over
+the model family: the sampler (sample.py) draws every family's tokens with these.
 """
 from __future__ import annotations
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.ops.models.transformer import BucketedDecoder, KVCache
+from tessera.ops.decoding import BucketedDecoder
+from tessera.ops.families.tessera.transformer import KVCache
 from tessera.ops.sample import SampleOp
 from tessera.server.engine import ConfigError
-from tests.ops.models.test_transformer import row, run_to_end, sampler, tiny
+from tests.ops.families.tessera.test_transformer import row, run_to_end, sampler, tiny
 
 T1, T2 = [3, 7, 9, 0, 0, 0], [5, 5, 1, 2, 0, 0]
 

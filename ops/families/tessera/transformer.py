@@ -16,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tessera.ops.families.base import attend, copy_slots, fill_prefix, live_length, snapshot_prefix
-from tessera.server.engine.platforms import Compute, compute_for
 
 
 @dataclass
@@ -240,34 +239,3 @@ class ImageGPT(nn.Module):
             x = block.step(x, at, cache, i)
         return self.head(self.ln_f(x[:, 0]))
 
-
-class BucketedDecoder:
-    """`decode_step` at a few fixed batch sizes, over one KV cache, for a compiled or captured
-    step: the device's platform runs it (platforms/buckets.py; modes "padded", "compile", and
-    "cuda_graph" on a GPU).
-
-    The padding rows of a step (token 0 at image index 0) write their keys and values into
-    the free slots n..bucket-1 at the first image position, which a row that later takes
-    such a slot overwrites before it can see it. Buckets larger than the cache are dropped.
-    Build it while no row is live (warming a bucket writes padding rows into its slots):
-    the sampler builds it when it allocates the cache.
-    """
-
-    def __init__(self, model: ImageGPT, cache: KVCache, buckets: list[int] | tuple[int, ...], mode: str,
-                 compute: Compute | None = None):
-        fits = [b for b in buckets if 0 < int(b) <= cache.slots]
-        if not fits:
-            raise ValueError(f"no decode bucket fits the cache's {cache.slots} slots: {list(buckets)}")
-        self.model, self.cache = model, cache
-        zero = torch.zeros(1, dtype=torch.long, device=cache.device)
-
-        def step(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-            return model.decode_step(tokens, index, cache)
-        compute = compute or compute_for(str(cache.device))
-        self._call = compute.bucketed(step, [zero, zero], fits, mode)
-        self.buckets = self._call.buckets
-
-    def __call__(self, tokens: torch.Tensor, index: torch.Tensor, last: int | None = None) -> torch.Tensor:
-        """The step at its bucket's size; `last` is not used: a compiled or captured step keeps
-        one shape, the whole cache."""
-        return self._call(tokens, index)

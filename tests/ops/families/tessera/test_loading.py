@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from tessera.ops.models import ModelLoadError, PromptError, load_model_dir, normalize_prompt
+from tessera.ops.families.tessera import ModelLoadError, PromptError, load_model_dir, normalize_prompt
 
 
 @pytest.fixture
