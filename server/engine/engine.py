@@ -104,22 +104,25 @@ class Engine:
         `priority`: lower is sooner (graph.policy); `trace_context`: the caller's W3C
         traceparent/tracestate headers, the parent of the request's spans."""
         tell = self.observers
+
+        def refused(outcome: str) -> None:
+            tell.refused(outcome, priority, request_id or "", trace_context)
         if not self.accepting:
-            tell.refused("shutting_down", priority, request_id or "", trace_context)
+            refused("shutting_down")
             raise ShuttingDown("the server is shutting down and admits no new requests")
         try:
             self.policy.check(priority)
         except InvalidInput:
-            tell.refused("invalid_input", priority, request_id or "", trace_context)
+            refused("invalid_input")
             raise
         if not self.policy.admits(priority, len(self.requests), self.config.max_inflight) or any(
                 self.stages[e].channel.full for e in self.entries):
-            tell.refused("overloaded", priority, request_id or "", trace_context)
+            refused("overloaded")
             raise Overloaded(f"the server is at capacity ({len(self.requests)} requests in flight); "
                              "retry later")
         rid = request_id or uuid.uuid4().hex
         if rid in self.requests:
-            tell.refused("invalid_input", priority, request_id or "", trace_context)
+            refused("invalid_input")
             shown = rid if len(rid) <= 64 else rid[:64] + "…"  # never echo unbounded input
             raise InvalidInput(f"request id {shown!r} is already in flight; use a new one per request")
         loop = asyncio.get_running_loop()
